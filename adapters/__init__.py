@@ -1,0 +1,46 @@
+"""Framework adapters behind one interface, and what each framework can do.
+
+The registry is plain data, so the driver can plan and validate without importing any framework.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from adapters.base import Adapter
+
+
+@dataclass(frozen=True)
+class FrameworkInfo:
+    """A framework's adapter location and its capability flags."""
+
+    name: str
+    module: str
+    distribution: str
+    devices: tuple[str, ...]
+    precisions: tuple[str, ...]
+    compile_modes: tuple[str, ...]  # the modes ``auto``/``on``/``off`` may resolve to
+
+    def unsupported_reason(self, device: str, precision: str) -> str | None:
+        if device not in self.devices:
+            return f"{self.name} does not support device {device!r} (supports {', '.join(self.devices)})"
+        if precision not in self.precisions:
+            return f"{self.name} does not support precision {precision!r} (supports {', '.join(self.precisions)})"
+        return None
+
+
+FRAMEWORKS: dict[str, FrameworkInfo] = {
+    f.name: f
+    for f in (
+        FrameworkInfo("torch", "adapters.torch_adapter", "torch", ("cpu", "gpu"), ("float32",), ("eager", "inductor")),
+        FrameworkInfo("jax", "adapters.jax_adapter", "jax", ("cpu", "gpu", "tpu"), ("float32",), ("eager", "jit")),
+    )
+}
+
+
+def load_adapter(framework: str) -> type[Adapter]:
+    """Import a framework's adapter class (and so the framework itself)."""
+    module = importlib.import_module(FRAMEWORKS[framework].module)
+    cls: type[Adapter] = module.ADAPTER
+    return cls

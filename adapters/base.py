@@ -1,0 +1,121 @@
+"""The adapter contract: one train/infer interface over every framework.
+
+An adapter builds a framework-neutral :class:`~workloads.architectures.Architecture` natively,
+loads the canonical weights (converting layouts itself), and runs training steps and inference on
+batches it has moved to its device. Worker-side: numpy, the standard library and the adapter's own
+framework, which is imported inside the adapter module only.
+
+Conventions every adapter follows, so that all frameworks run the same computation:
+
+- loss: mean softmax cross-entropy over the batch, from logits;
+- ``sgd``: ``v = momentum * v + g; p -= lr * v`` (no dampening, no Nesterov, no weight decay);
+- ``adam``: bias-corrected Adam with ``betas = ADAM_BETAS`` and ``eps = ADAM_EPS`` outside the square
+  root; the framework's defaults are never relied on;
+- float32 everywhere, TF32 and reduced-precision matmuls off.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+
+from workloads.architectures import Architecture
+
+Device = Literal["cpu", "gpu", "tpu"]
+CompileChoice = Literal["auto", "on", "off"]
+Optimizer = Literal["sgd", "adam"]
+
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """How to build a model: where, in which precision, compiled or not, and how it learns."""
+
+    device: Device = "cpu"
+    precision: str = "float32"
+    compile: CompileChoice = "auto"
+    optimizer: Optimizer = "sgd"
+    learning_rate: float = 0.05
+    momentum: float = 0.9
+    threads: int = 1
+
+
+class Adapter(ABC):
+    """One framework's native build of an architecture, with its optimiser state.
+
+    ``train_step`` and ``infer`` may return before the device has finished (JAX and CUDA dispatch
+    asynchronously): the caller must call :meth:`sync` before it reads a clock.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, arch: Architecture, params: dict[str, np.ndarray], options: BuildOptions):
+        self.arch = arch
+        self.options = options
+
+    @property
+    @abstractmethod
+    def compile_mode(self) -> str:
+        """The execution mode that actually runs, e.g. ``eager``, ``inductor``, ``jit``."""
+
+    @staticmethod
+    @abstractmethod
+    def framework_version() -> str: ...
+
+    @abstractmethod
+    def to_device(self, x: np.ndarray) -> Any:
+        """Move a canonical (channel-first) array to the device, in the adapter's native layout."""
+
+    @abstractmethod
+    def train_step(self, x: Any, y: Any) -> Any:
+        """One optimiser step on a device batch; returns the (device) loss before the update."""
+
+    @abstractmethod
+    def infer(self, x: Any) -> Any:
+        """Logits for a device batch, in inference mode."""
+
+    @abstractmethod
+    def sync(self) -> None:
+        """Block until every operation queued so far has finished."""
+
+    @abstractmethod
+    def ready(self) -> bool:
+        """Non-blocking: has all queued work (parameters, last outputs) finished?"""
+
+    @abstractmethod
+    def to_numpy(self, value: Any) -> np.ndarray: ...
+
+    @abstractmethod
+    def load_params(self, params: dict[str, np.ndarray]) -> None:
+        """Set the weights from canonical arrays and reset the optimiser state."""
+
+    @abstractmethod
+    def export_params(self) -> dict[str, np.ndarray]:
+        """The current weights in the canonical layout."""
+
+    @abstractmethod
+    def native_param_count(self) -> int:
+        """Number of trainable scalars as the framework counts them."""
+
+    def device_memory_peak_mb(self) -> float | None:
+        """Peak device memory the framework reports, or None where it has no counter (CPU)."""
+        return None
+
+    def runtime_info(self) -> dict[str, Any]:
+        """Thread and precision settings as the framework reports them."""
+        return {}
+
+
+def check_params(arch: Architecture, params: dict[str, np.ndarray]) -> None:
+    """Raise if ``params`` does not match the architecture's canonical layout exactly."""
+    layout = arch.param_layout()
+    if set(params) != set(layout):
+        raise ValueError(f"{arch.name}: expected parameters {sorted(layout)}, got {sorted(params)}")
+    for key, shape in layout.items():
+        if tuple(params[key].shape) != shape:
+            raise ValueError(f"{arch.name}: {key} has shape {params[key].shape}, expected {shape}")

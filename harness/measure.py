@@ -1,0 +1,146 @@
+"""The measurement protocol: compile time, warm-up, timed windows, statistics, memory, GEMM peak.
+
+Worker-side (numpy and the standard library only). Every clock read is preceded by ``sync()``, so
+asynchronous frameworks (JAX, CUDA) are timed on finished work, not on dispatch.
+
+Protocol for one scenario:
+1. the first call (tracing, XLA/inductor compilation, autotuning) is timed alone -> ``compile_s``;
+2. ``warmup_steps`` untimed calls;
+3. timed windows of ``window_steps`` calls each, one clock read per window, until at least
+   ``min_steps`` calls AND ``min_time_s`` seconds are done. Per-window seconds are the raw samples.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class Budget:
+    warmup_steps: int
+    min_steps: int
+    min_time_s: float
+    window_steps: int
+
+
+@dataclass(frozen=True)
+class Timing:
+    compile_s: float
+    window_s: list[float]  # raw samples: seconds per window
+    window_steps: int
+
+    @property
+    def step_s(self) -> np.ndarray:
+        return np.asarray(self.window_s) / self.window_steps
+
+    @property
+    def steps(self) -> int:
+        return len(self.window_s) * self.window_steps
+
+
+def run_timed(
+    step: Callable[[], object], sync: Callable[[], None], budget: Budget, clock: Clock = time.perf_counter
+) -> Timing:
+    """Time ``step`` by the protocol above; ``sync`` is called before every clock read."""
+    sync()
+    t0 = clock()
+    step()
+    sync()
+    compile_s = clock() - t0
+    for _ in range(budget.warmup_steps):
+        step()
+    windows: list[float] = []
+    sync()
+    start = last = clock()
+    while len(windows) * budget.window_steps < budget.min_steps or last - start < budget.min_time_s:
+        for _ in range(budget.window_steps):
+            step()
+        sync()
+        now = clock()
+        windows.append(now - last)
+        last = now
+    return Timing(compile_s, windows, budget.window_steps)
+
+
+def summarize(samples: np.ndarray | list[float], seed: int = 0, resamples: int = 1000) -> dict[str, float]:
+    """Median, mean, percentiles, coefficient of variation and a 95% bootstrap CI of the median."""
+    a = np.asarray(samples, dtype=np.float64)
+    if a.size == 0:
+        raise ValueError("no samples to summarize")
+    p50, p90, p95, p99 = np.percentile(a, [50, 90, 95, 99])
+    mean = float(a.mean())
+    rng = np.random.default_rng(seed)
+    medians = np.median(rng.choice(a, size=(resamples, a.size), replace=True), axis=1)
+    lo, hi = np.percentile(medians, [2.5, 97.5])
+    return {
+        "median": float(p50),
+        "mean": mean,
+        "p50": float(p50),
+        "p90": float(p90),
+        "p95": float(p95),
+        "p99": float(p99),
+        "cv": float(a.std(ddof=1) / mean) if a.size > 1 and mean > 0 else 0.0,
+        "ci_low": float(lo),
+        "ci_high": float(hi),
+        "n": float(a.size),
+    }
+
+
+def peak_rss_mb() -> float:
+    """Kernel high-water mark of this process's resident set (ru_maxrss is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mb() -> float:
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return peak_rss_mb()
+
+
+def _gemm_gflops(n: int = 1024, min_time_s: float = 0.3) -> float:
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    b = np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)
+    a @ b  # warm-up
+    best = float("inf")
+    start = time.perf_counter()
+    while time.perf_counter() - start < min_time_s:
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def gemm_peak_gflops(threads: int, cache_dir: Path | None) -> float:
+    """This node's float32 GEMM peak for ``threads`` threads on this CPU set, measured once and cached.
+
+    Measured with numpy's BLAS (1024^3 matmul, best of ~0.3 s) so the reference is the same for
+    every framework; thread count comes from the BLAS environment the launcher set.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    key = f"{socket.gethostname()}-t{threads}-c{'_'.join(map(str, cpus))}-np{np.__version__}"
+    path = cache_dir / f"gemm-peak-{key}.json" if cache_dir else None
+    if path and path.exists():
+        try:
+            return float(json.loads(path.read_text())["gflops"])
+        except (ValueError, KeyError, OSError):
+            pass
+    gflops = _gemm_gflops()
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"gflops": gflops, "measured_at": time.time()}))
+        tmp.replace(path)
+    return gflops

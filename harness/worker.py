@@ -1,0 +1,264 @@
+"""Worker entry point: ``python -m harness.worker --request REQ.json --out RESULT.json``.
+
+Runs one trial in this (fresh) process and writes its result as JSON. Imports numpy, the standard
+library and the one framework the trial uses, nothing else: it runs in every framework's
+interpreter, including ones without Ray, MLflow or pydantic.
+
+The request is ``{"spec": TrialSpec JSON, "trial_key": str, "cpus": [int] | null,
+"dataset_path": str | null, "cache_dir": str | null, "fault": str | null}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import signal
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+Json = dict[str, Any]
+
+
+def _inject(fault: str | None) -> None:
+    """Test hook: make this trial crash, hang or raise (set by the driver, never by default)."""
+    if fault == "crash":
+        os.kill(os.getpid(), signal.SIGSEGV)
+    elif fault == "hang":
+        while True:
+            time.sleep(1)
+    elif fault == "raise":
+        raise RuntimeError("injected failure")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _latency_metrics(prefix: str, step_s: Any) -> dict[str, float]:
+    from harness.measure import summarize
+
+    s = summarize(step_s * 1000.0)
+    return {f"{prefix}_p{q}": s[f"p{q}"] for q in (50, 90, 95, 99)}
+
+
+def run_trial(request: Json) -> Json:
+    """Build the model, run the trial's scenario, measure. Returns the result dict (status ok)."""
+    import numpy as np
+
+    from harness.measure import Budget, current_rss_mb, gemm_peak_gflops, peak_rss_mb, run_timed, summarize
+    from workloads import datasets
+    from workloads.architectures import get
+
+    spec: Json = request["spec"]
+    threads: int = spec["threads"]
+    cache_dir = Path(request["cache_dir"]) if request.get("cache_dir") else None
+    peak_gflops = gemm_peak_gflops(threads, cache_dir)  # before the framework loads: nothing else runs
+
+    t0 = time.perf_counter()
+    from adapters import load_adapter
+    from adapters.base import BuildOptions
+
+    adapter_cls = load_adapter(spec["framework"])
+    import_s = time.perf_counter() - t0
+
+    arch = get(spec["architecture"])
+    params = arch.init_params(spec["seed"])
+    x, y = datasets.synthetic(arch.input_shape, arch.num_classes, spec["batch_size"], spec["seed"] + 1)
+    train = spec["train"]
+    accuracy_run = spec["mode"] == "train" and spec["dataset"] != datasets.SYNTHETIC and train["steps"] > 0
+    data = datasets.load(spec["dataset"], request["dataset_path"]) if accuracy_run else None
+    baseline_mb = current_rss_mb()
+
+    options = BuildOptions(
+        device=spec["device"],
+        precision=spec["precision"],
+        compile=spec["compile"],
+        optimizer=train["optimizer"],
+        learning_rate=train["learning_rate"],
+        momentum=train["momentum"],
+        threads=threads,
+    )
+    adapter = adapter_cls(arch, params, options)
+    if adapter.native_param_count() != arch.param_count():
+        raise RuntimeError(f"{spec['framework']} built {adapter.native_param_count()} parameters, spec has {arch.param_count()}")
+
+    m = spec["measure"]
+    budget = Budget(m["warmup_steps"], m["min_steps"], m["min_time_s"], m["window_steps"])
+    xd = adapter.to_device(x)
+    metrics: dict[str, float] = {"param_count": float(arch.param_count()), "import_s": import_s}
+    samples: dict[str, list[float]] = {}
+    history: dict[str, list[float]] = {}
+    status, reason = "ok", ""
+
+    if spec["mode"] == "train":
+        yd = adapter.to_device(y)
+        last: list[Any] = [None]
+
+        def train_step() -> None:
+            last[0] = adapter.train_step(xd, yd)
+
+        timing = run_timed(train_step, adapter.sync, budget)
+        final = float(adapter.to_numpy(last[0]))
+        metrics |= _latency_metrics("latency_ms", timing.step_s)
+        samples["train_window_s"] = timing.window_s
+        if not math.isfinite(final):
+            status, reason = "diverged", f"training loss became {final} on the synthetic batch"
+    else:
+        timing = run_timed(lambda: adapter.infer(xd), adapter.sync, budget)
+        x1 = adapter.to_device(x[:1])
+        single = run_timed(
+            lambda: adapter.infer(x1),
+            adapter.sync,
+            Budget(m["warmup_steps"], m["latency_requests"], m["min_time_s"], 1),
+        )
+        metrics |= _latency_metrics("latency_ms", single.step_s)
+        metrics |= _latency_metrics("batch_latency_ms", timing.step_s)
+        metrics["compile_s_single_stream"] = single.compile_s
+        samples["offline_window_s"] = timing.window_s
+        samples["single_stream_request_s"] = single.window_s
+
+    step_stats = summarize(timing.step_s)
+    throughput = spec["batch_size"] / step_stats["median"]
+    flops = arch.flops_per_sample(spec["mode"])
+    metrics |= {
+        "throughput_samples_per_s": throughput,
+        "throughput_ci_low": spec["batch_size"] / step_stats["ci_high"],
+        "throughput_ci_high": spec["batch_size"] / step_stats["ci_low"],
+        "step_time_cv": step_stats["cv"],
+        "timed_steps": float(timing.steps),
+        "compile_s": timing.compile_s,
+        "flops_per_sample": float(flops),
+        "achieved_gflops": flops * throughput / 1e9,
+        "node_peak_gflops": peak_gflops,
+        "peak_fraction": flops * throughput / 1e9 / peak_gflops,
+    }
+
+    if data is not None and status == "ok":
+        acc_metrics, history = _train_to_accuracy(adapter, params, data, spec, np)
+        metrics |= acc_metrics
+        if not math.isfinite(acc_metrics["final_loss"]):
+            status, reason = "diverged", f"training loss became {acc_metrics['final_loss']} on {spec['dataset']}"
+
+    metrics["peak_host_rss_mb"] = peak_rss_mb()
+    metrics["host_mem_delta_mb"] = metrics["peak_host_rss_mb"] - baseline_mb
+    device_peak = adapter.device_memory_peak_mb()
+    if device_peak is not None:
+        metrics["peak_device_mem_mb"] = device_peak
+
+    return {
+        "status": status,
+        "reason": reason,
+        "metrics": metrics,
+        "samples": samples,
+        "history": history,
+        "compile_mode": adapter.compile_mode,
+        "framework_version": adapter.framework_version(),
+        "environment": _environment(adapter.runtime_info(), threads, np.__version__),
+    }
+
+
+def _train_to_accuracy(adapter: Any, params: Any, data: Any, spec: Json, np: Any) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Fixed step budget from the canonical weights, same data order in every framework."""
+    adapter.load_params(params)
+    train, bs = spec["train"], spec["batch_size"]
+    n = len(data.x_train)
+    if bs > n:
+        raise ValueError(f"batch size {bs} exceeds the {n} training samples of {spec['dataset']}")
+    rng = np.random.default_rng(spec["seed"])
+    order, pos = rng.permutation(n), 0
+    losses: list[Any] = []
+    val_curve: list[float] = []
+    t0 = time.perf_counter()
+    for step in range(train["steps"]):
+        if pos + bs > n:
+            order, pos = rng.permutation(n), 0
+        idx = order[pos : pos + bs]
+        pos += bs
+        losses.append(adapter.train_step(adapter.to_device(data.x_train[idx]), adapter.to_device(data.y_train[idx])))
+        if train["eval_every"] and (step + 1) % train["eval_every"] == 0:
+            val_curve.append(_accuracy(adapter, data.x_val, data.y_val, np))
+    adapter.sync()
+    train_time_s = time.perf_counter() - t0
+    loss = [float(adapter.to_numpy(v)) for v in losses]
+    train_acc = _accuracy(adapter, data.x_train, data.y_train, np)
+    val_acc = _accuracy(adapter, data.x_val, data.y_val, np)
+    metrics = {
+        "train_accuracy": train_acc,
+        "val_accuracy": val_acc,
+        "train_val_gap": train_acc - val_acc,
+        "final_loss": loss[-1],
+        "train_steps": float(len(loss)),
+        "train_time_s": train_time_s,
+    }
+    history = {"loss": loss} | ({"val_accuracy": val_curve} if val_curve else {})
+    return metrics, history
+
+
+def _accuracy(adapter: Any, x: Any, y: Any, np: Any, batch: int = 500) -> float:
+    correct = 0
+    for i in range(0, len(x), batch):
+        logits = adapter.to_numpy(adapter.infer(adapter.to_device(x[i : i + batch])))
+        correct += int((logits.argmax(axis=-1) == y[i : i + batch]).sum())
+    return correct / len(x)
+
+
+def _environment(runtime: Json, threads: int, numpy_version: str) -> Json:
+    keys = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "XLA_FLAGS", "CUDA_VISIBLE_DEVICES")
+    return {
+        "hostname": socket.gethostname(),
+        "python": sys.version.split()[0],
+        "interpreter": sys.executable,
+        "numpy": numpy_version,
+        "cpu_model": _cpu_model(),
+        "cpus": sorted(os.sched_getaffinity(0)),
+        "threads": threads,
+        "thread_env": {k: os.environ[k] for k in keys if k in os.environ},
+        "framework_runtime": runtime,
+    }
+
+
+def _status_for(exc: BaseException) -> str:
+    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+        return "oom"
+    return "failed"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness.worker", description=__doc__)
+    parser.add_argument("--request", required=True, type=Path)
+    parser.add_argument("--out", required=True, type=Path)
+    args = parser.parse_args(argv)
+    request: Json = json.loads(args.request.read_text())
+    if request.get("cpus"):
+        os.sched_setaffinity(0, request["cpus"])
+    started = time.time()
+    try:
+        _inject(request.get("fault"))
+        result = run_trial(request)
+    except BaseException as exc:  # noqa: BLE001 - every failure becomes a result
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        traceback.print_exc()  # the launcher keeps the stderr tail
+        result = {"status": _status_for(exc), "reason": f"{type(exc).__name__}: {exc}"}
+    result |= {"trial_key": request["trial_key"], "started_at": started, "wall_s": time.time() - started}
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result))
+    tmp.replace(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Framework-neutral workloads: architectures, datasets and suites."""

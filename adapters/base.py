@@ -43,6 +43,7 @@ class BuildOptions:
     learning_rate: float = 0.05
     momentum: float = 0.9
     threads: int = 1
+    trainable: bool = True  # False: inference only, no optimiser state is built
 
 
 class Adapter(ABC):

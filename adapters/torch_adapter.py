@@ -68,6 +68,8 @@ class TorchAdapter(Adapter):
     def framework_version() -> str:
         return str(torch.__version__)
 
+    optimizer: torch.optim.Optimizer | None
+
     def _make_optimizer(self) -> torch.optim.Optimizer:
         o = self.options
         if o.optimizer == "adam":
@@ -82,6 +84,7 @@ class TorchAdapter(Adapter):
         return torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        assert self.optimizer is not None, "built with trainable=False"
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         loss = F.cross_entropy(self._forward(x), y)
@@ -113,7 +116,8 @@ class TorchAdapter(Adapter):
                 weight = kernel.T if isinstance(module, nn.Linear) else kernel  # (in,out) -> (out,in)
                 module.weight.copy_(torch.from_numpy(np.ascontiguousarray(weight)))
                 module.bias.copy_(torch.from_numpy(params[f"{i}.bias"]))
-        self.optimizer = self._make_optimizer()
+        # torch.optim imports torch._dynamo (about 2 s): only pay for it when training
+        self.optimizer = self._make_optimizer() if self.options.trainable else None
 
     def export_params(self) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}

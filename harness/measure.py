@@ -124,20 +124,26 @@ def _gemm_gflops(n: int = 1024, min_time_s: float = 0.3) -> float:
 
 
 def gemm_peak_gflops(threads: int, cache_dir: Path | None) -> float:
-    """This node's float32 GEMM peak for ``threads`` threads on this CPU set, measured once and cached.
+    """This node's float32 GEMM peak for ``threads`` threads on this CPU set.
 
     Measured with numpy's BLAS (1024^3 matmul, best of ~0.3 s) so the reference is the same for
-    every framework; thread count comes from the BLAS environment the launcher set.
+    every framework; the thread count comes from the BLAS environment the launcher set. A peak is a
+    maximum: the cache keeps the best measurement and is refreshed (max of old and new) after an
+    hour, so one measurement disturbed by a busy moment does not stick.
     """
     cpus = sorted(os.sched_getaffinity(0))
     key = f"{socket.gethostname()}-t{threads}-c{'_'.join(map(str, cpus))}-np{np.__version__}"
     path = cache_dir / f"gemm-peak-{key}.json" if cache_dir else None
+    previous = 0.0
     if path and path.exists():
         try:
-            return float(json.loads(path.read_text())["gflops"])
+            cached = json.loads(path.read_text())
+            previous = float(cached["gflops"])
+            if time.time() - float(cached["measured_at"]) < 3600:
+                return previous
         except (ValueError, KeyError, OSError):
             pass
-    gflops = _gemm_gflops()
+    gflops = max(previous, _gemm_gflops())
     if path:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")

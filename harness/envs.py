@@ -1,0 +1,70 @@
+"""Which Python interpreter serves each framework, and whether it can.
+
+Resolution order for framework ``fw``: the ``HARNESS_PYTHON_<FW>`` environment variable, then a
+per-framework venv at ``$HARNESS_VENVS/<fw>/bin/python`` (default ``<project>/.venvs``), then the
+interpreter running the harness. Probes run in a subprocess of that interpreter, so a framework that
+cannot live beside the driver (MXNet needs numpy 1.23) is still found and checked.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from adapters import FRAMEWORKS
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def venvs_dir() -> Path:
+    return Path(os.environ.get("HARNESS_VENVS", PROJECT_ROOT / ".venvs"))
+
+
+def interpreter(framework: str) -> str:
+    override = os.environ.get(f"HARNESS_PYTHON_{framework.upper()}")
+    if override:
+        return override
+    venv_python = venvs_dir() / framework / "bin" / "python"
+    return str(venv_python) if venv_python.exists() else sys.executable
+
+
+@dataclass(frozen=True)
+class EnvStatus:
+    framework: str
+    interpreter: str
+    version: str | None
+    problem: str | None  # None: usable
+    fix: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+
+def probe(framework: str, import_it: bool = False, timeout_s: float = 120.0) -> EnvStatus:
+    """Find the framework's version in its interpreter; with ``import_it`` really import it."""
+    info = FRAMEWORKS[framework]
+    python = interpreter(framework)
+    fix = "run `make setup` (or set HARNESS_PYTHON_%s to an interpreter that has it)" % framework.upper()
+    if import_it:
+        code = f"import {info.distribution} as m; print(m.__version__)"
+    else:
+        code = f"import importlib.metadata as m; print(m.version({info.distribution!r}))"
+    try:
+        proc = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=timeout_s)
+    except FileNotFoundError:
+        return EnvStatus(framework, python, None, f"interpreter {python} does not exist", fix)
+    except subprocess.TimeoutExpired:
+        return EnvStatus(framework, python, None, f"importing {framework} took over {timeout_s:.0f} s", fix)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        what = "cannot import" if import_it else "is not installed in"
+        return EnvStatus(framework, python, None, f"{framework} {what} {python}: {last}", fix)
+    return EnvStatus(framework, python, proc.stdout.strip(), None, None)
+
+
+def probe_all(import_it: bool = False) -> dict[str, EnvStatus]:
+    return {fw: probe(fw, import_it) for fw in FRAMEWORKS}

@@ -1,0 +1,102 @@
+"""Suite file + CLI filters -> the list of TrialSpecs to run, and the cells skipped with a reason."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from pydantic import ValidationError
+
+from adapters import FRAMEWORKS
+from harness.spec import COMPILE, DEVICES, MODES, SpecError, SuiteSpec, TrainSpec, TrialSpec, first_error
+from workloads.architectures import ARCHITECTURES
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """CLI selections; ``None`` keeps the suite's value."""
+
+    frameworks: Sequence[str] | None = None
+    architectures: Sequence[str] | None = None
+    modes: Sequence[str] | None = None
+    batch_sizes: Sequence[int] | None = None
+    devices: Sequence[str] | None = None
+    compile: str | None = None
+    threads: int | None = None
+    timeout_s: float | None = None
+
+
+@dataclass
+class Plan:
+    suite: SuiteSpec
+    trials: list[TrialSpec] = field(default_factory=list)
+    skipped: list[tuple[TrialSpec, str]] = field(default_factory=list)
+
+
+def _check(kind: str, values: Sequence[str] | None, choices: Sequence[str]) -> None:
+    for v in values or ():
+        if v not in choices:
+            raise SpecError(f"unknown {kind} {v!r}; choose from {', '.join(choices)}")
+
+
+def validate(o: Overrides) -> None:
+    """Reject bad CLI selections before anything runs (one line, the valid choices)."""
+    _check("framework", o.frameworks, list(FRAMEWORKS))
+    _check("architecture", o.architectures, list(ARCHITECTURES))
+    _check("mode", o.modes, MODES)
+    _check("device", o.devices, DEVICES)
+    if o.compile is not None:
+        _check("compile mode", [o.compile], COMPILE)
+    for b in o.batch_sizes or ():
+        if b <= 0:
+            raise SpecError(f"batch size must be a positive integer, got {b}")
+    if o.threads is not None and o.threads <= 0:
+        raise SpecError(f"threads must be a positive integer, got {o.threads}")
+    if o.timeout_s is not None and o.timeout_s <= 0:
+        raise SpecError(f"timeout must be positive, got {o.timeout_s}")
+
+
+def expand(
+    suite: SuiteSpec, o: Overrides, default_threads: int, unavailable: Mapping[str, str] | None = None
+) -> Plan:
+    """The matrix of the suite narrowed or replaced by ``o``.
+
+    ``unavailable`` maps a framework to why its environment cannot run it; such cells, and cells a
+    framework's capabilities exclude, are skipped with the reason (reported as ``unsupported``).
+    """
+    validate(o)
+    unavailable = unavailable or {}
+    plan = Plan(suite)
+    axes = itertools.product(
+        o.architectures or suite.architectures,
+        o.frameworks or suite.frameworks,
+        o.modes or suite.modes,
+        o.devices or suite.devices,
+        o.batch_sizes or suite.batch_sizes,
+    )
+    for arch, fw, mode, device, batch in axes:
+        try:
+            spec = TrialSpec(
+                architecture=arch,
+                framework=fw,
+                mode=mode,  # type: ignore[arg-type]
+                device=device,  # type: ignore[arg-type]
+                batch_size=batch,
+                precision=suite.precision,
+                compile=o.compile or suite.compile,  # type: ignore[arg-type]
+                dataset=suite.dataset if mode == "train" else "synthetic",
+                threads=o.threads or default_threads,
+                seed=suite.seed,
+                timeout_s=o.timeout_s or suite.timeout_s,
+                train=suite.train if mode == "train" else TrainSpec(),
+                measure=suite.measure,
+            )
+        except ValidationError as e:
+            raise SpecError(first_error(e)) from None
+        reason = unavailable.get(fw) or FRAMEWORKS[fw].unsupported_reason(device, suite.precision)
+        if reason:
+            plan.skipped.append((spec, reason))
+        else:
+            plan.trials.append(spec)
+    return plan

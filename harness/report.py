@@ -1,0 +1,67 @@
+"""Comparison tables of trial results (rich)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from rich.table import Table
+
+from harness.spec import TrialResult
+
+STATUS_STYLE = {"ok": "green", "unsupported": "yellow", "diverged": "magenta"}
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def comparison_table(results: Iterable[TrialResult], title: str = "") -> Table:
+    """One row per (architecture, framework, mode[, batch size, device])."""
+    table = Table(title=title or None, header_style="bold", show_lines=False)
+    for col, justify in [
+        ("architecture", "left"),
+        ("framework", "left"),
+        ("mode", "left"),
+        ("device", "left"),
+        ("batch", "right"),
+        ("exec", "left"),
+        ("samples/s", "right"),
+        ("lat p50 ms", "right"),
+        ("lat p99 ms", "right"),
+        ("compile s", "right"),
+        ("peak RSS MB", "right"),
+        ("GFLOP/s", "right"),
+        ("% peak", "right"),
+        ("val acc", "right"),
+        ("status", "left"),
+    ]:
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    ordered = sorted(results, key=lambda r: (r.spec.architecture, r.spec.mode, r.spec.batch_size, r.spec.device, r.spec.framework))
+    for r in ordered:
+        m, s = r.metrics, r.spec
+        frac = m.get("peak_fraction")
+        status = r.status if r.status == "ok" else f"{r.status}: {r.reason[:60]}"
+        table.add_row(
+            s.architecture,
+            s.framework,
+            s.mode,
+            s.device,
+            str(s.batch_size),
+            r.compile_mode or "-",
+            _num(m.get("throughput_samples_per_s"), ",.0f"),
+            _num(m.get("latency_ms_p50"), ".3f"),
+            _num(m.get("latency_ms_p99"), ".3f"),
+            _num(m.get("compile_s"), ".2f"),
+            _num(m.get("peak_host_rss_mb"), ".0f"),
+            _num(m.get("achieved_gflops"), ".1f"),
+            _num(None if frac is None else 100 * frac, ".1f"),
+            _num(m.get("val_accuracy"), ".3f"),
+            f"[{STATUS_STYLE.get(r.status, 'red')}]{status}[/]",
+        )
+    return table
+
+
+def mlflow_ui_command(uri: str) -> str:
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri} in a browser"
+    return f"mlflow ui --backend-store-uri {uri}"

@@ -1,0 +1,120 @@
+"""Ray scheduling: one task per trial, holding its CPUs (and GPU/TPU) exclusively.
+
+``connect(None)`` starts an embedded local Ray; an address joins an existing cluster. Every task
+has ``max_retries=0``: the harness, not Ray, decides about retries and records the attempt. A CPU
+trial asks Ray for ``threads`` CPUs and then leases that many distinct cores of its node
+(:func:`harness.launch.lease_cores`), so timing trials never share a core. GPU trials add
+``num_gpus=1``; TPU trials the ``TPU`` resource.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+import ray
+
+from harness.launch import launch, lease_cores
+from harness.spec import TrialResult, TrialSpec
+from workloads import datasets
+
+DEVICE_RESOURCE = {"gpu": "GPU", "tpu": "TPU"}
+
+
+def connect(address: str | None) -> None:
+    if ray.is_initialized():
+        return
+    # Ray starts task workers at nice 15; trial processes inherit it and then lose the CPU to any
+    # other process (the driver logging to MLflow, Ray's own daemons), ruining timings.
+    os.environ.setdefault("RAY_worker_niceness", "0")
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "error"}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=len(os.sched_getaffinity(0)), **kwargs)
+        ray.get(ray.remote(_noop).options(num_cpus=1).remote())  # a task worker is up before timing starts
+
+
+def _noop() -> None:
+    return None
+
+
+def shutdown() -> None:
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def resources(spec: TrialSpec) -> dict[str, Any]:
+    req: dict[str, Any] = {"num_cpus": spec.threads}
+    if spec.device == "gpu":
+        req["num_gpus"] = 1
+    elif spec.device == "tpu":
+        req["resources"] = {"TPU": 1}
+    return req
+
+
+def unschedulable(specs: Iterable[TrialSpec]) -> list[str]:
+    """Why some trials could run on no node of the cluster (empty when all can)."""
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    problems: list[str] = []
+    for device, threads in sorted({(s.device, s.threads) for s in specs}):
+        key = DEVICE_RESOURCE.get(device)
+        if key and not any(r.get(key, 0) >= 1 for r in nodes):
+            have = ", ".join(sorted({k for r in nodes for k in r if k in ("CPU", "GPU", "TPU")}))
+            problems.append(f"no node in the Ray cluster has a {device.upper()} (cluster has: {have})")
+        elif not any(r.get("CPU", 0) >= threads and (not key or r.get(key, 0) >= 1) for r in nodes):
+            most = max((int(r.get("CPU", 0)) for r in nodes), default=0)
+            problems.append(f"trials need {threads} CPUs on one node; the largest node has {most} (use --threads)")
+    return problems
+
+
+def _materialize(name: str, sha256: str, arrays_ref: list[Any]) -> str:
+    """This node's cached copy of a data set, written from the object store on first use."""
+    path = datasets.cache_dir() / f"{name}-{sha256[:16]}.npz"
+    if not path.exists():
+        arrays: dict[str, np.ndarray] = ray.get(arrays_ref[0])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+        np.savez(tmp, **arrays)  # type: ignore[arg-type]
+        tmp.replace(path)
+    return str(path)
+
+
+def _run_trial(spec_json: str, dataset: tuple[str, str, list[Any]] | None, fault: str | None) -> str:
+    spec = TrialSpec.model_validate_json(spec_json)
+    path = _materialize(*dataset) if dataset else None
+    cache = str(datasets.cache_dir().parent)
+    with lease_cores(spec.threads) as cpus:
+        result = launch(spec, cpus=cpus, dataset_path=path, cache_dir=cache, fault=fault)
+    return result.to_json()
+
+
+def run_all(
+    specs: list[TrialSpec],
+    on_result: Callable[[TrialResult], None],
+    faults: dict[str, str] | None = None,
+) -> None:
+    """Submit every trial and hand each result to ``on_result`` as it completes."""
+    faults = faults or {}
+    shared: dict[str, tuple[str, str, list[Any]]] = {}
+    for name in {s.dataset for s in specs if s.trains_to_accuracy}:
+        prepared = datasets.prepare(name)
+        arrays = dict(np.load(prepared.path))
+        shared[name] = (name, prepared.sha256, [ray.put(arrays)])
+    task = ray.remote(max_retries=0)(_run_trial)
+    pending: dict[Any, TrialSpec] = {}
+    for spec in specs:
+        ds = shared.get(spec.dataset) if spec.trains_to_accuracy else None
+        ref = task.options(**resources(spec)).remote(spec.model_dump_json(), ds, faults.get(spec.name))
+        pending[ref] = spec
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        spec = pending.pop(done[0])
+        try:
+            result = TrialResult.from_json(ray.get(done[0]))
+        except Exception as e:  # the Ray task itself died (node lost, worker killed)
+            result = TrialResult(trial_key=spec.trial_key, spec=spec, status="crash", reason=f"Ray task failed: {e}"[:2000])
+        on_result(result)
+

@@ -127,11 +127,13 @@ class JaxAdapter(Adapter):
     def load_params(self, params: dict[str, np.ndarray]) -> None:
         check_params(self.arch, params)
         self.params = {k: jax.device_put(_to_native(k, v), self.device) for k, v in params.items()}
-        zeros = {k: jnp.zeros_like(v) for k, v in self.params.items()}
+        def zeros() -> Params:  # fresh buffers per slot: jit donates them
+            return {k: jnp.zeros_like(v) for k, v in self.params.items()}
+
         if self.options.optimizer == "sgd":
-            self.opt_state: dict[str, Any] = {"v": zeros}
+            self.opt_state: dict[str, Any] = {"v": zeros()}
         else:
-            self.opt_state = {"t": jnp.zeros((), jnp.int32), "m": zeros, "s": dict(zeros)}
+            self.opt_state = {"t": jnp.zeros((), jnp.int32), "m": zeros(), "s": zeros()}
 
     def export_params(self) -> dict[str, np.ndarray]:
         return {k: _to_canonical(k, np.asarray(v)) for k, v in self.params.items()}

@@ -1,0 +1,116 @@
+"""Conformance suite: the same assertions for every adapter and every architecture."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from adapters import FRAMEWORKS, load_adapter
+from adapters.base import Adapter, BuildOptions
+from workloads.architectures import ARCHITECTURES, Architecture
+from workloads.datasets import synthetic
+
+FWS = list(FRAMEWORKS)
+ARCHS = list(ARCHITECTURES)
+
+
+def build(fw: str, arch: Architecture, seed: int = 0, **opts: object) -> Adapter:
+    options = BuildOptions(threads=2, **opts)  # type: ignore[arg-type]
+    return load_adapter(fw)(arch, arch.init_params(seed), options)
+
+
+@pytest.mark.parametrize("arch_name", ARCHS)
+@pytest.mark.parametrize("fw", FWS)
+class TestConformance:
+    def test_param_count_matches_spec(self, fw: str, arch_name: str) -> None:
+        arch = ARCHITECTURES[arch_name]
+        assert build(fw, arch).native_param_count() == arch.param_count()
+
+    def test_export_of_load_is_identity(self, fw: str, arch_name: str) -> None:
+        arch = ARCHITECTURES[arch_name]
+        params = arch.init_params(7)
+        adapter = build(fw, arch)
+        adapter.load_params(params)
+        exported = adapter.export_params()
+        assert set(exported) == set(params)
+        for key, value in params.items():
+            assert exported[key].dtype == np.float32
+            np.testing.assert_array_equal(exported[key], value, err_msg=key)
+
+    def test_rejects_wrong_params(self, fw: str, arch_name: str) -> None:
+        arch = ARCHITECTURES[arch_name]
+        adapter = build(fw, arch)
+        params = arch.init_params(0)
+        params.pop(next(iter(params)))
+        with pytest.raises(ValueError, match="expected parameters"):
+            adapter.load_params(params)
+
+    @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+    def test_training_lowers_loss(self, fw: str, arch_name: str, optimizer: str) -> None:
+        arch = ARCHITECTURES[arch_name]
+        lr = 0.05 if optimizer == "sgd" else 1e-3
+        adapter = build(fw, arch, optimizer=optimizer, learning_rate=lr)
+        x, y = synthetic(arch.input_shape, arch.num_classes, 32, seed=3)
+        xd, yd = adapter.to_device(x), adapter.to_device(y)
+        losses = [float(adapter.to_numpy(adapter.train_step(xd, yd))) for _ in range(10)]
+        assert np.isfinite(losses).all()
+        assert losses[-1] < 0.8 * losses[0], losses
+
+    def test_load_params_resets_training(self, fw: str, arch_name: str) -> None:
+        arch = ARCHITECTURES[arch_name]
+        adapter = build(fw, arch)
+        x, y = synthetic(arch.input_shape, arch.num_classes, 16, seed=4)
+        xd, yd = adapter.to_device(x), adapter.to_device(y)
+        first = float(adapter.to_numpy(adapter.train_step(xd, yd)))
+        adapter.train_step(xd, yd)
+        adapter.load_params(arch.init_params(0))
+        again = float(adapter.to_numpy(adapter.train_step(xd, yd)))
+        assert again == pytest.approx(first, rel=1e-6)
+
+    def test_infer_shape_and_eager_mode(self, fw: str, arch_name: str) -> None:
+        arch = ARCHITECTURES[arch_name]
+        x, _ = synthetic(arch.input_shape, arch.num_classes, 8, seed=5)
+        fast = build(fw, arch, trainable=False)
+        eager = build(fw, arch, compile="off", trainable=False)
+        assert eager.compile_mode == "eager"
+        assert fast.compile_mode in FRAMEWORKS[fw].compile_modes
+        a = fast.to_numpy(fast.infer(fast.to_device(x)))
+        b = eager.to_numpy(eager.infer(eager.to_device(x)))
+        assert a.shape == (8, arch.num_classes)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("fw", FWS)
+def test_sync_leaves_no_pending_work(fw: str) -> None:
+    """After sync() every output is finished: the clock may be read."""
+    arch = ARCHITECTURES["mlp_deep"]
+    adapter = build(fw, arch)
+    x, y = synthetic(arch.input_shape, arch.num_classes, 4096, seed=6)
+    xd, yd = adapter.to_device(x), adapter.to_device(y)
+    for _ in range(3):
+        adapter.train_step(xd, yd)
+    adapter.sync()
+    assert adapter.ready()
+    adapter.infer(xd)
+    adapter.sync()
+    assert adapter.ready()
+
+
+@pytest.mark.parametrize("fw", FWS)
+def test_runtime_reports_threads_and_precision(fw: str) -> None:
+    info = build(fw, ARCHITECTURES["mlp_shallow"]).runtime_info()
+    assert info, "adapter reports its runtime settings"
+    text = str(info).lower()
+    assert "highest" in text  # float32 matmul precision pinned
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fw", FWS)
+def test_gpu_train_step(fw: str) -> None:
+    arch = ARCHITECTURES["cnn_small"]
+    adapter = build(fw, arch, device="gpu")
+    x, y = synthetic(arch.input_shape, arch.num_classes, 64, seed=1)
+    loss = adapter.train_step(adapter.to_device(x), adapter.to_device(y))
+    adapter.sync()
+    assert np.isfinite(adapter.to_numpy(loss))
+    assert (adapter.device_memory_peak_mb() or 0) > 0

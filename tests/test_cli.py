@@ -1,0 +1,218 @@
+"""End to end through the CLI: a real embedded Ray, real worker processes, a real SQLite MLflow store."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import REPO
+
+TINY = str(REPO / "tests" / "suites" / "tiny.toml")
+PARAMS = {"architecture", "framework", "framework_version", "mode", "scenario", "device", "batch_size",
+          "precision", "compile", "threads", "dataset"}  # fmt: skip
+METRICS = {"param_count", "throughput_samples_per_s", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99",
+           "compile_s", "peak_host_rss_mb", "host_mem_delta_mb", "flops_per_sample", "achieved_gflops",
+           "peak_fraction"}  # fmt: skip
+TRAINED = {"train_accuracy", "val_accuracy", "final_loss"}
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Run:
+    proc: subprocess.CompletedProcess[str]
+    cwd: Path
+    uri: str
+
+    @property
+    def batch_id(self) -> str:
+        (meta,) = (self.cwd / "runs").glob("*/batch.json")
+        return meta.parent.name
+
+    def journal(self) -> list[dict[str, object]]:
+        path = self.cwd / "runs" / self.batch_id / "journal.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def harness(cwd: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 400) -> Run:
+    uri = f"sqlite:///{cwd / 'mlflow.db'}"
+    full_env = {**os.environ, "HARNESS_RUNS_DIR": str(cwd / "runs"), "MLFLOW_TRACKING_URI": uri, **(env or {})}
+    full_env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.cli", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
+    return Run(proc, cwd, uri)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    run = harness(tmp_path_factory.mktemp("tiny"), "run", TINY)
+    assert run.proc.returncode == 0, run.proc.stdout + run.proc.stderr
+    return run
+
+
+def test_run_prints_table_and_ui_hint(tiny_run: Run) -> None:
+    out = tiny_run.proc.stdout
+    for fw in ("torch", "jax"):
+        assert f"mlp_shallow-{fw}-train" in out
+    assert "samples/s" in out and "val acc" in out
+    assert f"mlflow ui --backend-store-uri {tiny_run.uri}" in out
+
+
+def test_journal_has_every_trial(tiny_run: Run) -> None:
+    rows = tiny_run.journal()
+    assert {(r["spec"]["framework"], r["spec"]["mode"]) for r in rows} == {  # type: ignore[index]
+        ("torch", "train"), ("torch", "infer"), ("jax", "train"), ("jax", "infer")}  # fmt: skip
+    assert all(r["status"] == "ok" for r in rows)
+    for r in rows:
+        env = r["environment"]
+        assert env["threads"] == len(env["cpus"])  # type: ignore[index]
+        assert env["niceness"] == 0  # type: ignore[index]
+
+
+def test_mlflow_runs_params_metrics_tags(tiny_run: Run) -> None:
+    client = MlflowClient(tiny_run.uri)
+    exp = client.get_experiment_by_name("harness")
+    assert exp is not None
+    runs = client.search_runs([exp.experiment_id], f"tags.batch_id = '{tiny_run.batch_id}'")
+    parents = [r for r in runs if r.data.tags.get("harness_kind") == "batch"]
+    children = [r for r in runs if r.data.tags.get("harness_kind") == "trial"]
+    assert len(parents) == 1 and len(children) == 4
+    names = {r.info.run_name for r in children}
+    assert names == {f"mlp_shallow-{fw}-{mode}" for fw in ("torch", "jax") for mode in ("train", "infer")}
+    for r in children:
+        assert r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert PARAMS <= set(r.data.params)
+        assert r.data.params["framework"] in ("torch", "jax")
+        assert METRICS <= set(r.data.metrics), METRICS - set(r.data.metrics)
+        assert r.data.metrics["throughput_samples_per_s"] > 0
+        assert r.data.metrics["param_count"] == 13066
+        assert {"trial_key", "batch_id", "status"} <= set(r.data.tags)
+        assert r.data.tags["status"] == "ok"
+        artifacts = {a.path for a in client.list_artifacts(r.info.run_id)}
+        assert "result.json" in artifacts
+        if r.data.params["mode"] == "train":
+            assert TRAINED <= set(r.data.metrics)
+            assert r.data.metrics["val_accuracy"] > 0.2  # 10 classes: chance is 0.1
+            loss = client.get_metric_history(r.info.run_id, "loss")
+            assert [m.step for m in loss] == list(range(40))
+
+
+def test_same_weights_same_accuracy_across_frameworks(tiny_run: Run) -> None:
+    train = [r for r in tiny_run.journal() if r["spec"]["mode"] == "train"]  # type: ignore[index]
+    accs = [r["metrics"]["val_accuracy"] for r in train]  # type: ignore[index]
+    assert abs(accs[0] - accs[1]) <= 0.02  # same data order and weights: only float noise differs
+
+
+def test_compare_reprints_table(tiny_run: Run) -> None:
+    out = harness(tiny_run.cwd, "compare", tiny_run.batch_id).proc
+    assert out.returncode == 0
+    assert out.stdout.count("mlp_shallow") == 4
+
+
+def test_compare_reads_mlflow_when_journal_is_gone(tiny_run: Run, tmp_path: Path) -> None:
+    run = harness(tmp_path, "compare", tiny_run.batch_id, "--tracking-uri", tiny_run.uri)
+    assert run.proc.returncode == 0, run.proc.stderr
+    assert run.proc.stdout.count("mlp_shallow") == 4
+
+
+def test_resume_skips_finished_trials(tiny_run: Run) -> None:
+    again = harness(tiny_run.cwd, "run", TINY, "--resume", tiny_run.batch_id)
+    assert again.proc.returncode == 0, again.proc.stderr
+    assert "4 trials already finished, 0 to run" in again.proc.stdout
+    client = MlflowClient(tiny_run.uri)
+    exp = client.get_experiment_by_name("harness")
+    assert exp is not None
+    runs = client.search_runs([exp.experiment_id], f"tags.batch_id = '{tiny_run.batch_id}' and tags.harness_kind = 'trial'")
+    assert len(runs) == 4  # no duplicates
+
+
+def test_crash_and_hang_end_with_status_and_batch_finishes(tmp_path: Path) -> None:
+    faults = "mlp_shallow-jax-train=crash,mlp_shallow-torch-infer=hang,mlp_shallow-jax-infer=raise"
+    run = harness(tmp_path, "run", TINY, "--timeout", "30", env={"HARNESS_INJECT_FAULTS": faults})
+    assert run.proc.returncode == 1  # some trials failed, the batch still completed
+    status = {f"{r['spec']['framework']}-{r['spec']['mode']}": r for r in run.journal()}  # type: ignore[index]
+    assert status["jax-train"]["status"] == "crash"
+    assert "SIGSEGV" in status["jax-train"]["reason"]  # type: ignore[operator]
+    assert status["torch-infer"]["status"] == "timeout"
+    assert status["jax-infer"]["status"] == "failed"
+    assert "injected failure" in status["jax-infer"]["stderr_tail"]  # type: ignore[operator]
+    assert status["torch-train"]["status"] == "ok"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "smoke", "--framework", "pytorch"], "unknown framework 'pytorch'; choose from torch, jax"),
+        (["run", "smoke", "--arch", "vgg"], "unknown architecture 'vgg'; choose from"),
+        (["run", "smoke", "--mode", "serve"], "unknown mode 'serve'; choose from train, infer"),
+        (["run", "smoke", "--batch-size", "0"], "batch size must be a positive integer"),
+        (["run", "smoke", "--batch-size", "x"], "batch sizes must be integers"),
+        (["run", "smoke", "--device", "npu"], "unknown device 'npu'; choose from cpu, gpu, tpu"),
+        (["run", "nosuchsuite"], "unknown suite 'nosuchsuite'; choose from"),
+        (["run", "smoke", "--resume", "nope"], "no batch 'nope'"),
+        (["compare", "nope"], "no batch 'nope'"),
+    ],
+)
+def test_bad_input_exits_2_and_runs_nothing(tmp_path: Path, args: list[str], message: str) -> None:
+    run = harness(tmp_path, *args, timeout=60)
+    assert run.proc.returncode == 2
+    assert message in run.proc.stderr
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").glob("*/journal.jsonl"))
+
+
+def test_malformed_suite_file_exits_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('frameworks = ["torch"\n')
+    run = harness(tmp_path, "run", str(bad), timeout=60)
+    assert run.proc.returncode == 2 and "not valid TOML" in run.proc.stderr
+    bad.write_text('frameworks = ["torch"]\narchitectures = ["mlp_shallow"]\nbatch_sizes = [-4]\n')
+    run = harness(tmp_path, "run", str(bad), timeout=60)
+    assert run.proc.returncode == 2 and "batch_sizes" in run.proc.stderr
+
+
+def test_device_no_node_has_exits_2(tmp_path: Path) -> None:
+    run = harness(tmp_path, "run", TINY, "--device", "gpu", "--framework", "torch", timeout=120)
+    assert run.proc.returncode == 2
+    assert "no node in the Ray cluster has a GPU" in run.proc.stderr
+    assert not list((tmp_path / "runs").glob("*/journal.jsonl"))
+
+
+def test_dry_run_shows_matrix_and_skips(tmp_path: Path) -> None:
+    run = harness(tmp_path, "run", TINY, "--device", "cpu,tpu", "--framework", "torch", "--dry-run", timeout=60)
+    assert run.proc.returncode == 0, run.proc.stderr
+    out = run.proc.stdout
+    assert "2 trials to run, 2 skipped" in out
+    assert "torch does not support device 'tpu'" in out
+    assert "nothing was run" in out
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_list_and_help(tmp_path: Path) -> None:
+    out = harness(tmp_path, "list", timeout=60).proc
+    assert out.returncode == 0
+    for word in ("torch", "jax", "2.13.0", "0.10.2", "mlp_deep", "cnn_small", "mnist1d", "smoke", sys.executable):
+        assert word in out.stdout, word
+    for cmd in ("run", "list", "doctor", "compare", "sync"):
+        h = harness(tmp_path, cmd, "--help", timeout=60).proc
+        assert h.returncode == 0 and "usage: harness" in h.stdout
+
+
+def test_doctor_checks_everything(tmp_path: Path) -> None:
+    out = harness(tmp_path, "doctor", timeout=180).proc
+    assert out.returncode == 0, out.stdout + out.stderr
+    for word in ("torch 2.13.0", "jax 0.10.2", "Ray starts", "is writable"):
+        assert word in out.stdout, word
+
+
+def test_doctor_reports_missing_framework_with_fix(tmp_path: Path) -> None:
+    out = harness(tmp_path, "doctor", env={"HARNESS_PYTHON_JAX": str(tmp_path / "nope" / "python")}, timeout=180).proc
+    assert out.returncode == 1
+    assert "does not exist" in out.stdout and "make setup" in out.stdout

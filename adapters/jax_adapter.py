@@ -60,6 +60,8 @@ def _to_canonical(key: str, value: np.ndarray) -> np.ndarray:
 
 class JaxAdapter(Adapter):
     name = "jax"
+    params: Params
+    opt_state: dict[str, Any]
 
     def __init__(self, arch: Architecture, params: dict[str, np.ndarray], options: BuildOptions):
         super().__init__(arch, params, options)
@@ -119,7 +121,7 @@ class JaxAdapter(Adapter):
         jax.block_until_ready(self._pending())
 
     def ready(self) -> bool:
-        return all(a.is_ready() for a in self._pending() if isinstance(a, jax.Array))
+        return all(a.is_ready() for a in self._pending() if isinstance(a, jax.Array))  # type: ignore[attr-defined]
 
     def to_numpy(self, value: jax.Array) -> np.ndarray:
         return np.asarray(value)
@@ -127,11 +129,12 @@ class JaxAdapter(Adapter):
     def load_params(self, params: dict[str, np.ndarray]) -> None:
         check_params(self.arch, params)
         self.params = {k: jax.device_put(_to_native(k, v), self.device) for k, v in params.items()}
+
         def zeros() -> Params:  # fresh buffers per slot: jit donates them
             return {k: jnp.zeros_like(v) for k, v in self.params.items()}
 
         if self.options.optimizer == "sgd":
-            self.opt_state: dict[str, Any] = {"v": zeros()}
+            self.opt_state = {"v": zeros()}
         else:
             self.opt_state = {"t": jnp.zeros((), jnp.int32), "m": zeros(), "s": zeros()}
 
@@ -149,7 +152,7 @@ class JaxAdapter(Adapter):
         return {
             "backend": jax.default_backend(),
             "device": str(self.device),
-            "matmul_precision": str(jax.config.jax_default_matmul_precision),
+            "matmul_precision": str(jax.config.jax_default_matmul_precision),  # type: ignore[attr-defined]
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "schedulable_cpus": len(os.sched_getaffinity(0)),
         }

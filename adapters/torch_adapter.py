@@ -20,27 +20,35 @@ from workloads.architectures import Architecture, Conv, Dense, Flatten
 _ACT: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
 
-def _build(arch: Architecture) -> tuple[nn.Sequential, dict[int, nn.Module]]:
+_Owner = nn.Linear | nn.Conv1d | nn.Conv2d
+
+
+def _build(arch: Architecture) -> tuple[nn.Sequential, dict[int, _Owner]]:
     """The native model, and canonical layer index -> the module holding its parameters."""
     modules: list[nn.Module] = []
-    owners: dict[int, nn.Module] = {}
+    owners: dict[int, _Owner] = {}
     for i, (layer, in_shape) in enumerate(zip(arch.layers, arch.shapes(), strict=False)):
-        module: nn.Module
+        module: nn.Module | _Owner
         if isinstance(layer, Dense):
             module = nn.Linear(in_shape[0], layer.units)
         elif isinstance(layer, Conv):
             conv = {1: nn.Conv1d, 2: nn.Conv2d}[layer.spatial_dims]
-            module = conv(in_shape[0], layer.filters, layer.kernel, layer.stride, layer.padding)
+            module = conv(in_shape[0], layer.filters, layer.kernel, layer.stride, layer.padding)  # type: ignore[arg-type]
         elif isinstance(layer, Flatten):
             module = nn.Flatten()
         else:
             raise TypeError(f"torch adapter cannot build {layer}")
         modules.append(module)
-        if isinstance(layer, Dense | Conv):
+        if isinstance(module, _Owner):
             owners[i] = module
-            if layer.activation != "none":
+            if isinstance(layer, Dense | Conv) and layer.activation != "none":
                 modules.append(_ACT[layer.activation]())
     return nn.Sequential(*modules), owners
+
+
+def _bias(module: _Owner) -> torch.Tensor:
+    assert module.bias is not None  # every canonical Dense/Conv has a bias
+    return module.bias
 
 
 class TorchAdapter(Adapter):
@@ -115,7 +123,7 @@ class TorchAdapter(Adapter):
                 kernel = params[f"{i}.kernel"]
                 weight = kernel.T if isinstance(module, nn.Linear) else kernel  # (in,out) -> (out,in)
                 module.weight.copy_(torch.from_numpy(np.ascontiguousarray(weight)))
-                module.bias.copy_(torch.from_numpy(params[f"{i}.bias"]))
+                _bias(module).copy_(torch.from_numpy(params[f"{i}.bias"]))
         # torch.optim imports torch._dynamo (about 2 s): only pay for it when training
         self.optimizer = self._make_optimizer() if self.options.trainable else None
 
@@ -124,7 +132,7 @@ class TorchAdapter(Adapter):
         for i, module in self._owners.items():
             weight = module.weight.detach().cpu().numpy()
             out[f"{i}.kernel"] = np.ascontiguousarray(weight.T if isinstance(module, nn.Linear) else weight)
-            out[f"{i}.bias"] = module.bias.detach().cpu().numpy().copy()
+            out[f"{i}.bias"] = _bias(module).detach().cpu().numpy().copy()
         return out
 
     def native_param_count(self) -> int:

@@ -90,8 +90,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from harness import schedule
 
-    console.print(f"[bold]batch {batch.batch_id}[/]: suite {suite.name}, {len(the_plan.trials)} trials, "
-                  f"{len(the_plan.skipped)} unsupported; Ray {'at ' + args.address if args.address else 'embedded'}")
+    console.print(
+        f"[bold]batch {batch.batch_id}[/]: suite {suite.name}, {len(the_plan.trials)} trials, "
+        f"{len(the_plan.skipped)} unsupported; Ray {'at ' + args.address if args.address else 'embedded'}"
+    )
     schedule.connect(args.address)
     try:
         problems = schedule.unschedulable(the_plan.trials)
@@ -139,7 +141,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         for spec, reason in the_plan.skipped:
             if spec.trial_key not in finished:
-                record(TrialResult(trial_key=spec.trial_key, spec=spec, status="unsupported", reason=reason, started_at=time.time()))
+                record(
+                    TrialResult(
+                        trial_key=spec.trial_key, spec=spec, status="unsupported", reason=reason, started_at=time.time()
+                    )
+                )
         with Progress(
             TextColumn("[progress.description]{task.description}"),
             BarColumn(),
@@ -155,7 +161,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                 tput = result.metrics.get("throughput_samples_per_s")
                 style = report.STATUS_STYLE.get(result.status, "red")
                 detail = f"{tput:,.0f} samples/s" if tput else result.reason[:80]
-                progress.console.print(f"  [{style}]{result.status:>11}[/] {result.spec.name} bs={result.spec.batch_size}  {detail}")
+                progress.console.print(
+                    f"  [{style}]{result.status:>11}[/] {result.spec.name} bs={result.spec.batch_size}  {detail}"
+                )
                 progress.advance(bar)
 
             try:
@@ -168,7 +176,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         ok = not _failed(results)
         tracker.finish_parent(parent, ok)
     except KeyboardInterrupt:
-        err_console.print(f"\ninterrupted: finished trials are in {batch.journal}; continue with --resume {batch.batch_id}")
+        err_console.print(
+            f"\ninterrupted: finished trials are in {batch.journal}; continue with --resume {batch.batch_id}"
+        )
         return 130
     finally:
         schedule.shutdown()
@@ -178,7 +188,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _print_plan(p: plan.Plan) -> None:
-    table = Table(title=f"suite {p.suite.name}: {len(p.trials)} trials to run, {len(p.skipped)} skipped", header_style="bold")
+    table = Table(
+        title=f"suite {p.suite.name}: {len(p.trials)} trials to run, {len(p.skipped)} skipped", header_style="bold"
+    )
     for col in ("trial", "device", "batch", "threads", "dataset", "compile", "trial key", "skip reason"):
         table.add_column(col)
     rows = [(s, "") for s in p.trials] + p.skipped
@@ -198,7 +210,14 @@ def cmd_list(args: argparse.Namespace) -> int:
         fw.add_column(col)
     for name, st in envs.probe_all().items():
         info = FRAMEWORKS[name]
-        fw.add_row(name, "yes" if st.ok else "[red]no[/]", st.version or "-", st.interpreter, ", ".join(info.devices), ", ".join(info.compile_modes))
+        fw.add_row(
+            name,
+            "yes" if st.ok else "[red]no[/]",
+            st.version or "-",
+            st.interpreter,
+            ", ".join(info.devices),
+            ", ".join(info.compile_modes),
+        )
     arch = Table(title="architectures", header_style="bold")
     for col in ("name", "parameters", "forward MFLOP/sample", "description"):
         arch.add_column(col)
@@ -232,9 +251,17 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         import ray
 
         cpus = ray.cluster_resources().get("CPU", 0)
-        checks.append((f"Ray starts ({'cluster ' + args.address if args.address else 'embedded'}, {cpus:g} CPUs)", None, None))
+        checks.append(
+            (f"Ray starts ({'cluster ' + args.address if args.address else 'embedded'}, {cpus:g} CPUs)", None, None)
+        )
     except Exception as e:
-        checks.append(("Ray starts", f"{type(e).__name__}: {e}", "check --address / RAY_ADDRESS, or `ray stop` a stale local cluster"))
+        checks.append(
+            (
+                "Ray starts",
+                f"{type(e).__name__}: {e}",
+                "check --address / RAY_ADDRESS, or `ray stop` a stale local cluster",
+            )
+        )
     finally:
         schedule.shutdown()
     uri = args.tracking_uri or track.default_tracking_uri()
@@ -246,7 +273,13 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         track.Tracker(uri)
         checks.append((f"MLflow store {uri} is writable", None, None))
     except Exception as e:
-        checks.append((f"MLflow store {uri}", f"{type(e).__name__}: {e}"[:300], "pass a writable --tracking-uri or start the tracking server"))
+        checks.append(
+            (
+                f"MLflow store {uri}",
+                f"{type(e).__name__}: {e}"[:300],
+                "pass a writable --tracking-uri or start the tracking server",
+            )
+        )
     table = Table(title="harness doctor", header_style="bold")
     for col in ("check", "result", "what to do"):
         table.add_column(col)
@@ -292,15 +325,25 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="harness", description="Benchmark deep-learning frameworks on the same models, on Ray, tracked in MLflow.")
+    p = argparse.ArgumentParser(
+        prog="harness", description="Benchmark deep-learning frameworks on the same models, on Ray, tracked in MLflow."
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///./mlflow.db)")
+        sp.add_argument(
+            "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///./mlflow.db)"
+        )
         sp.add_argument("--runs-dir", help="where batch journals live (default: $HARNESS_RUNS_DIR or ./harness-runs)")
 
-    r = sub.add_parser("run", help="run a suite (name or .toml file)", description="Run a suite through Ray, log every trial to MLflow.")
-    r.add_argument("suite", metavar="SUITE_OR_FILE", help=f"suite name ({', '.join(suite_names())}) or path to a suite .toml")
+    r = sub.add_parser(
+        "run",
+        help="run a suite (name or .toml file)",
+        description="Run a suite through Ray, log every trial to MLflow.",
+    )
+    r.add_argument(
+        "suite", metavar="SUITE_OR_FILE", help=f"suite name ({', '.join(suite_names())}) or path to a suite .toml"
+    )
     r.add_argument("--framework", help="comma-separated frameworks (default: the suite's)")
     r.add_argument("--arch", help="comma-separated architectures (default: the suite's)")
     r.add_argument("--mode", help="comma-separated modes: train, infer")
@@ -311,7 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--timeout", type=float, help="seconds before a trial is killed (default: the suite's)")
     r.add_argument("--dry-run", action="store_true", help="print the expanded matrix and skipped cells; run nothing")
     r.add_argument("--resume", metavar="BATCH_ID", help="continue a batch, skipping trials already finished")
-    r.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="Ray cluster address (default: $RAY_ADDRESS or an embedded local Ray)")
+    r.add_argument(
+        "--address",
+        default=os.environ.get("RAY_ADDRESS"),
+        help="Ray cluster address (default: $RAY_ADDRESS or an embedded local Ray)",
+    )
     common(r)
     r.set_defaults(func=cmd_run)
 

@@ -48,7 +48,7 @@ def probe(framework: str, import_it: bool = False, timeout_s: float = 120.0) -> 
     """Find the framework's version in its interpreter; with ``import_it`` really import it."""
     info = FRAMEWORKS[framework]
     python = interpreter(framework)
-    fix = "run `make setup` (or set HARNESS_PYTHON_%s to an interpreter that has it)" % framework.upper()
+    fix = f"run `make setup` (or set HARNESS_PYTHON_{framework.upper()} to an interpreter that has it)"
     if import_it:
         code = f"import {info.distribution} as m; print(m.__version__)"
     else:

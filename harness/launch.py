@@ -82,11 +82,11 @@ def lease_cores(count: int, lock_dir: Path | None = None, poll_s: float = 0.05) 
             try:
                 yield [c for c, _ in held]
             finally:
-                for _, f in held:
-                    f.close()
+                for _, handle in held:
+                    handle.close()
             return
-        for _, f in held:
-            f.close()
+        for _, handle in held:
+            handle.close()
         time.sleep(poll_s)
 
 
@@ -138,7 +138,13 @@ def launch(
             proc.wait()
         tail = log_path.read_text(errors="replace")[-STDERR_TAIL_CHARS:]
         if timed_out:
-            return _result(spec, "timeout", f"no result after the {spec.timeout_s:g} s timeout; process group killed", started, tail)
+            return _result(
+                spec,
+                "timeout",
+                f"no result after the {spec.timeout_s:g} s timeout; process group killed",
+                started,
+                tail,
+            )
         if out_path.exists():
             data = json.loads(out_path.read_text())
             data["spec"] = spec.model_dump(mode="json")
@@ -147,7 +153,9 @@ def launch(
         if proc.returncode < 0:
             name = _signal_name(proc.returncode)
             if proc.returncode == -signal.SIGKILL:
-                return _result(spec, "oom", "killed by SIGKILL (most likely the kernel's out-of-memory killer)", started, tail)
+                return _result(
+                    spec, "oom", "killed by SIGKILL (most likely the kernel's out-of-memory killer)", started, tail
+                )
             return _result(spec, "crash", f"worker died from {name}", started, tail)
         return _result(spec, "failed", f"worker exited with code {proc.returncode} and no result", started, tail)
 

@@ -57,9 +57,7 @@ def validate(o: Overrides) -> None:
         raise SpecError(f"timeout must be positive, got {o.timeout_s}")
 
 
-def expand(
-    suite: SuiteSpec, o: Overrides, default_threads: int, unavailable: Mapping[str, str] | None = None
-) -> Plan:
+def expand(suite: SuiteSpec, o: Overrides, default_threads: int, unavailable: Mapping[str, str] | None = None) -> Plan:
     """The matrix of the suite narrowed or replaced by ``o``.
 
     ``unavailable`` maps a framework to why its environment cannot run it; such cells, and cells a
@@ -80,11 +78,11 @@ def expand(
             spec = TrialSpec(
                 architecture=arch,
                 framework=fw,
-                mode=mode,  # type: ignore[arg-type]
-                device=device,  # type: ignore[arg-type]
+                mode=mode,
+                device=device,
                 batch_size=batch,
                 precision=suite.precision,
-                compile=o.compile or suite.compile,  # type: ignore[arg-type]
+                compile=o.compile or suite.compile,
                 dataset=suite.dataset if mode == "train" else "synthetic",
                 threads=o.threads or default_threads,
                 seed=suite.seed,

@@ -36,7 +36,9 @@ def comparison_table(results: Iterable[TrialResult], title: str = "") -> Table:
         ("status", "left"),
     ]:
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
-    ordered = sorted(results, key=lambda r: (r.spec.architecture, r.spec.mode, r.spec.batch_size, r.spec.device, r.spec.framework))
+    ordered = sorted(
+        results, key=lambda r: (r.spec.architecture, r.spec.mode, r.spec.batch_size, r.spec.device, r.spec.framework)
+    )
     for r in ordered:
         m, s = r.metrics, r.spec
         frac = m.get("peak_fraction")

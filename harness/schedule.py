@@ -115,6 +115,7 @@ def run_all(
         try:
             result = TrialResult.from_json(ray.get(done[0]))
         except Exception as e:  # the Ray task itself died (node lost, worker killed)
-            result = TrialResult(trial_key=spec.trial_key, spec=spec, status="crash", reason=f"Ray task failed: {e}"[:2000])
+            result = TrialResult(
+                trial_key=spec.trial_key, spec=spec, status="crash", reason=f"Ray task failed: {e}"[:2000]
+            )
         on_result(result)
-

@@ -188,7 +188,9 @@ def load_suite(name_or_path: str) -> SuiteSpec:
     if not path.suffix:
         path = SUITES_DIR / f"{name_or_path}.toml"
         if not path.exists():
-            raise SpecError(f"unknown suite {name_or_path!r}; choose from {', '.join(suite_names())} or give a .toml file")
+            raise SpecError(
+                f"unknown suite {name_or_path!r}; choose from {', '.join(suite_names())} or give a .toml file"
+            )
     if not path.exists():
         raise SpecError(f"suite file {str(path)!r} does not exist")
     try:

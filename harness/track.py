@@ -39,7 +39,13 @@ def git_commit() -> str:
         out = subprocess.run(
             ["git", "rev-parse", "--short=12", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10
         )
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else "unknown"
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
@@ -133,7 +139,12 @@ class Tracker:
         run = self.client.create_run(
             self.experiment_id,
             run_name=f"batch-{suite}-{batch_id}",
-            tags={"batch_id": batch_id, "harness_kind": "batch", "suite": suite, "git_commit": meta.get("git_commit", "")},
+            tags={
+                "batch_id": batch_id,
+                "harness_kind": "batch",
+                "suite": suite,
+                "git_commit": meta.get("git_commit", ""),
+            },
         )
         self.client.log_dict(run.info.run_id, meta, "batch.json")
         return str(run.info.run_id)
@@ -145,7 +156,8 @@ class Tracker:
         """One child run for the result; returns the existing one if it was logged before."""
         from mlflow.entities import Metric, Param, RunTag
 
-        found = self._find(f"tags.batch_id = '{batch_id}' and tags.trial_key = '{result.trial_key}' and tags.attempt = '{result.attempt}'")
+        key, attempt = result.trial_key, result.attempt
+        found = self._find(f"tags.batch_id = '{batch_id}' and tags.trial_key = '{key}' and tags.attempt = '{attempt}'")
         if found:
             return found
         s = result.spec
@@ -187,7 +199,11 @@ class Tracker:
         }
         metrics = [Metric(k, v, start_ms, 0) for k, v in _finite(result.metrics).items()]
         for key, series in result.history.items():
-            metrics += [Metric(key if key != "val_accuracy" else "val_accuracy_curve", v, start_ms, i) for i, v in enumerate(series) if math.isfinite(v)]
+            metrics += [
+                Metric(key if key != "val_accuracy" else "val_accuracy_curve", v, start_ms, i)
+                for i, v in enumerate(series)
+                if math.isfinite(v)
+            ]
         for i in range(0, max(len(metrics), 1), 1000):
             self.client.log_batch(
                 run_id,
@@ -205,7 +221,9 @@ class Tracker:
         import tempfile
 
         runs = self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.batch_id = '{batch_id}' and tags.harness_kind = 'trial'", max_results=5000
+            [self.experiment_id],
+            filter_string=f"tags.batch_id = '{batch_id}' and tags.harness_kind = 'trial'",
+            max_results=5000,
         )
         results = []
         with tempfile.TemporaryDirectory() as tmp:

@@ -94,7 +94,9 @@ def run_trial(request: Json) -> Json:
     )
     adapter = adapter_cls(arch, params, options)
     if adapter.native_param_count() != arch.param_count():
-        raise RuntimeError(f"{spec['framework']} built {adapter.native_param_count()} parameters, spec has {arch.param_count()}")
+        raise RuntimeError(
+            f"{spec['framework']} built {adapter.native_param_count()} parameters, spec has {arch.param_count()}"
+        )
 
     m = spec["measure"]
     budget = Budget(m["warmup_steps"], m["min_steps"], m["min_time_s"], m["window_steps"])
@@ -171,7 +173,9 @@ def run_trial(request: Json) -> Json:
     }
 
 
-def _train_to_accuracy(adapter: Any, params: Any, data: Any, spec: Json, np: Any) -> tuple[dict[str, float], dict[str, list[float]]]:
+def _train_to_accuracy(
+    adapter: Any, params: Any, data: Any, spec: Json, np: Any
+) -> tuple[dict[str, float], dict[str, list[float]]]:
     """Fixed step budget from the canonical weights, same data order in every framework."""
     adapter.load_params(params)
     train, bs = spec["train"], spec["batch_size"]
@@ -255,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _inject(request.get("fault"))
         result = run_trial(request)
-    except BaseException as exc:  # noqa: BLE001 - every failure becomes a result
+    except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):
             raise
         traceback.print_exc()  # the launcher keeps the stderr tail

@@ -32,10 +32,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("mlflow-server")
     port = _free_port()
     mlflow = Path(sys.executable).parent / "mlflow"
+    log = (root / "server.log").open("w")
     proc = subprocess.Popen(
         [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--artifacts-destination", str(root / "artifacts")],
-        cwd=root, stdout=subprocess.DEVNULL, stderr=open(root / "server.log", "w"), start_new_session=True,
+        cwd=root, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -49,6 +50,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield url
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=30)
+    log.close()
 
 
 def test_run_logs_to_tracking_server(server: str, tmp_path: Path) -> None:

@@ -137,9 +137,7 @@ class Architecture:
 
     def forward_flops(self) -> int:
         """Forward FLOPs per sample."""
-        return sum(
-            layer.forward_flops(s) for layer, s in zip(self.layers, self.shapes(), strict=False)
-        )
+        return sum(layer.forward_flops(s) for layer, s in zip(self.layers, self.shapes(), strict=False))
 
     def flops_per_sample(self, mode: str) -> int:
         return 3 * self.forward_flops() if mode == "train" else self.forward_flops()

@@ -93,7 +93,8 @@ class TorchAdapter(Adapter):
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         assert self.optimizer is not None, "built with trainable=False"
-        self.model.train()
+        if not self.model.training:  # a recursive walk over the modules: not on every step
+            self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         loss = F.cross_entropy(self._forward(x), y)
         loss.backward()
@@ -101,7 +102,8 @@ class TorchAdapter(Adapter):
         return loss.detach()
 
     def infer(self, x: torch.Tensor) -> torch.Tensor:
-        self.model.eval()
+        if self.model.training:
+            self.model.eval()
         with torch.inference_mode():
             out: torch.Tensor = self._forward(x)
         return out

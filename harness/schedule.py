@@ -33,7 +33,8 @@ def connect(address: str | None) -> None:
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=len(os.sched_getaffinity(0)), **kwargs)
+        # "local": always a fresh embedded instance, never a cluster that happens to run on this machine
+        ray.init(address="local", num_cpus=len(os.sched_getaffinity(0)), **kwargs)
         ray.get(ray.remote(_noop).options(num_cpus=1).remote())  # a task worker is up before timing starts
 
 

@@ -116,6 +116,7 @@ def launch(
         "dataset_path": dataset_path,
         "cache_dir": cache_dir,
         "fault": fault,
+        "parent_pid": os.getpid(),
     }
     with tempfile.TemporaryDirectory(prefix="harness-trial-") as tmp:
         req_path, out_path, log_path = Path(tmp, "request.json"), Path(tmp, "result.json"), Path(tmp, "stderr.log")

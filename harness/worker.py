@@ -5,7 +5,7 @@ library and the one framework the trial uses, nothing else: it runs in every fra
 interpreter, including ones without Ray, MLflow or pydantic.
 
 The request is ``{"spec": TrialSpec JSON, "trial_key": str, "cpus": [int] | null,
-"dataset_path": str | null, "cache_dir": str | null, "fault": str | null}``.
+"dataset_path": str | null, "cache_dir": str | null, "fault": str | null, "parent_pid": int | null}``.
 """
 
 from __future__ import annotations
@@ -35,6 +35,22 @@ def _inject(fault: str | None) -> None:
             time.sleep(1)
     elif fault == "raise":
         raise RuntimeError("injected failure")
+
+
+def _die_with_parent(parent_pid: int | None) -> None:
+    """Ask the kernel to SIGKILL this worker if its launcher dies (Ctrl-C, Ray shutdown, lost node).
+
+    The worker runs in its own session so a timeout can kill its whole group; that also means it
+    would outlive a killed launcher without this.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if parent_pid is not None and os.getppid() != parent_pid:  # the launcher died before prctl
+        os._exit(1)
 
 
 def _cpu_model() -> str:
@@ -248,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)
     request: Json = json.loads(args.request.read_text())
+    _die_with_parent(request.get("parent_pid"))
     if request.get("cpus"):
         os.sched_setaffinity(0, request["cpus"])
     if os.getpriority(os.PRIO_PROCESS, 0) > 0:  # inherited from a niced parent (Ray's default is 15)

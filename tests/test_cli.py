@@ -223,3 +223,30 @@ def test_doctor_reports_missing_framework_with_fix(tmp_path: Path) -> None:
     out = harness(tmp_path, "doctor", env={"HARNESS_PYTHON_JAX": str(tmp_path / "nope" / "python")}, timeout=180).proc
     assert out.returncode == 1
     assert "does not exist" in out.stdout and "make setup" in out.stdout
+
+
+def test_worker_dies_with_its_launcher(tmp_path: Path) -> None:
+    """A worker whose launcher is killed does not linger (it runs in its own session)."""
+    import signal
+    import time
+
+    import psutil
+
+    script = (
+        "from harness.launch import launch\n"
+        "from harness.spec import TrialSpec\n"
+        "spec = TrialSpec(architecture='mlp_shallow', framework='torch', mode='infer', batch_size=8, threads=1)\n"
+        "launch(spec, cpus=None, fault='hang')\n"
+    )
+    launcher = subprocess.Popen([sys.executable, "-c", script], cwd=REPO)
+    deadline = time.monotonic() + 60
+    worker = None
+    while worker is None and time.monotonic() < deadline:  # bounded wait for the worker to appear
+        kids = psutil.Process(launcher.pid).children(recursive=True)
+        worker = next((k for k in kids if "harness.worker" in " ".join(k.cmdline())), None)
+        time.sleep(0.2)
+    assert worker is not None, "worker never started"
+    launcher.send_signal(signal.SIGKILL)
+    launcher.wait()
+    gone, alive = psutil.wait_procs([worker], timeout=30)
+    assert worker in gone and not alive

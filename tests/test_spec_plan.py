@@ -79,7 +79,7 @@ def test_load_suite_by_name_and_path(tmp_path: Path) -> None:
     [
         (
             'frameworks = ["pytorch"]\narchitectures = ["mlp_deep"]\nbatch_sizes = [1]',
-            "frameworks.0: unknown framework",
+            "frameworks: unknown framework .pytorch.; choose from torch, jax",
         ),
         ('frameworks = ["torch"]\narchitectures = ["mlp_deep"]\nbatch_sizes = [0]', "batch_sizes"),
         ('frameworks = ["torch"]\narchitectures = []\nbatch_sizes = [1]', "architectures is empty"),

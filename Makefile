@@ -3,16 +3,26 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# MXNet 1.9.1 needs numpy <= 1.23.5, JAX needs numpy 2: MXNet gets its own venv (see harness/envs.py).
+MXNET_VENV := .venvs/mxnet
+MXNET_STAMP := $(MXNET_VENV)/.installed
 
 .PHONY: setup smoke test lint bench clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(MXNET_STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+$(MXNET_STAMP): infra/requirements-mxnet.txt pyproject.toml
+	$(PYTHON) -m venv $(MXNET_VENV)
+	$(MXNET_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(MXNET_VENV)/bin/python -m pip install --quiet -r infra/requirements-mxnet.txt
+	$(MXNET_VENV)/bin/python -m pip install --quiet --no-deps -e .
+	touch $(MXNET_STAMP)
 
 smoke: setup
 	$(VENV)/bin/harness run smoke
@@ -29,4 +39,4 @@ bench: setup
 	$(PY) -m benchmarks.bench
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venvs build *.egg-info .pytest_cache .mypy_cache .ruff_cache

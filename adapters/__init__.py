@@ -17,14 +17,16 @@ class FrameworkInfo:
 
     name: str
     module: str
-    distribution: str
+    import_name: str
     devices: tuple[str, ...]
     precisions: tuple[str, ...]
     compile_modes: tuple[str, ...]  # the modes ``auto``/``on``/``off`` may resolve to
+    why_not: tuple[tuple[str, str], ...] = ()  # (device, reason) for devices it lacks
 
     def unsupported_reason(self, device: str, precision: str) -> str | None:
         if device not in self.devices:
-            return f"{self.name} does not support device {device!r} (supports {', '.join(self.devices)})"
+            why = dict(self.why_not).get(device, f"supports {', '.join(self.devices)}")
+            return f"{self.name} does not support device {device!r}: {why}"
         if precision not in self.precisions:
             return f"{self.name} does not support precision {precision!r} (supports {', '.join(self.precisions)})"
         return None
@@ -34,7 +36,27 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
     f.name: f
     for f in (
         FrameworkInfo("torch", "adapters.torch_adapter", "torch", ("cpu", "gpu"), ("float32",), ("eager", "inductor")),
+        FrameworkInfo(
+            "tensorflow",
+            "adapters.tensorflow_adapter",
+            "tensorflow",
+            ("cpu", "gpu", "tpu"),
+            ("float32",),
+            ("eager", "xla"),
+        ),
         FrameworkInfo("jax", "adapters.jax_adapter", "jax", ("cpu", "gpu", "tpu"), ("float32",), ("eager", "jit")),
+        FrameworkInfo(
+            "mxnet",
+            "adapters.mxnet_adapter",
+            "mxnet",
+            ("cpu",),
+            ("float32",),
+            ("eager", "hybridize"),
+            why_not=(
+                ("gpu", "MXNet's last GPU wheels (1.9.1, CUDA <= 11.7) predate CUDA 11.8 and current drivers"),
+                ("tpu", "MXNet has no TPU backend"),
+            ),
+        ),
     )
 }
 

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from adapters.base import ADAM_BETAS, ADAM_EPS, Adapter, BuildOptions, check_params
+from adapters.layout import to_canonical_kernel, to_channel_last, to_native_kernel
 from workloads.architectures import Architecture, Conv, Dense, Flatten
 
 jax.config.update("jax_default_matmul_precision", "highest")
@@ -46,16 +47,6 @@ def _forward_fn(arch: Architecture) -> Callable[[Params, jax.Array], jax.Array]:
         return x
 
     return forward
-
-
-def _to_native(key: str, value: np.ndarray) -> np.ndarray:
-    # conv kernels are the only rank>2 params: (out, in, *k) -> (*k, in, out)
-    return np.transpose(value, (*range(2, value.ndim), 1, 0)) if value.ndim > 2 else value
-
-
-def _to_canonical(key: str, value: np.ndarray) -> np.ndarray:
-    n = value.ndim
-    return np.ascontiguousarray(np.transpose(value, (n - 1, n - 2, *range(n - 2)))) if n > 2 else value
 
 
 class JaxAdapter(Adapter):
@@ -101,9 +92,7 @@ class JaxAdapter(Adapter):
         return str(jax.__version__)
 
     def to_device(self, x: np.ndarray) -> jax.Array:
-        if x.ndim > 2 and x.dtype.kind == "f":  # (N, C, *spatial) -> (N, *spatial, C)
-            x = np.moveaxis(x, 1, -1)
-        return jax.device_put(np.ascontiguousarray(x), self.device)
+        return jax.device_put(to_channel_last(x), self.device)
 
     def train_step(self, x: jax.Array, y: jax.Array) -> jax.Array:
         self.params, self.opt_state, loss = self._train(self.params, self.opt_state, x, y)
@@ -128,7 +117,7 @@ class JaxAdapter(Adapter):
 
     def load_params(self, params: dict[str, np.ndarray]) -> None:
         check_params(self.arch, params)
-        self.params = {k: jax.device_put(_to_native(k, v), self.device) for k, v in params.items()}
+        self.params = {k: jax.device_put(to_native_kernel(v), self.device) for k, v in params.items()}
 
         def zeros() -> Params:  # fresh buffers per slot: jit donates them
             return {k: jnp.zeros_like(v) for k, v in self.params.items()}
@@ -139,7 +128,7 @@ class JaxAdapter(Adapter):
             self.opt_state = {"t": jnp.zeros((), jnp.int32), "m": zeros(), "s": zeros()}
 
     def export_params(self) -> dict[str, np.ndarray]:
-        return {k: _to_canonical(k, np.asarray(v)) for k, v in self.params.items()}
+        return {k: to_canonical_kernel(np.asarray(v)) for k, v in self.params.items()}
 
     def native_param_count(self) -> int:
         return sum(int(v.size) for v in self.params.values())

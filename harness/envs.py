@@ -50,9 +50,13 @@ def probe(framework: str, import_it: bool = False, timeout_s: float = 120.0) -> 
     python = interpreter(framework)
     fix = f"run `make setup` (or set HARNESS_PYTHON_{framework.upper()} to an interpreter that has it)"
     if import_it:
-        code = f"import {info.distribution} as m; print(m.__version__)"
-    else:
-        code = f"import importlib.metadata as m; print(m.version({info.distribution!r}))"
+        code = f"import {info.import_name} as m; print(m.__version__)"
+    else:  # metadata only: fast, and finds tensorflow whether it came as tensorflow or tensorflow-cpu
+        code = (
+            "import importlib.metadata as m, sys\n"
+            f"d = m.packages_distributions().get({info.import_name!r})\n"
+            "print(m.version(d[0])) if d else sys.exit('no distribution provides it')"
+        )
     try:
         proc = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=timeout_s)
     except FileNotFoundError:

@@ -132,7 +132,8 @@ def gemm_peak_gflops(threads: int, cache_dir: Path | None) -> float:
     hour, so one measurement disturbed by a busy moment does not stick.
     """
     cpus = sorted(os.sched_getaffinity(0))
-    key = f"{socket.gethostname()}-t{threads}-c{'_'.join(map(str, cpus))}-np{np.__version__}"
+    # keyed by node, CPU set and threads only: every framework's environment shares (and raises) it
+    key = f"{socket.gethostname()}-t{threads}-c{'_'.join(map(str, cpus))}"
     path = cache_dir / f"gemm-peak-{key}.json" if cache_dir else None
     previous = 0.0
     if path and path.exists():

@@ -5,12 +5,15 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from pydantic import ValidationError
 
 from adapters import FRAMEWORKS
 from harness.spec import COMPILE, DEVICES, MODES, SpecError, SuiteSpec, TrainSpec, TrialSpec, first_error
 from workloads.architectures import ARCHITECTURES
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,10 @@ def validate(o: Overrides) -> None:
         raise SpecError(f"timeout must be positive, got {o.timeout_s}")
 
 
+def _unique(values: Sequence[T]) -> list[T]:
+    return list(dict.fromkeys(values))
+
+
 def expand(suite: SuiteSpec, o: Overrides, default_threads: int, unavailable: Mapping[str, str] | None = None) -> Plan:
     """The matrix of the suite narrowed or replaced by ``o``.
 
@@ -66,12 +73,12 @@ def expand(suite: SuiteSpec, o: Overrides, default_threads: int, unavailable: Ma
     validate(o)
     unavailable = unavailable or {}
     plan = Plan(suite)
-    axes = itertools.product(
-        o.architectures or suite.architectures,
-        o.frameworks or suite.frameworks,
-        o.modes or suite.modes,
-        o.devices or suite.devices,
-        o.batch_sizes or suite.batch_sizes,
+    axes = itertools.product(  # each axis de-duplicated, order kept: one trial per cell
+        _unique(o.architectures or suite.architectures),
+        _unique(o.frameworks or suite.frameworks),
+        _unique(o.modes or suite.modes),
+        _unique(o.devices or suite.devices),
+        _unique(o.batch_sizes or suite.batch_sizes),
     )
     for arch, fw, mode, device, batch in axes:
         try:

@@ -156,6 +156,11 @@ class SuiteSpec(Frozen):
     def _ds(cls, v: str) -> str:
         return _choice("dataset", v, DATASETS)
 
+    @field_validator("precision")
+    @classmethod
+    def _prec(cls, v: str) -> str:
+        return _choice("precision", v, PRECISIONS)
+
     @model_validator(mode="after")
     def _non_empty(self) -> SuiteSpec:
         for axis in ("frameworks", "architectures", "modes", "devices"):

@@ -86,8 +86,12 @@ class Batch:
     def append(self, result: TrialResult) -> None:
         """Durably append one result (flushed and fsynced before MLflow sees it)."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.journal, "a") as f:
-            f.write(result.to_json() + "\n")
+        with open(self.journal, "a+b") as f:
+            torn = False
+            if f.seek(0, os.SEEK_END) > 0:  # a crash mid-write leaves a line without its newline
+                f.seek(-1, os.SEEK_END)
+                torn = f.read(1) != b"\n"
+            f.write((b"\n" if torn else b"") + result.to_json().encode() + b"\n")
             f.flush()
             os.fsync(f.fileno())
 

@@ -157,7 +157,10 @@ def test_crash_and_hang_end_with_status_and_batch_finishes(tmp_path: Path) -> No
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["run", "smoke", "--framework", "pytorch"], "unknown framework 'pytorch'; choose from torch, jax"),
+        (
+            ["run", "smoke", "--framework", "pytorch"],
+            "unknown framework 'pytorch'; choose from torch, tensorflow, jax, mxnet",
+        ),
         (["run", "smoke", "--arch", "vgg"], "unknown architecture 'vgg'; choose from"),
         (["run", "smoke", "--mode", "serve"], "unknown mode 'serve'; choose from train, infer"),
         (["run", "smoke", "--batch-size", "0"], "batch size must be a positive integer"),

@@ -106,7 +106,7 @@ class Architecture:
     layers: tuple[Layer, ...]
 
     def __post_init__(self) -> None:
-        last = self.layers[-1]
+        last = self.layers[-1] if self.layers else None
         if not isinstance(last, Dense) or last.activation != "none":
             raise ValueError(f"{self.name}: the last layer must be Dense with activation 'none' (logits)")
         self.shapes()  # raises on inconsistent shapes

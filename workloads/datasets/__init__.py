@@ -83,7 +83,7 @@ class Prepared:
 def prepare(name: str, directory: Path | None = None) -> Prepared:
     """Generate ``name`` once and cache it as ``<name>.npz`` plus its content hash."""
     if name not in GENERATORS:
-        raise KeyError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+        raise KeyError(f"no generated dataset {name!r}; choose from {', '.join(GENERATORS)}")
     directory = directory or cache_dir()
     path = directory / f"{name}.npz"
     meta_path = directory / f"{name}.json"

@@ -1,0 +1,165 @@
+"""TensorFlow adapter: raw ``tf.Variable`` parameters and ``tf.nn`` ops, ``tf.function(jit_compile=True)``.
+
+Keras is not used: its layers bring their own initialisers, and its Adam puts epsilon on the
+uncorrected second moment. The forward pass, the loss and both optimisers are composed here from
+TF ops, so the computation is the canonical one. XLA compilation is forced (``jit_compile=True``):
+on CPU, TF would otherwise run the graph op by op. Activations are channel-last inside (TF's CPU
+convolutions only take NWC/NHWC); conv kernels are converted OI[H]W <-> [H]WIO on load and export.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import tensorflow as tf
+
+from adapters.base import ADAM_BETAS, ADAM_EPS, Adapter, BuildOptions, check_params
+from adapters.layout import to_canonical_kernel, to_channel_last, to_native_kernel
+from workloads.architectures import Architecture, Conv, Dense, Flatten
+
+_ACT: dict[str, Callable[[tf.Tensor], tf.Tensor]] = {"relu": tf.nn.relu, "tanh": tf.math.tanh}
+
+
+def _configure(threads: int) -> None:
+    """Thread pools and precision; must run before TF's runtime initialises (first op)."""
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:  # already initialised (several adapters in one process, e.g. tests)
+        pass
+    tf.config.experimental.enable_tensor_float_32_execution(False)
+
+
+class TensorflowAdapter(Adapter):
+    name = "tensorflow"
+
+    def __init__(self, arch: Architecture, params: dict[str, np.ndarray], options: BuildOptions):
+        super().__init__(arch, params, options)
+        _configure(options.threads)
+        self.device = {"cpu": "/CPU:0", "gpu": "/GPU:0", "tpu": "/TPU:0"}[options.device]
+        self._jit = options.compile != "off"
+        with tf.device(self.device):
+            self.vars = {k: tf.Variable(to_native_kernel(v), name=k.replace(".", "_")) for k, v in params.items()}
+            self._slots = self._make_slots() if options.trainable else {}
+        order = list(self.vars)
+        variables = [self.vars[k] for k in order]
+        lr, momentum, optimizer = options.learning_rate, options.momentum, options.optimizer
+        b1, b2 = ADAM_BETAS
+
+        def forward(x: tf.Tensor) -> tf.Tensor:
+            for i, layer in enumerate(arch.layers):
+                if isinstance(layer, Dense):
+                    x = tf.matmul(x, self.vars[f"{i}.kernel"]) + self.vars[f"{i}.bias"]
+                elif isinstance(layer, Conv):
+                    pad = [[0, 0], *[[p, p] for p in layer.padding], [0, 0]]
+                    x = tf.nn.convolution(tf.pad(x, pad), self.vars[f"{i}.kernel"], layer.stride, "VALID")
+                    x = x + self.vars[f"{i}.bias"]
+                elif isinstance(layer, Flatten):
+                    rank = len(x.shape)
+                    x = tf.reshape(tf.transpose(x, [0, rank - 1, *range(1, rank - 1)]), [tf.shape(x)[0], -1])
+                if isinstance(layer, Dense | Conv) and layer.activation != "none":
+                    x = _ACT[layer.activation](x)
+            return x
+
+        def train(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+            with tf.GradientTape() as tape:
+                logits = forward(x)
+                loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits))
+            grads = dict(zip(order, tape.gradient(loss, variables), strict=True))
+            s = self._slots
+            if optimizer == "sgd":
+                for k in order:
+                    s[f"v.{k}"].assign(momentum * s[f"v.{k}"] + grads[k])
+                    self.vars[k].assign_sub(lr * s[f"v.{k}"])
+            else:
+                t = s["t"].assign_add(1.0)
+                c1, c2 = 1 - b1**t, 1 - b2**t
+                for k in order:
+                    g = grads[k]
+                    m = s[f"m.{k}"].assign(b1 * s[f"m.{k}"] + (1 - b1) * g)
+                    v = s[f"s.{k}"].assign(b2 * s[f"s.{k}"] + (1 - b2) * g * g)
+                    self.vars[k].assign_sub(lr * (m / c1) / (tf.sqrt(v / c2) + ADAM_EPS))
+            return loss
+
+        wrap: Callable[[Any], Any] = (lambda f: tf.function(f, jit_compile=True)) if self._jit else (lambda f: f)
+        self._train = wrap(train)
+        self._infer = wrap(forward)
+        self._synced = True
+
+    def _make_slots(self) -> dict[str, tf.Variable]:
+        zeros = {k: np.zeros(v.shape, np.float32) for k, v in self.vars.items()}
+        if self.options.optimizer == "sgd":
+            return {f"v.{k}": tf.Variable(z) for k, z in zeros.items()}
+        slots = {"t": tf.Variable(0.0)}
+        for k, z in zeros.items():
+            slots[f"m.{k}"], slots[f"s.{k}"] = tf.Variable(z), tf.Variable(z)
+        return slots
+
+    @property
+    def compile_mode(self) -> str:
+        return "xla" if self._jit else "eager"
+
+    @staticmethod
+    def framework_version() -> str:
+        return str(tf.__version__)
+
+    def to_device(self, x: np.ndarray) -> tf.Tensor:
+        with tf.device(self.device):
+            return tf.identity(tf.constant(to_channel_last(x)))
+
+    def train_step(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        self._synced = False
+        with tf.device(self.device):
+            return self._train(x, y)
+
+    def infer(self, x: tf.Tensor) -> tf.Tensor:
+        self._synced = False
+        with tf.device(self.device):
+            return self._infer(x)
+
+    def sync(self) -> None:
+        # CPU eager execution is synchronous; GPU kernels are queued on streams
+        if self.options.device != "cpu":
+            tf.test.experimental.sync_devices()
+        self._synced = True
+
+    def ready(self) -> bool:
+        # TF has no non-blocking readiness query; on CPU every call has finished when it returns
+        return self._synced or self.options.device == "cpu"
+
+    def to_numpy(self, value: tf.Tensor) -> np.ndarray:
+        return np.asarray(value.numpy())
+
+    def load_params(self, params: dict[str, np.ndarray]) -> None:
+        check_params(self.arch, params)
+        for k, v in params.items():
+            self.vars[k].assign(to_native_kernel(v))
+        for slot in self._slots.values():
+            slot.assign(tf.zeros_like(slot))
+
+    def export_params(self) -> dict[str, np.ndarray]:
+        return {k: to_canonical_kernel(v.numpy()) for k, v in self.vars.items()}
+
+    def native_param_count(self) -> int:
+        return sum(int(np.prod(v.shape)) for v in self.vars.values() if v.trainable)
+
+    def device_memory_peak_mb(self) -> float | None:
+        if self.options.device == "cpu":
+            return None
+        return float(tf.config.experimental.get_memory_info(self.device.strip("/"))["peak"]) / 2**20
+
+    def runtime_info(self) -> dict[str, Any]:
+        return {
+            "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+            "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+            "tensor_float_32": tf.config.experimental.tensor_float_32_execution_enabled(),
+            "matmul_precision": "highest (float32, TF32 off)",
+        }
+
+
+ADAPTER = TensorflowAdapter

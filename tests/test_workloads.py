@@ -1,0 +1,399 @@
+"""Unit tests for workloads (architectures, datasets) and the results journal (harness.track.Batch).
+
+Pure: numpy only, plus the mnist1d generator package for ``datasets.prepare``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness import track
+from harness.spec import TrialResult, TrialSpec
+from workloads import datasets
+from workloads.architectures import ARCHITECTURES, Architecture, Conv, Dense, Flatten, get
+
+ARCH_NAMES = list(ARCHITECTURES)
+
+
+@pytest.fixture(params=ARCH_NAMES)
+def arch(request: pytest.FixtureRequest) -> Architecture:
+    return ARCHITECTURES[request.param]
+
+
+# --- architectures -------------------------------------------------------------------------------
+
+
+def test_zoo_is_not_empty_and_named_consistently() -> None:
+    assert {"mlp_shallow", "mlp_deep", "cnn_small"} <= set(ARCHITECTURES)
+    for name, a in ARCHITECTURES.items():
+        assert a.name == name
+        assert get(name) is a
+
+
+def test_get_unknown_architecture_lists_choices() -> None:
+    with pytest.raises(KeyError, match=re.escape(", ".join(ARCHITECTURES))):
+        get("resnet")
+
+
+def test_param_count_matches_init_params_and_layout(arch: Architecture) -> None:
+    params = arch.init_params(0)
+    layout = arch.param_layout()
+    assert list(params) == list(layout)
+    for key, shape in layout.items():
+        assert params[key].shape == shape, key
+    assert arch.param_count() == sum(p.size for p in params.values())
+    assert arch.param_count() == sum(math.prod(s) for s in layout.values())
+    assert arch.param_count() > 0
+
+
+def test_init_params_deterministic_per_seed(arch: Architecture) -> None:
+    a, b = arch.init_params(3), arch.init_params(3)
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_init_params_differ_across_seeds(arch: Architecture) -> None:
+    a, b = arch.init_params(0), arch.init_params(1)
+    kernels = [k for k in a if k.endswith(".kernel")]
+    assert kernels
+    for key in kernels:
+        assert not np.array_equal(a[key], b[key]), key
+
+
+def test_init_params_are_float32_with_zero_biases(arch: Architecture) -> None:
+    params = arch.init_params(0)
+    biases = [k for k in params if k.endswith(".bias")]
+    assert len(biases) == len(params) // 2
+    for key, value in params.items():
+        assert value.dtype == np.float32, key
+        assert np.all(np.isfinite(value)), key
+    for key in biases:
+        assert not np.any(params[key]), key
+    for key in params:
+        if key.endswith(".kernel"):
+            assert np.any(params[key]), key
+
+
+def test_init_scale_is_he_before_relu_and_lecun_for_logits() -> None:
+    params = ARCHITECTURES["mlp_shallow"].init_params(0)
+    hidden, logits = params["1.kernel"], params["2.kernel"]  # layer 0 is Flatten
+    assert hidden.shape == (40, 256) and logits.shape == (256, 10)
+    assert float(hidden.std()) == pytest.approx(math.sqrt(2 / 40), rel=0.05)
+    assert float(logits.std()) == pytest.approx(math.sqrt(1 / 256), rel=0.1)
+    conv = ARCHITECTURES["cnn_small"].init_params(0)["1.kernel"]  # fan_in = 32 channels x 5 taps
+    assert conv.shape == (64, 32, 5)
+    assert float(conv.std()) == pytest.approx(math.sqrt(2 / (32 * 5)), rel=0.05)
+
+
+def test_mlp_shallow_forward_flops_by_hand() -> None:
+    a = ARCHITECTURES["mlp_shallow"]
+    assert a.forward_flops() == 2 * (40 * 256 + 256 * 10)
+    assert a.flops_per_sample("infer") == 2 * (40 * 256 + 256 * 10)
+
+
+def test_cnn_small_shapes_and_flops_by_hand() -> None:
+    a = ARCHITECTURES["cnn_small"]
+    # (1, 40) -conv k5 s2 p2-> (32, 20) -conv k5 s2 p2-> (64, 10) -flatten-> 640 -> 128 -> 10
+    assert a.shapes() == [(1, 40), (32, 20), (64, 10), (640,), (128,), (10,)]
+    conv1 = 2 * 1 * 5 * 32 * 20
+    conv2 = 2 * 32 * 5 * 64 * 10
+    dense = 2 * 640 * 128 + 2 * 128 * 10
+    assert a.forward_flops() == conv1 + conv2 + dense
+
+
+def test_train_flops_are_three_forward_passes(arch: Architecture) -> None:
+    assert arch.forward_flops() > 0
+    assert arch.flops_per_sample("train") == 3 * arch.forward_flops()
+    assert arch.flops_per_sample("infer") == arch.forward_flops()
+
+
+def test_every_architecture_reads_mnist1d_and_predicts_ten_classes(arch: Architecture) -> None:
+    assert arch.input_shape == (1, 40)
+    assert arch.num_classes == 10
+    assert arch.shapes()[-1] == (10,)
+
+
+def test_mlp_deep_has_at_least_six_hidden_dense_layers() -> None:
+    a = ARCHITECTURES["mlp_deep"]
+    hidden = [layer for layer in a.layers[:-1] if isinstance(layer, Dense)]
+    assert len(hidden) >= 6
+    assert all(layer.activation == "relu" for layer in hidden)
+
+
+def test_cnn_small_has_exactly_two_conv_layers() -> None:
+    a = ARCHITECTURES["cnn_small"]
+    assert sum(isinstance(layer, Conv) for layer in a.layers) == 2
+
+
+@pytest.mark.parametrize(
+    "last",
+    [Dense(10), Dense(10, activation="tanh"), Flatten(), Conv(10, kernel=(1,), stride=(1,), padding=(0,))],
+    ids=["dense-relu", "dense-tanh", "flatten", "conv"],
+)
+def test_last_layer_must_be_dense_logits(last: Dense | Conv | Flatten) -> None:
+    layers = (Flatten(), last) if not isinstance(last, Conv) else (last,)
+    with pytest.raises(ValueError, match="last layer must be Dense"):
+        Architecture("bad", "", (1, 40), layers)
+
+
+def test_empty_architecture_raises_value_error() -> None:
+    with pytest.raises(ValueError):
+        Architecture("empty", "", (1, 40), ())
+
+
+@pytest.mark.parametrize(
+    ("conv", "in_shape"),
+    [
+        (Conv(4, kernel=(50,), stride=(1,), padding=(0,)), (1, 40)),
+        (Conv(4, kernel=(7,), stride=(1,), padding=(0,)), (1, 5)),
+        (Conv(4, kernel=(3, 9), stride=(1, 1), padding=(0, 0)), (1, 8, 8)),
+    ],
+    ids=["1d-kernel-too-large", "1d-short-input", "2d-one-axis-empty"],
+)
+def test_conv_with_empty_output_raises(conv: Conv, in_shape: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError, match="empty output"):
+        conv.out_shape(in_shape)
+    with pytest.raises(ValueError, match="empty output"):
+        Architecture("empty-conv", "", in_shape, (conv, Flatten(), Dense(10, activation="none")))
+
+
+def test_conv_output_of_exactly_one_is_allowed() -> None:
+    assert Conv(4, kernel=(40,), stride=(1,), padding=(0,)).out_shape((1, 40)) == (4, 1)
+
+
+def test_rank_mismatch_raises() -> None:
+    with pytest.raises(ValueError, match="rank-1"):
+        Architecture("no-flatten", "", (1, 40), (Dense(10, activation="none"),))
+    with pytest.raises(ValueError, match="rank-2"):
+        Conv(4, kernel=(3,), stride=(1,), padding=(1,)).out_shape((40,))
+
+
+# --- datasets ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("shape", "classes", "batch"), [((1, 40), 10, 16), ((3, 8, 8), 4, 1), ((5,), 2, 7)])
+def test_synthetic_is_shape_correct(shape: tuple[int, ...], classes: int, batch: int) -> None:
+    x, y = datasets.synthetic(shape, classes, batch, seed=0)
+    assert x.shape == (batch, *shape) and x.dtype == np.float32
+    assert y.shape == (batch,) and y.dtype == np.int64
+    assert y.min() >= 0 and y.max() < classes
+
+
+def test_synthetic_is_deterministic_per_seed() -> None:
+    x1, y1 = datasets.synthetic((1, 40), 10, 64, seed=7)
+    x2, y2 = datasets.synthetic((1, 40), 10, 64, seed=7)
+    np.testing.assert_array_equal(x1, x2)
+    np.testing.assert_array_equal(y1, y2)
+    x3, y3 = datasets.synthetic((1, 40), 10, 64, seed=8)
+    assert not np.array_equal(x1, x3)
+    assert not np.array_equal(y1, y3)
+
+
+def _arrays() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {
+        "x_train": rng.standard_normal((6, 1, 4)).astype(np.float32),
+        "y_train": np.arange(6, dtype=np.int64) % 3,
+        "x_val": rng.standard_normal((2, 1, 4)).astype(np.float32),
+        "y_val": np.array([0, 2], dtype=np.int64),
+    }
+
+
+def test_content_hash_is_deterministic_and_order_independent() -> None:
+    a = _arrays()
+    h = datasets.content_hash(a)
+    assert re.fullmatch(r"[0-9a-f]{64}", h)
+    assert datasets.content_hash(_arrays()) == h
+    assert datasets.content_hash(dict(reversed(list(a.items())))) == h
+    assert datasets.content_hash({k: np.asfortranarray(v) for k, v in a.items()}) == h
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda a: a["x_train"].__setitem__((3, 0, 2), a["x_train"][3, 0, 2] + 1e-3),
+        lambda a: a["y_val"].__setitem__(1, 1),
+        lambda a: a.__setitem__("x_val", a["x_val"].reshape(2, 4, 1)),
+        lambda a: a.__setitem__("y_train", a["y_train"].astype(np.int32)),
+        lambda a: a.__setitem__("x_test", a.pop("x_val")),
+    ],
+    ids=["one-value", "one-label", "shape", "dtype", "name"],
+)
+def test_content_hash_changes_with_any_change(change: object) -> None:
+    a = _arrays()
+    before = datasets.content_hash(a)
+    change(a)  # type: ignore[operator]
+    assert datasets.content_hash(a) != before
+
+
+@pytest.fixture(scope="module")
+def mnist1d_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, datasets.Prepared]:
+    directory = tmp_path_factory.mktemp("datasets")
+    return directory, datasets.prepare("mnist1d", directory)
+
+
+def test_prepare_mnist1d_is_cached_and_not_regenerated(
+    mnist1d_dir: tuple[Path, datasets.Prepared], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory, first = mnist1d_dir
+    assert first.path == directory / "mnist1d.npz"
+    assert first.path.exists()
+    mtimes = {p.name: p.stat().st_mtime_ns for p in directory.iterdir()}
+
+    def no_regeneration() -> datasets.Dataset:
+        raise AssertionError("the cached data set was generated again")
+
+    monkeypatch.setitem(datasets.GENERATORS, "mnist1d", (no_regeneration, "stub"))
+    second = datasets.prepare("mnist1d", directory)
+    assert second == first
+    assert {p.name: p.stat().st_mtime_ns for p in directory.iterdir()} == mtimes
+
+
+def test_prepare_mnist1d_arrays(mnist1d_dir: tuple[Path, datasets.Prepared]) -> None:
+    _, prepared = mnist1d_dir
+    data = datasets.load("mnist1d", prepared.path)
+    assert data.x_train.shape == (4000, 1, 40) and data.x_train.dtype == np.float32
+    assert data.x_val.shape == (1000, 1, 40) and data.x_val.dtype == np.float32
+    assert data.y_train.shape == (4000,) and data.y_val.shape == (1000,)
+    for y in (data.y_train, data.y_val):
+        assert y.dtype == np.int64
+        assert set(np.unique(y).tolist()) == set(range(10))
+    assert data.sample_shape == (1, 40)
+    assert datasets.content_hash(data.arrays()) == prepared.sha256
+    meta = json.loads((prepared.path.parent / "mnist1d.json").read_text())
+    assert meta["sha256"] == prepared.sha256
+    assert meta["shapes"]["x_train"] == [4000, 1, 40]
+
+
+def test_prepare_uses_the_cache_dir_by_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    tiny = datasets.Dataset("tiny", **_arrays())
+    calls: list[int] = []
+
+    def generate() -> datasets.Dataset:
+        calls.append(1)
+        return tiny
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    monkeypatch.setitem(datasets.GENERATORS, "tiny", (generate, "a tiny test set"))
+    first = datasets.prepare("tiny")
+    second = datasets.prepare("tiny")
+    assert first.path == tmp_path / "datasets" / "tiny.npz"
+    assert first == second
+    assert calls == [1]
+    assert first.sha256 == datasets.content_hash(tiny.arrays())
+    assert not list((tmp_path / "datasets").glob("*.tmp*"))
+
+
+@pytest.mark.parametrize("name", ["cifar10", "MNIST1D", ""])
+def test_prepare_unknown_dataset_lists_choices(name: str, tmp_path: Path) -> None:
+    with pytest.raises(KeyError, match=re.escape("choose from " + ", ".join(datasets.GENERATORS))):
+        datasets.prepare(name, tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+# --- journal -------------------------------------------------------------------------------------
+
+
+def result(batch_size: int, status: str = "ok", **extra: object) -> TrialResult:
+    spec = TrialSpec(architecture="mlp_shallow", framework="torch", mode="infer", batch_size=batch_size, threads=1)
+    return TrialResult.model_validate(
+        {"trial_key": spec.trial_key, "spec": spec.model_dump(), "status": status} | extra
+    )
+
+
+@pytest.fixture
+def batch(tmp_path: Path) -> track.Batch:
+    return track.Batch(tmp_path / "runs", "20260101-000000-abcd")
+
+
+def test_empty_journal_has_no_results(batch: track.Batch) -> None:
+    assert batch.results() == []
+    assert batch.finished_keys() == {}
+    assert not batch.exists()
+
+
+def test_appended_results_are_read_back_in_order(batch: track.Batch) -> None:
+    a, b = result(8, metrics={"x": 1.0}), result(16, status="crash", reason="boom")
+    batch.append(a)
+    batch.append(b)
+    assert batch.journal == batch.dir / "journal.jsonl"
+    assert len(batch.journal.read_text().splitlines()) == 2
+    assert batch.results() == [a, b]
+
+
+def test_a_newer_result_replaces_the_older_one(batch: track.Batch) -> None:
+    old, other, new = result(8, status="crash"), result(16), result(8, status="ok", attempt=2)
+    for r in (old, other, new):
+        batch.append(r)
+    results = batch.results()
+    assert results == [other, new]  # latest per key, placed where it was last written
+    assert [r.trial_key for r in results].count(old.trial_key) == 1
+
+
+def test_a_torn_last_line_is_ignored(batch: track.Batch) -> None:
+    a, b = result(8), result(16)
+    batch.append(a)
+    batch.append(b)
+    torn = result(32).to_json()
+    with open(batch.journal, "a") as f:
+        f.write(torn[: len(torn) // 2])
+    assert batch.results() == [a, b]
+    assert set(batch.finished_keys()) == {a.trial_key, b.trial_key}
+
+
+def test_blank_and_garbage_lines_are_skipped(batch: track.Batch) -> None:
+    a = result(8)
+    batch.dir.mkdir(parents=True)
+    batch.journal.write_text("\n" + "not json\n" + a.to_json() + "\n" + '{"trial_key": "x"}\n')
+    assert batch.results() == [a]
+
+
+def test_a_result_appended_after_a_torn_line_is_kept(batch: track.Batch) -> None:
+    a, b = result(8), result(16)
+    batch.append(a)
+    torn = result(32).to_json()
+    with open(batch.journal, "a") as f:
+        f.write(torn[: len(torn) // 2])
+    batch.append(b)
+    assert batch.results() == [a, b]
+
+
+@pytest.mark.parametrize("status", ["ok", "failed", "timeout", "oom", "crash", "unsupported", "diverged"])
+def test_finished_keys_holds_only_final_statuses(batch: track.Batch, status: str) -> None:
+    r = result(8, status=status)
+    batch.append(r)
+    finished = batch.finished_keys()
+    if status in track.FINAL:
+        assert finished == {r.trial_key: r}
+    else:
+        assert finished == {}
+
+
+def test_finished_keys_follow_the_latest_result(batch: track.Batch) -> None:
+    ok_then_crash = [result(8, status="ok"), result(8, status="crash", attempt=2)]
+    crash_then_ok = [result(16, status="timeout"), result(16, status="ok", attempt=2)]
+    for r in (*ok_then_crash, *crash_then_ok):
+        batch.append(r)
+    assert set(batch.finished_keys()) == {crash_then_ok[0].trial_key}
+    assert batch.finished_keys()[crash_then_ok[0].trial_key].attempt == 2
+
+
+def test_final_statuses_are_the_deterministic_ones() -> None:
+    assert set(track.FINAL) == {"ok", "unsupported", "diverged"}
+
+
+def test_batch_meta_round_trip(batch: track.Batch) -> None:
+    meta = {"batch_id": batch.batch_id, "suite": "smoke", "argv": ["harness", "run"]}
+    batch.write_meta(meta)
+    assert batch.exists()
+    assert batch.meta() == meta
+    assert not list(batch.dir.glob("*.tmp"))
+    assert os.path.basename(batch.meta_path) == "batch.json"

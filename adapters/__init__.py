@@ -22,6 +22,7 @@ class FrameworkInfo:
     precisions: tuple[str, ...]
     compile_modes: tuple[str, ...]  # the modes ``auto``/``on``/``off`` may resolve to
     why_not: tuple[tuple[str, str], ...] = ()  # (device, reason) for devices it lacks
+    options: tuple[str, ...] = ()  # framework-specific build options a suite may set
 
     def unsupported_reason(self, device: str, precision: str) -> str | None:
         if device not in self.devices:
@@ -52,6 +53,7 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
             ("cpu",),
             ("float32",),
             ("eager", "hybridize"),
+            options=("static_alloc", "static_shape"),
             why_not=(
                 ("gpu", "MXNet's last GPU wheels (1.9.1, CUDA <= 11.7) predate CUDA 11.8 and current drivers"),
                 ("tpu", "MXNet has no TPU backend"),

@@ -17,7 +17,8 @@ Conventions every adapter follows, so that all frameworks run the same computati
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -44,6 +45,7 @@ class BuildOptions:
     momentum: float = 0.9
     threads: int = 1
     trainable: bool = True  # False: inference only, no optimiser state is built
+    extra: Mapping[str, Any] = field(default_factory=dict)  # framework options (FrameworkInfo.options)
 
 
 class Adapter(ABC):

@@ -56,8 +56,9 @@ class MxnetAdapter(Adapter):
         self.net, self._owners = _build(arch)
         self.net.initialize(mx.init.Zero(), ctx=self.ctx)  # overwritten by the canonical weights below
         self._hybrid = options.compile != "off"
+        self._static = {k: bool(options.extra.get(k, True)) for k in ("static_alloc", "static_shape")}
         if self._hybrid:
-            self.net.hybridize(static_alloc=True, static_shape=True)
+            self.net.hybridize(**self._static)
         self._params = [p for p in self.net.collect_params().values() if p.grad_req != "null"]
         self._slots: dict[str, list[mx.nd.NDArray]] = {}
         self._t = 0
@@ -145,6 +146,7 @@ class MxnetAdapter(Adapter):
             "engine_threads": os.environ.get("MXNET_CPU_WORKER_NTHREADS", ""),
             "engine": os.environ.get("MXNET_ENGINE_TYPE", "ThreadedEnginePerDevice"),
             "matmul_precision": "highest (float32)",
+            **(self._static if self._hybrid else {}),
         }
 
 

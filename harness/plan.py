@@ -96,6 +96,7 @@ def expand(suite: SuiteSpec, o: Overrides, default_threads: int, unavailable: Ma
                 timeout_s=o.timeout_s or suite.timeout_s,
                 train=suite.train if mode == "train" else TrainSpec(),
                 measure=suite.measure,
+                options=suite.options.get(fw, {}),
             )
         except ValidationError as e:
             raise SpecError(first_error(e)) from None

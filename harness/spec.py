@@ -75,6 +75,7 @@ class TrialSpec(Frozen):
     timeout_s: float = Field(600.0, gt=0)
     train: TrainSpec = TrainSpec()
     measure: MeasureSpec = MeasureSpec()
+    options: dict[str, bool | int | float | str] = Field(default_factory=dict, description="framework build options")
 
     @field_validator("architecture")
     @classmethod
@@ -133,6 +134,20 @@ class SuiteSpec(Frozen):
     timeout_s: float = Field(600.0, gt=0)
     train: TrainSpec = TrainSpec()
     measure: MeasureSpec = MeasureSpec()
+    options: dict[str, dict[str, bool | int | float | str]] = Field(
+        default_factory=dict, description="per framework: build options it declares, e.g. [options.mxnet]"
+    )
+
+    @field_validator("options")
+    @classmethod
+    def _options(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for fw, opts in v.items():
+            _choice("framework", fw, FRAMEWORKS)
+            for key in opts:
+                allowed = FRAMEWORKS[fw].options
+                if key not in allowed:
+                    raise ValueError(f"unknown {fw} option {key!r}; choose from {', '.join(allowed) or 'none'}")
+        return v
 
     @field_validator("frameworks")
     @classmethod

@@ -191,6 +191,8 @@ class Tracker:
             "train_steps": s.train.steps,
             "seed": s.seed,
         }
+        if s.options:
+            params["options"] = json.dumps(s.options, sort_keys=True)
         tags = {
             "trial_key": result.trial_key,
             "batch_id": batch_id,

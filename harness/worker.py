@@ -107,6 +107,7 @@ def run_trial(request: Json) -> Json:
         momentum=train["momentum"],
         threads=threads,
         trainable=spec["mode"] == "train",
+        extra=spec.get("options", {}),
     )
     adapter = adapter_cls(arch, params, options)
     if adapter.native_param_count() != arch.param_count():

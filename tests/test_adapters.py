@@ -112,6 +112,17 @@ def test_runtime_reports_threads_and_precision(fw: str) -> None:
     assert "highest" in text  # float32 matmul precision pinned
 
 
+@pytest.mark.parametrize("fw", [fw for fw in FWS if FRAMEWORKS[fw].options])
+def test_framework_options_are_applied(fw: str) -> None:
+    arch = ARCHITECTURES["cnn_small"]
+    for value in (True, False):
+        adapter = build(fw, arch, trainable=False, extra=dict.fromkeys(FRAMEWORKS[fw].options, value))
+        info = adapter.runtime_info()
+        assert all(info[k] is value for k in FRAMEWORKS[fw].options), info
+        x, _ = synthetic(arch.input_shape, arch.num_classes, 4, seed=2)
+        assert adapter.to_numpy(adapter.infer(adapter.to_device(x))).shape == (4, arch.num_classes)
+
+
 @pytest.mark.parametrize("fw", ELSEWHERE)
 def test_conformance_in_framework_env(fw: str) -> None:
     """The conformance suite above, run by the framework's own interpreter."""

@@ -208,7 +208,9 @@ def test_dry_run_shows_matrix_and_skips(tmp_path: Path) -> None:
 def test_list_and_help(tmp_path: Path) -> None:
     out = harness(tmp_path, "list", timeout=60).proc
     assert out.returncode == 0
-    for word in ("torch", "jax", "2.13.0", "0.10.2", "mlp_deep", "cnn_small", "mnist1d", "smoke", sys.executable):
+    mxnet_python = str(REPO / ".venvs" / "mxnet" / "bin" / "python")
+    for word in ("torch", "tensorflow", "jax", "mxnet", "2.13.0", "2.21.0", "0.10.2", "1.9.1", mxnet_python,
+                 "mlp_deep", "cnn_small", "mnist1d", "smoke", sys.executable):  # fmt: skip
         assert word in out.stdout, word
     for cmd in ("run", "list", "doctor", "compare", "sync"):
         h = harness(tmp_path, cmd, "--help", timeout=60).proc
@@ -218,7 +220,7 @@ def test_list_and_help(tmp_path: Path) -> None:
 def test_doctor_checks_everything(tmp_path: Path) -> None:
     out = harness(tmp_path, "doctor", timeout=180).proc
     assert out.returncode == 0, out.stdout + out.stderr
-    for word in ("torch 2.13.0", "jax 0.10.2", "Ray starts", "is writable"):
+    for word in ("torch 2.13.0", "tensorflow 2.21.0", "jax 0.10.2", "mxnet 1.9.1", "Ray starts", "is writable"):
         assert word in out.stdout, word
 
 
@@ -253,3 +255,22 @@ def test_worker_dies_with_its_launcher(tmp_path: Path) -> None:
     launcher.wait()
     gone, alive = psutil.wait_procs([worker], timeout=30)
     assert worker in gone and not alive
+
+
+def test_same_cpu_set_and_threads_in_every_framework(tmp_path: Path) -> None:
+    """Thread parity: what each framework's worker reports about its CPU set and thread pools."""
+    frameworks = "torch,tensorflow,jax,mxnet"
+    run = harness(tmp_path, "run", TINY, "--framework", frameworks, "--mode", "infer", "--threads", "1")
+    assert run.proc.returncode == 0, run.proc.stdout[-3000:] + run.proc.stderr[-3000:]
+    envs = {r["spec"]["framework"]: r["environment"] for r in run.journal()}  # type: ignore[index]
+    assert set(envs) == set(frameworks.split(","))
+    for fw, env in envs.items():
+        assert len(env["cpus"]) == 1 and env["threads"] == 1, fw  # type: ignore[index]
+        assert env["thread_env"]["OMP_NUM_THREADS"] == "1", fw  # type: ignore[index]
+    runtime = {fw: env["framework_runtime"] for fw, env in envs.items()}  # type: ignore[index]
+    assert runtime["torch"]["intra_op_threads"] == 1
+    assert runtime["tensorflow"]["intra_op_threads"] == 1
+    assert runtime["jax"]["schedulable_cpus"] == 1
+    assert "intra_op_parallelism_threads=1" in runtime["jax"]["xla_flags"]
+    assert runtime["mxnet"]["omp_threads"] == "1" and runtime["mxnet"]["engine_threads"] == "1"
+    assert {r["compile_mode"] for r in run.journal()} == {"eager", "xla", "jit", "hybridize"}

@@ -381,3 +381,19 @@ def test_bad_suite_precision_is_rejected_at_load(tmp_path: Path) -> None:
     path = write_toml(tmp_path, 'precision = "float16"\n' + GOOD_TOML)
     with pytest.raises(SpecError, match=choices(PRECISIONS)):
         load_suite(str(path))
+
+
+def test_suite_framework_options(tmp_path: Path) -> None:
+    base = 'frameworks = ["mxnet"]\narchitectures = ["cnn_small"]\nbatch_sizes = [8]\n'
+    good = tmp_path / "good.toml"
+    good.write_text(base + "[options.mxnet]\nstatic_alloc = false\n")
+    assert load_suite(str(good)).options == {"mxnet": {"static_alloc": False}}
+    for bad_options, message in [
+        ("[options.mxnet]\nstatic = true\n", "unknown mxnet option 'static'; choose from static_alloc, static_shape"),
+        ("[options.torch]\nfuse = true\n", "unknown torch option 'fuse'; choose from none"),
+        ("[options.caffe]\nx = 1\n", "unknown framework 'caffe'"),
+    ]:
+        bad = tmp_path / "bad.toml"
+        bad.write_text(base + bad_options)
+        with pytest.raises(SpecError, match=re.escape(message)):
+            load_suite(str(bad))

@@ -5,7 +5,10 @@
    framework, model and batch size (benchmarks/handloop.py), interleaved in one invocation with the
    same thread count and CPU set. Target: >= 97%.
 2. Repeatability: coefficient of variation of the reported throughput over the repeats. Target: <= 3%.
-3. Smoke: wall time of ``harness run smoke`` in a fresh directory after set-up. Target: < 60 s.
+3. Fast path against eager: each framework's compiled mode (torch.compile/inductor, XLA, jax.jit,
+   hybridize) against its eager mode on mlp_deep and cnn_small, train and infer.
+4. Smoke: wall time of ``harness run smoke`` in a fresh directory after set-up (all four frameworks;
+   the foundation's target was < 60 s for torch + jax).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from harness import schedule
+from harness.envs import interpreter
 from harness.launch import worker_env
 from harness.spec import MeasureSpec, TrialResult, TrialSpec
 
@@ -50,7 +54,7 @@ def _hand_loop(fw: str, batch: int, threads: int, seconds: float) -> float:
     spec = TrialSpec(architecture="mlp_deep", framework=fw, mode="train", batch_size=batch, threads=threads)
     cpus = ",".join(map(str, sorted(os.sched_getaffinity(0))[:threads]))
     proc = subprocess.run(
-        ["taskset", "-c", cpus, sys.executable, "-m", "benchmarks.handloop", fw, str(batch), str(seconds)],
+        ["taskset", "-c", cpus, interpreter(fw), "-m", "benchmarks.handloop", fw, str(batch), str(seconds)],
         env=worker_env(spec),
         capture_output=True,
         text=True,
@@ -87,6 +91,53 @@ def overhead(frameworks: list[str], repeats: int, batch: int, threads: int, seco
     return rows
 
 
+def fast_vs_eager(frameworks: list[str], batch: int, threads: int, seconds: float) -> list[dict[str, Any]]:
+    """Each framework's fast path (compile=on: inductor, XLA, jit, hybridize) against its eager mode."""
+    specs = [
+        TrialSpec(
+            architecture=arch,
+            framework=fw,
+            mode=mode,  # type: ignore[arg-type]
+            batch_size=batch,
+            threads=threads,
+            compile=compile_,  # type: ignore[arg-type]
+            timeout_s=900,
+            measure=MeasureSpec(warmup_steps=10, min_steps=50, min_time_s=seconds, window_steps=10),
+        )
+        for fw in frameworks
+        for arch in ("mlp_deep", "cnn_small")
+        for mode in ("train", "infer")
+        for compile_ in ("on", "off")
+    ]
+    results: dict[tuple[str, str, str, str], TrialResult] = {}
+
+    def keep(r: TrialResult) -> None:
+        results[(r.spec.framework, r.spec.architecture, r.spec.mode, r.spec.compile)] = r
+        print(
+            f"  {r.spec.name} compile={r.spec.compile}: {r.status} {r.metrics.get('throughput_samples_per_s', 0):,.0f}"
+        )
+
+    schedule.connect(None)
+    try:
+        schedule.run_all(specs, keep)
+    finally:
+        schedule.shutdown()
+    rows = []
+    for fw in frameworks:
+        for arch in ("mlp_deep", "cnn_small"):
+            for mode in ("train", "infer"):
+                fast, eager = results[(fw, arch, mode, "on")], results[(fw, arch, mode, "off")]
+                tf, te = (r.metrics.get("throughput_samples_per_s") for r in (fast, eager))
+                rows.append({
+                    "framework": fw, "architecture": arch, "mode": mode,
+                    "fast_mode": fast.compile_mode, "fast_samples_per_s": tf,
+                    "fast_compile_s": fast.metrics.get("compile_s"),
+                    "eager_samples_per_s": te, "speedup": tf / te if tf and te else None,
+                    "status": f"{fast.status}/{eager.status}",
+                })  # fmt: skip
+    return rows
+
+
 def smoke_wall_s() -> float:
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "HARNESS_RUNS_DIR": f"{tmp}/runs", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"}
@@ -99,6 +150,7 @@ def smoke_wall_s() -> float:
 
 def machine() -> dict[str, Any]:
     import jax
+    import tensorflow as tf
     import torch
 
     cpu = next(
@@ -115,13 +167,17 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "jax": jax.__version__,
+        "tensorflow": tf.__version__,
+        "mxnet": subprocess.run(
+            [interpreter("mxnet"), "-c", "import mxnet; print(mxnet.__version__)"], capture_output=True, text=True
+        ).stdout.strip(),
         "date": time.strftime("%Y-%m-%d"),
     }
 
 
 def main() -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__)
-    p.add_argument("--frameworks", default="torch,jax")
+    p.add_argument("--frameworks", default="torch,tensorflow,jax,mxnet")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seconds", type=float, default=3.0, help="timed seconds per measurement")
@@ -133,6 +189,9 @@ def main() -> int:
     results["overhead"] = overhead(
         args.frameworks.split(","), args.repeats, args.batch_size, args.threads, args.seconds
     )
+    print("fast path against eager (mlp_deep, cnn_small; train, infer)")
+    frameworks = args.frameworks.split(",")
+    results["fast_vs_eager"] = fast_vs_eager(frameworks, args.batch_size, args.threads, args.seconds)
     print("smoke suite wall time")
     results["smoke_wall_s"] = smoke_wall_s()
     args.out.write_text(json.dumps(results, indent=2))
@@ -144,6 +203,15 @@ def main() -> int:
         print(
             f"| {fw} | {np.median(r['harness_samples_per_s']):,.0f} | {np.median(r['hand_loop_samples_per_s']):,.0f} "
             f"| {100 * r['ratio_median']:.1f}% | {100 * r['ratio_mean_based']:.1f}% | {100 * r['cv']:.1f}% |"
+        )
+    print("\n| framework | architecture | mode | fast path | fast samples/s | compile s | eager samples/s | speedup |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in results["fast_vs_eager"]:
+        speed = f"{r['speedup']:.2f}x" if r["speedup"] else r["status"]
+        print(
+            f"| {r['framework']} | {r['architecture']} | {r['mode']} | {r['fast_mode']} "
+            f"| {r['fast_samples_per_s'] or 0:,.0f} | {r['fast_compile_s'] or 0:.2f} "
+            f"| {r['eager_samples_per_s'] or 0:,.0f} | {speed} |"
         )
     print(f"\nsmoke suite wall time: {results['smoke_wall_s']:.1f} s; results in {args.out}")
     return 0

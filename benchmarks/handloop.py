@@ -1,7 +1,7 @@
 """A minimal hand-written training loop of mlp_deep, per framework: the overhead baseline.
 
 Deliberately independent of the harness (no adapter, no measure module): what a user would write.
-``python -m benchmarks.handloop torch|jax BATCH SECONDS`` prints samples/s as JSON.
+``python -m benchmarks.handloop torch|tensorflow|jax|mxnet BATCH SECONDS`` prints samples/s as JSON.
 """
 
 from __future__ import annotations
@@ -74,6 +74,65 @@ def jax_loop(x: np.ndarray, y: np.ndarray, seconds: float) -> float:
     return _time(step, lambda: jax.block_until_ready(state["p"]), len(x), seconds)
 
 
+def tensorflow_loop(x: np.ndarray, y: np.ndarray, seconds: float) -> float:
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    threads = int(os.environ.get("OMP_NUM_THREADS", "1"))
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+    tf.config.experimental.enable_tensor_float_32_execution(False)
+    rng = np.random.default_rng(0)
+    sizes = [IN] + [HIDDEN] * LAYERS + [OUT]
+    weights = []
+    for a, b in itertools.pairwise(sizes):
+        weights += [
+            tf.Variable(rng.standard_normal((a, b), dtype=np.float32) * np.sqrt(2 / a)),
+            tf.Variable(tf.zeros(b)),
+        ]
+    velocity = [tf.Variable(tf.zeros_like(w)) for w in weights]
+
+    @tf.function(jit_compile=True)
+    def step(xb: tf.Tensor, yb: tf.Tensor) -> None:
+        with tf.GradientTape() as tape:
+            h = tf.reshape(xb, [xb.shape[0], -1])
+            for i in range(0, len(weights) - 2, 2):
+                h = tf.nn.relu(h @ weights[i] + weights[i + 1])
+            logits = h @ weights[-2] + weights[-1]
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=yb, logits=logits))
+        for w, v, g in zip(weights, velocity, tape.gradient(loss, weights), strict=True):
+            v.assign(0.9 * v + g)
+            w.assign_sub(0.05 * v)
+
+    xt, yt = tf.constant(x), tf.constant(y)
+    return _time(lambda: step(xt, yt), lambda: None, len(x), seconds)
+
+
+def mxnet_loop(x: np.ndarray, y: np.ndarray, seconds: float) -> float:
+    import mxnet as mx
+    from mxnet import autograd, gluon
+
+    net = gluon.nn.HybridSequential()
+    for _ in range(LAYERS):
+        net.add(gluon.nn.Dense(HIDDEN, activation="relu"))
+    net.add(gluon.nn.Dense(OUT))
+    net.initialize(mx.init.Xavier())
+    net.hybridize(static_alloc=True, static_shape=True)
+    trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.05, "momentum": 0.9})
+    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+    xd, yd = mx.nd.array(x), mx.nd.array(y)
+
+    def step() -> None:
+        with autograd.record():
+            loss = loss_fn(net(xd), yd).mean()
+        loss.backward()
+        trainer.step(1)
+
+    return _time(step, mx.nd.waitall, len(x), seconds)
+
+
 def _time(step, sync, batch: int, seconds: float) -> float:  # type: ignore[no-untyped-def]
     for _ in range(10):
         step()
@@ -92,5 +151,5 @@ if __name__ == "__main__":
     rng = np.random.default_rng(1)
     x = rng.standard_normal((batch, 1, IN), dtype=np.float32)
     y = rng.integers(0, OUT, size=batch, dtype=np.int64)
-    loop = {"torch": torch_loop, "jax": jax_loop}[fw]
+    loop = {"torch": torch_loop, "tensorflow": tensorflow_loop, "jax": jax_loop, "mxnet": mxnet_loop}[fw]
     print(json.dumps({"samples_per_s": loop(x, y, seconds)}))

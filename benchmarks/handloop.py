@@ -89,7 +89,7 @@ def tensorflow_loop(x: np.ndarray, y: np.ndarray, seconds: float) -> float:
     weights = []
     for a, b in itertools.pairwise(sizes):
         weights += [
-            tf.Variable(rng.standard_normal((a, b), dtype=np.float32) * np.sqrt(2 / a)),
+            tf.Variable((rng.standard_normal((a, b)) * np.sqrt(2 / a)).astype(np.float32)),
             tf.Variable(tf.zeros(b)),
         ]
     velocity = [tf.Variable(tf.zeros_like(w)) for w in weights]

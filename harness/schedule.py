@@ -77,9 +77,7 @@ def _materialize(name: str, sha256: str, arrays_ref: list[Any]) -> str:
     if not path.exists():
         arrays: dict[str, np.ndarray] = ray.get(arrays_ref[0])
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-        np.savez(tmp, **arrays)  # type: ignore[arg-type]
-        tmp.replace(path)
+        datasets.save(path, arrays)
     return str(path)
 
 

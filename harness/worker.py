@@ -72,6 +72,8 @@ def _latency_metrics(prefix: str, step_s: Any) -> dict[str, float]:
 
 def run_trial(request: Json) -> Json:
     """Build the model, run the trial's scenario, measure. Returns the result dict (status ok)."""
+    # numpy (and its BLAS threads) load only after main() has applied the CPU set: threads started
+    # earlier would keep the whole machine's affinity.
     import numpy as np
 
     from harness.measure import Budget, current_rss_mb, gemm_peak_gflops, peak_rss_mb, run_timed, summarize
@@ -167,7 +169,7 @@ def run_trial(request: Json) -> Json:
     }
 
     if data is not None and status == "ok":
-        acc_metrics, history = _train_to_accuracy(adapter, params, data, spec, np)
+        acc_metrics, history = _train_to_accuracy(adapter, params, data, spec)
         metrics |= acc_metrics
         if not math.isfinite(acc_metrics["final_loss"]):
             status, reason = "diverged", f"training loss became {acc_metrics['final_loss']} on {spec['dataset']}"
@@ -191,9 +193,11 @@ def run_trial(request: Json) -> Json:
 
 
 def _train_to_accuracy(
-    adapter: Any, params: Any, data: Any, spec: Json, np: Any
+    adapter: Any, params: Any, data: Any, spec: Json
 ) -> tuple[dict[str, float], dict[str, list[float]]]:
     """Fixed step budget from the canonical weights, same data order in every framework."""
+    import numpy as np
+
     adapter.load_params(params)
     train, bs = spec["train"], spec["batch_size"]
     n = len(data.x_train)
@@ -211,12 +215,12 @@ def _train_to_accuracy(
         pos += bs
         losses.append(adapter.train_step(adapter.to_device(data.x_train[idx]), adapter.to_device(data.y_train[idx])))
         if train["eval_every"] and (step + 1) % train["eval_every"] == 0:
-            val_curve.append(_accuracy(adapter, data.x_val, data.y_val, np))
+            val_curve.append(_accuracy(adapter, data.x_val, data.y_val))
     adapter.sync()
     train_time_s = time.perf_counter() - t0
     loss = [float(adapter.to_numpy(v)) for v in losses]
-    train_acc = _accuracy(adapter, data.x_train, data.y_train, np)
-    val_acc = _accuracy(adapter, data.x_val, data.y_val, np)
+    train_acc = _accuracy(adapter, data.x_train, data.y_train)
+    val_acc = _accuracy(adapter, data.x_val, data.y_val)
     metrics = {
         "train_accuracy": train_acc,
         "val_accuracy": val_acc,
@@ -229,7 +233,7 @@ def _train_to_accuracy(
     return metrics, history
 
 
-def _accuracy(adapter: Any, x: Any, y: Any, np: Any, batch: int = 500) -> float:
+def _accuracy(adapter: Any, x: Any, y: Any, batch: int = 500) -> float:
     correct = 0
     for i in range(0, len(x), batch):
         logits = adapter.to_numpy(adapter.infer(adapter.to_device(x[i : i + batch])))

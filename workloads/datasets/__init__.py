@@ -93,11 +93,16 @@ def prepare(name: str, directory: Path | None = None) -> Prepared:
     directory.mkdir(parents=True, exist_ok=True)
     arrays = GENERATORS[name][0]().arrays()
     digest = content_hash(arrays)
+    save(path, arrays)
+    meta_path.write_text(json.dumps({"sha256": digest, "shapes": {k: list(v.shape) for k, v in arrays.items()}}))
+    return Prepared(name, path, digest)
+
+
+def save(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write arrays as ``.npz`` atomically (readers never see a half-written file)."""
     tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
     np.savez(tmp, **arrays)  # type: ignore[arg-type]
     tmp.replace(path)
-    meta_path.write_text(json.dumps({"sha256": digest, "shapes": {k: list(v.shape) for k, v in arrays.items()}}))
-    return Prepared(name, path, digest)
 
 
 def load(name: str, path: str | Path) -> Dataset:

@@ -116,7 +116,7 @@ class Adapter(ABC):
 
 def check_params(arch: Architecture, params: dict[str, np.ndarray]) -> None:
     """Raise if ``params`` does not match the architecture's canonical layout exactly."""
-    layout = arch.param_layout()
+    layout = arch.variable_layout()
     if set(params) != set(layout):
         raise ValueError(f"{arch.name}: expected parameters {sorted(layout)}, got {sorted(params)}")
     for key, shape in layout.items():

@@ -6,7 +6,7 @@
    same thread count and CPU set. Target: >= 97%.
 2. Repeatability: coefficient of variation of the reported throughput over the repeats. Target: <= 3%.
 3. Fast path against eager: each framework's compiled mode (torch.compile/inductor, XLA, jax.jit,
-   hybridize) against its eager mode on mlp_deep and cnn_small, train and infer.
+   hybridize) against its eager mode on mlp_deep and cnn1d, train and infer.
 4. Smoke: wall time of ``harness run smoke`` in a fresh directory after set-up (all four frameworks;
    the foundation's target was < 60 s for torch + jax).
 """
@@ -105,7 +105,7 @@ def fast_vs_eager(frameworks: list[str], batch: int, threads: int, seconds: floa
             measure=MeasureSpec(warmup_steps=10, min_steps=50, min_time_s=seconds, window_steps=10),
         )
         for fw in frameworks
-        for arch in ("mlp_deep", "cnn_small")
+        for arch in ("mlp_deep", "cnn1d")
         for mode in ("train", "infer")
         for compile_ in ("on", "off")
     ]
@@ -124,7 +124,7 @@ def fast_vs_eager(frameworks: list[str], batch: int, threads: int, seconds: floa
         schedule.shutdown()
     rows = []
     for fw in frameworks:
-        for arch in ("mlp_deep", "cnn_small"):
+        for arch in ("mlp_deep", "cnn1d"):
             for mode in ("train", "infer"):
                 fast, eager = results[(fw, arch, mode, "on")], results[(fw, arch, mode, "off")]
                 tf, te = (r.metrics.get("throughput_samples_per_s") for r in (fast, eager))
@@ -189,7 +189,7 @@ def main() -> int:
     results["overhead"] = overhead(
         args.frameworks.split(","), args.repeats, args.batch_size, args.threads, args.seconds
     )
-    print("fast path against eager (mlp_deep, cnn_small; train, infer)")
+    print("fast path against eager (mlp_deep, cnn1d; train, infer)")
     frameworks = args.frameworks.split(",")
     results["fast_vs_eager"] = fast_vs_eager(frameworks, args.batch_size, args.threads, args.seconds)
     print("smoke suite wall time")

@@ -93,7 +93,7 @@ def run_trial(request: Json) -> Json:
     import_s = time.perf_counter() - t0
 
     arch = get(spec["architecture"])
-    params = arch.init_params(spec["seed"])
+    params = arch.init_variables(spec["seed"])
     x, y = datasets.synthetic(arch.input_shape, arch.num_classes, spec["batch_size"], spec["seed"] + 1)
     train = spec["train"]
     accuracy_run = spec["mode"] == "train" and spec["dataset"] != datasets.SYNTHETIC and train["steps"] > 0

@@ -24,7 +24,7 @@ ARCHS = list(ARCHITECTURES)
 
 def build(fw: str, arch: Architecture, seed: int = 0, **opts: object) -> Adapter:
     options = BuildOptions(threads=2, **opts)  # type: ignore[arg-type]
-    return load_adapter(fw)(arch, arch.init_params(seed), options)
+    return load_adapter(fw)(arch, arch.init_variables(seed), options)
 
 
 @pytest.mark.parametrize("arch_name", ARCHS)
@@ -36,7 +36,7 @@ class TestConformance:
 
     def test_export_of_load_is_identity(self, fw: str, arch_name: str) -> None:
         arch = ARCHITECTURES[arch_name]
-        params = arch.init_params(7)
+        params = arch.init_variables(7)
         adapter = build(fw, arch)
         adapter.load_params(params)
         exported = adapter.export_params()
@@ -48,7 +48,7 @@ class TestConformance:
     def test_rejects_wrong_params(self, fw: str, arch_name: str) -> None:
         arch = ARCHITECTURES[arch_name]
         adapter = build(fw, arch)
-        params = arch.init_params(0)
+        params = arch.init_variables(0)
         params.pop(next(iter(params)))
         with pytest.raises(ValueError, match="expected parameters"):
             adapter.load_params(params)
@@ -58,7 +58,7 @@ class TestConformance:
         arch = ARCHITECTURES[arch_name]
         lr = 0.05 if optimizer == "sgd" else 1e-3
         adapter = build(fw, arch, optimizer=optimizer, learning_rate=lr)
-        x, y = synthetic(arch.input_shape, arch.num_classes, 32, seed=3)
+        x, y = synthetic(arch.input_shape, arch.num_classes, 32, seed=3, vocab_size=arch.vocab_size)
         xd, yd = adapter.to_device(x), adapter.to_device(y)
         losses = [float(adapter.to_numpy(adapter.train_step(xd, yd))) for _ in range(10)]
         assert np.isfinite(losses).all()
@@ -67,17 +67,17 @@ class TestConformance:
     def test_load_params_resets_training(self, fw: str, arch_name: str) -> None:
         arch = ARCHITECTURES[arch_name]
         adapter = build(fw, arch)
-        x, y = synthetic(arch.input_shape, arch.num_classes, 16, seed=4)
+        x, y = synthetic(arch.input_shape, arch.num_classes, 16, seed=4, vocab_size=arch.vocab_size)
         xd, yd = adapter.to_device(x), adapter.to_device(y)
         first = float(adapter.to_numpy(adapter.train_step(xd, yd)))
         adapter.train_step(xd, yd)
-        adapter.load_params(arch.init_params(0))
+        adapter.load_params(arch.init_variables(0))
         again = float(adapter.to_numpy(adapter.train_step(xd, yd)))
         assert again == pytest.approx(first, rel=1e-6)
 
     def test_infer_shape_and_eager_mode(self, fw: str, arch_name: str) -> None:
         arch = ARCHITECTURES[arch_name]
-        x, _ = synthetic(arch.input_shape, arch.num_classes, 8, seed=5)
+        x, _ = synthetic(arch.input_shape, arch.num_classes, 8, seed=5, vocab_size=arch.vocab_size)
         fast = build(fw, arch, trainable=False)
         eager = build(fw, arch, compile="off", trainable=False)
         assert eager.compile_mode == "eager"
@@ -93,7 +93,7 @@ def test_sync_leaves_no_pending_work(fw: str) -> None:
     """After sync() every output is finished: the clock may be read."""
     arch = ARCHITECTURES["mlp_deep"]
     adapter = build(fw, arch)
-    x, y = synthetic(arch.input_shape, arch.num_classes, 4096, seed=6)
+    x, y = synthetic(arch.input_shape, arch.num_classes, 4096, seed=6, vocab_size=arch.vocab_size)
     xd, yd = adapter.to_device(x), adapter.to_device(y)
     for _ in range(3):
         adapter.train_step(xd, yd)
@@ -114,12 +114,12 @@ def test_runtime_reports_threads_and_precision(fw: str) -> None:
 
 @pytest.mark.parametrize("fw", [fw for fw in FWS if FRAMEWORKS[fw].options])
 def test_framework_options_are_applied(fw: str) -> None:
-    arch = ARCHITECTURES["cnn_small"]
+    arch = ARCHITECTURES["cnn1d"]
     for value in (True, False):
         adapter = build(fw, arch, trainable=False, extra=dict.fromkeys(FRAMEWORKS[fw].options, value))
         info = adapter.runtime_info()
         assert all(info[k] is value for k in FRAMEWORKS[fw].options), info
-        x, _ = synthetic(arch.input_shape, arch.num_classes, 4, seed=2)
+        x, _ = synthetic(arch.input_shape, arch.num_classes, 4, seed=2, vocab_size=arch.vocab_size)
         assert adapter.to_numpy(adapter.infer(adapter.to_device(x))).shape == (4, arch.num_classes)
 
 
@@ -139,9 +139,9 @@ def test_conformance_in_framework_env(fw: str) -> None:
 @pytest.mark.gpu
 @pytest.mark.parametrize("fw", [fw for fw in FWS if "gpu" in FRAMEWORKS[fw].devices])
 def test_gpu_train_step(fw: str) -> None:
-    arch = ARCHITECTURES["cnn_small"]
+    arch = ARCHITECTURES["cnn1d"]
     adapter = build(fw, arch, device="gpu")
-    x, y = synthetic(arch.input_shape, arch.num_classes, 64, seed=1)
+    x, y = synthetic(arch.input_shape, arch.num_classes, 64, seed=1, vocab_size=arch.vocab_size)
     loss = adapter.train_step(adapter.to_device(x), adapter.to_device(y))
     adapter.sync()
     assert np.isfinite(adapter.to_numpy(loss))

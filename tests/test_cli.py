@@ -210,7 +210,7 @@ def test_list_and_help(tmp_path: Path) -> None:
     assert out.returncode == 0
     mxnet_python = str(REPO / ".venvs" / "mxnet" / "bin" / "python")
     for word in ("torch", "tensorflow", "jax", "mxnet", "2.13.0", "2.21.0", "0.10.2", "1.9.1", mxnet_python,
-                 "mlp_deep", "cnn_small", "mnist1d", "smoke", sys.executable):  # fmt: skip
+                 "mlp_deep", "cnn1d", "mnist1d", "smoke", sys.executable):  # fmt: skip
         assert word in out.stdout, word
     for cmd in ("run", "list", "doctor", "compare", "sync"):
         h = harness(tmp_path, cmd, "--help", timeout=60).proc

@@ -53,7 +53,7 @@ def probes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, np.n
 def test_param_count_and_exact_roundtrip(probes: dict[str, dict[str, np.ndarray]], fw: str, arch: str) -> None:
     spec = ARCHITECTURES[arch]
     assert int(probes[fw][f"{arch}/param_count"]) == spec.param_count()
-    params = spec.init_params(13)
+    params = spec.init_variables(13)
     for key, value in params.items():
         np.testing.assert_array_equal(probes[fw][f"{arch}/roundtrip/{key}"], value, err_msg=key)
 
@@ -75,7 +75,7 @@ def test_training_parity(
     steps, lr = TRAINING[optimizer]
     pa, pb = probes[fw_a], probes[fw_b]
     np.testing.assert_allclose(pa[f"{arch}/{optimizer}/loss"], pb[f"{arch}/{optimizer}/loss"], rtol=RTOL)
-    params = ARCHITECTURES[arch].init_params(13)
+    params = ARCHITECTURES[arch].init_variables(13)
     moved = 0.0
     for key in params:
         wa, wb = pa[f"{arch}/{optimizer}/w/{key}"], pb[f"{arch}/{optimizer}/w/{key}"]
@@ -87,6 +87,36 @@ def test_training_parity(
             np.testing.assert_allclose(wa, wb, rtol=RTOL, atol=ATOL, err_msg=key)
         moved = max(moved, float(np.abs(wa - params[key]).max()))
     assert moved > 1e-4  # the step really changed the weights
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize(("fw_a", "fw_b"), PAIRS)
+def test_eval_after_training_parity(probes: dict[str, dict[str, np.ndarray]], fw_a: str, fw_b: str, arch: str) -> None:
+    """Inference after an SGD step: the trained weights and, for batch norm, the updated running statistics."""
+    a, b = probes[fw_a][f"{arch}/sgd/logits_after"], probes[fw_b][f"{arch}/sgd/logits_after"]
+    assert not np.array_equal(a, probes[fw_a][f"{arch}/logits"])  # training changed what inference computes
+    np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL)
+
+
+BN_ARCHS = [a for a in ARCHS if ARCHITECTURES[a].state_layout()]
+
+
+@pytest.mark.parametrize("optimizer", list(TRAINING))
+@pytest.mark.parametrize("arch", BN_ARCHS)
+@pytest.mark.parametrize(("fw_a", "fw_b"), PAIRS)
+def test_batchnorm_running_stats_agree(
+    probes: dict[str, dict[str, np.ndarray]], fw_a: str, fw_b: str, arch: str, optimizer: str
+) -> None:
+    """Running mean and (unbiased) variance move identically in every framework while training."""
+    initial = ARCHITECTURES[arch].init_variables(13)
+    for key in ARCHITECTURES[arch].state_layout():
+        wa, wb = probes[fw_a][f"{arch}/{optimizer}/w/{key}"], probes[fw_b][f"{arch}/{optimizer}/w/{key}"]
+        assert not np.array_equal(wa, initial[key]), f"{key} never updated"
+        np.testing.assert_allclose(wa, wb, rtol=RTOL, atol=ATOL, err_msg=key)
+
+
+def test_zoo_has_batchnorm() -> None:
+    assert "resnet20" in BN_ARCHS
 
 
 def test_probe_covers_every_framework(probes: dict[str, dict[str, np.ndarray]]) -> None:

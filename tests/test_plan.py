@@ -18,7 +18,7 @@ from workloads.architectures import ARCHITECTURES
 SUITE: dict[str, Any] = {
     "name": "unit",
     "frameworks": ["torch", "jax"],
-    "architectures": ["mlp_shallow", "mlp_deep", "cnn_small"],
+    "architectures": ["mlp_shallow", "mlp_deep", "cnn1d"],
     "modes": ["train", "infer"],
     "devices": ["cpu", "gpu"],
     "batch_sizes": [8, 32, 128],
@@ -74,7 +74,7 @@ def test_cells_carry_the_suite_settings() -> None:
     ("overrides", "axis", "expected"),
     [
         (Overrides(frameworks=["jax"]), "framework", {"jax"}),
-        (Overrides(architectures=["cnn_small", "mlp_deep"]), "architecture", {"cnn_small", "mlp_deep"}),
+        (Overrides(architectures=["cnn1d", "mlp_deep"]), "architecture", {"cnn1d", "mlp_deep"}),
         (Overrides(modes=["infer"]), "mode", {"infer"}),
         (Overrides(devices=["cpu"]), "device", {"cpu"}),
         (Overrides(batch_sizes=[1, 3, 5, 7]), "batch_size", {1, 3, 5, 7}),

@@ -178,7 +178,7 @@ def test_defaults_given_explicitly_give_the_same_key() -> None:
 KEY_CHANGES: dict[str, dict[str, Any]] = {
     "batch_size": {"batch_size": 33},
     "framework": {"framework": "jax"},
-    "architecture": {"architecture": "cnn_small"},
+    "architecture": {"architecture": "cnn1d"},
     "mode": {"mode": "infer"},
     "device": {"device": "gpu"},
     "seed": {"seed": 1},
@@ -262,7 +262,7 @@ def write_toml(tmp_path: Path, text: str, name: str = "mysuite.toml") -> Path:
 GOOD_TOML = """
 description = "test suite"
 frameworks = ["torch", "jax"]
-architectures = ["mlp_shallow", "cnn_small"]
+architectures = ["mlp_shallow", "cnn1d"]
 modes = ["infer"]
 batch_sizes = [8, 16]
 seed = 3
@@ -288,7 +288,7 @@ def test_load_suite_by_path(tmp_path: Path) -> None:
     suite = load_suite(str(path))
     assert suite.name == "mysuite"  # from the file stem
     assert suite.frameworks == ["torch", "jax"]
-    assert suite.architectures == ["mlp_shallow", "cnn_small"]
+    assert suite.architectures == ["mlp_shallow", "cnn1d"]
     assert suite.modes == ["infer"]
     assert suite.devices == ["cpu"]
     assert suite.batch_sizes == [8, 16]
@@ -384,7 +384,7 @@ def test_bad_suite_precision_is_rejected_at_load(tmp_path: Path) -> None:
 
 
 def test_suite_framework_options(tmp_path: Path) -> None:
-    base = 'frameworks = ["mxnet"]\narchitectures = ["cnn_small"]\nbatch_sizes = [8]\n'
+    base = 'frameworks = ["mxnet"]\narchitectures = ["cnn1d"]\nbatch_sizes = [8]\n'
     good = tmp_path / "good.toml"
     good.write_text(base + "[options.mxnet]\nstatic_alloc = false\n")
     assert load_suite(str(good)).options == {"mxnet": {"static_alloc": False}}

@@ -1,41 +1,158 @@
-"""The architecture zoo: name -> framework-neutral :class:`Architecture`.
+"""The architecture zoo: name -> framework-neutral :class:`Architecture`, shallow to deep.
 
-Every architecture reads MNIST-1D-shaped samples (one channel, 40 positions) and predicts one of
-10 classes, so each one can be trained to accuracy on ``mnist1d`` as well as timed on synthetic data.
+Default input shapes are the ones the throughput suites time on synthetic data; a model trained on
+a dataset is resized to its samples with :meth:`Architecture.for_data`.
 """
 
 from __future__ import annotations
 
-from workloads.architectures.layers import Architecture, Conv, Dense, Flatten, Layer
+from workloads.architectures.layers import (
+    Architecture,
+    BatchNorm,
+    Conv,
+    Dense,
+    Embedding,
+    Flatten,
+    GlobalAvgPool,
+    Layer,
+    LayerNorm,
+    PadShortcut,
+    Pool,
+    Recurrent,
+    Residual,
+    TokenMeanPool,
+    ToSequence,
+    TransformerBlock,
+)
 
-__all__ = ["ARCHITECTURES", "Architecture", "Conv", "Dense", "Flatten", "Layer", "get"]
+__all__ = ["ARCHITECTURES", "Architecture", "Layer", "get"]
 
-_MNIST1D = (1, 40)
-_CLASSES = 10
+MNIST1D = (1, 40)
+CLASSES = 10
+TOKENS = (32,)  # default sequence length for token models
+VOCAB = 16  # default vocabulary for token models (resized to the dataset's)
+_MNIST1D_REF = "Greydanus (2020), MNIST-1D reference models (github.com/greydanus/mnist1d)"
 
 
-def _mlp(name: str, description: str, hidden: list[int]) -> Architecture:
+def _mlp(name: str, description: str, hidden: list[int], reference: str = "") -> Architecture:
     layers: list[Layer] = [Flatten()]
     layers += [Dense(units) for units in hidden]
-    layers.append(Dense(_CLASSES, activation="none"))
-    return Architecture(name, description, _MNIST1D, tuple(layers))
+    layers.append(Dense(CLASSES, activation="none"))
+    return Architecture(name, description, MNIST1D, tuple(layers), reference=reference)
+
+
+def _mlp_residual(width: int, blocks: int) -> Architecture:
+    block = Residual((Dense(width), Dense(width, activation="none", init_rule="he")), activation="relu")
+    return Architecture(
+        "mlp_residual",
+        f"dense {width} then {blocks} residual blocks of two dense {width} layers (relu(x + f(x))): "
+        f"{1 + 2 * blocks} hidden layers",
+        MNIST1D,
+        (Flatten(), Dense(width), *[block] * blocks, Dense(CLASSES, activation="none")),
+    )
+
+
+def _conv3(filters: int, stride: int) -> Conv:
+    return Conv(filters, (3, 3), (stride, stride), (1, 1), activation="none", bias=False, init_rule="he")
+
+
+def _resnet_cifar(name: str, blocks_per_stage: int) -> Architecture:
+    """He et al. (2016) section 4.2: 3x3 convolutions, 16/32/64 filters, option-A (parameter-free) shortcuts."""
+    layers: list[Layer] = [_conv3(16, 1), BatchNorm("relu")]
+    channels = 16
+    for filters in (16, 32, 64):
+        for b in range(blocks_per_stage):
+            stride = 2 if filters != channels and b == 0 else 1
+            body = (_conv3(filters, stride), BatchNorm("relu"), _conv3(filters, 1), BatchNorm())
+            shortcut = (PadShortcut(filters, stride),) if stride != 1 else ()
+            layers.append(Residual(body, shortcut, activation="relu"))
+            channels = filters
+    layers += [GlobalAvgPool(), Dense(CLASSES, activation="none")]
+    depth = 6 * blocks_per_stage + 2
+    return Architecture(
+        name,
+        f"CIFAR ResNet-{depth}: 3x3 convs (16/32/64 filters), batch norm, option-A shortcuts, 3x32x32 input",
+        (3, 32, 32),
+        tuple(layers),
+        published_params=269_722,  # "0.27M" in He et al. (2016) table 6; exact count with BN affine params
+        reference="He, Zhang, Ren, Sun (2016), Deep Residual Learning, section 4.2",
+    )
 
 
 ARCHITECTURES: dict[str, Architecture] = {
     a.name: a
     for a in (
-        _mlp("mlp_shallow", "one hidden layer of 256 ReLU units", [256]),
-        _mlp("mlp_deep", "eight hidden layers of 256 ReLU units", [256] * 8),
         Architecture(
-            "cnn_small",
-            "two 1-D convolutions (32 and 64 filters, kernel 5, stride 2) and a dense head",
-            _MNIST1D,
+            "logreg",
+            "logistic regression: no hidden layer (the linear baseline)",
+            MNIST1D,
+            (Flatten(), Dense(CLASSES, activation="none")),
+            reference=_MNIST1D_REF + ", LinearBase",
+        ),
+        _mlp("mlp_shallow", "one hidden layer of 100 ReLU units", [100], reference=_MNIST1D_REF + " width"),
+        _mlp("mlp_deep", "eight hidden layers of 256 ReLU units", [256] * 8),
+        _mlp_residual(256, 4),
+        Architecture(
+            "cnn1d",
+            "three 1-D convolutions (25 filters; kernels 5, 3, 3; stride 2) and a linear classifier",
+            MNIST1D,
             (
-                Conv(32, kernel=(5,), stride=(2,), padding=(2,)),
-                Conv(64, kernel=(5,), stride=(2,), padding=(2,)),
+                Conv(25, kernel=(5,), stride=(2,), padding=(1,)),
+                Conv(25, kernel=(3,), stride=(2,), padding=(1,)),
+                Conv(25, kernel=(3,), stride=(2,), padding=(1,)),
                 Flatten(),
-                Dense(128),
-                Dense(_CLASSES, activation="none"),
+                Dense(CLASSES, activation="none"),
+            ),
+            reference=_MNIST1D_REF + ", ConvBase",
+        ),
+        Architecture(
+            "lenet5",
+            "LeNet-5: conv 6@5x5, avg-pool, conv 16@5x5, avg-pool, dense 120, 84, 10; tanh; 1x32x32 input",
+            (1, 32, 32),
+            (
+                Conv(6, (5, 5), (1, 1), (0, 0), activation="tanh"),
+                Pool("avg", (2, 2), (2, 2)),
+                Conv(16, (5, 5), (1, 1), (0, 0), activation="tanh"),
+                Pool("avg", (2, 2), (2, 2)),
+                Flatten(),
+                Dense(120, activation="tanh"),
+                Dense(84, activation="tanh"),
+                Dense(CLASSES, activation="none"),
+            ),
+            published_params=61_706,
+            reference="LeCun et al. (1998); fully connected C3 and a linear output instead of RBF units",
+        ),
+        _resnet_cifar("resnet20", 3),
+        Architecture(
+            "gru",
+            "bidirectional GRU (6 hidden units per direction) over the 40 positions; all outputs to a linear layer",
+            MNIST1D,
+            (
+                ToSequence(),
+                Recurrent("gru", 6, bidirectional=True, sequences=True),
+                Flatten(),
+                Dense(CLASSES, activation="none"),
+            ),
+            reference=_MNIST1D_REF + ", GRUBase",
+        ),
+        Architecture(
+            "lstm",
+            "token embedding (64) and a one-layer LSTM (128); the final state to a linear classifier",
+            TOKENS,
+            (Embedding(VOCAB, 64), Recurrent("lstm", 128, sequences=False), Dense(CLASSES, activation="none")),
+        ),
+        Architecture(
+            "transformer",
+            "pre-norm transformer encoder: token + learned position embeddings (64), 2 blocks of 4-head "
+            "self-attention and a GELU MLP (256), final LayerNorm, mean over tokens, linear classifier",
+            TOKENS,
+            (
+                Embedding(VOCAB, 64, positions=True),
+                TransformerBlock(heads=4, mlp_dim=256),
+                TransformerBlock(heads=4, mlp_dim=256),
+                LayerNorm(),
+                TokenMeanPool(),
+                Dense(CLASSES, activation="none"),
             ),
         ),
     )

@@ -1,49 +1,111 @@
-"""Framework-neutral layer specs: shapes, canonical parameter layout, FLOPs, initial weights.
+"""Framework-neutral layer specs: shapes, canonical variable layout, FLOPs, initial weights.
 
 Worker-side module: numpy and the standard library only.
 
 Canonical layout (every adapter converts to and from it itself):
-- tensors are channel-first: a sample is ``(C, L)`` for 1-D and ``(C, H, W)`` for 2-D data;
+- image-like tensors are channel-first: a sample is ``(C, L)`` for 1-D and ``(C, H, W)`` for 2-D data;
+- sequence tensors are ``(T, features)`` per sample (batch-first, time-major inside a sample);
+  token inputs are int32 ids of shape ``(T,)``;
 - a dense kernel is ``(in, out)`` and its bias ``(out,)``;
-- a convolution kernel is ``(out, in, *kernel)`` (OIW / OIHW) and its bias ``(out,)``.
+- a convolution kernel is ``(out, in, *kernel)`` (OIW / OIHW) and its bias ``(out,)``;
+- a recurrent layer follows the cuDNN convention (the one torch, MXNet and Keras ``reset_after``
+  implement natively): two biases per gate, ``w_ih (G*H, F)``, ``w_hh (G*H, H)``, ``b_ih (G*H,)``,
+  ``b_hh (G*H,)``; gate order GRU ``(r, z, n)``, LSTM ``(i, f, g, o)``; the reverse direction of a
+  bidirectional layer has the same names with ``_rev``. GRU:
+  ``r = sigmoid(W_ir x + b_ir + W_hr h + b_hr)``, ``z = sigmoid(W_iz x + b_iz + W_hz h + b_hz)``,
+  ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``, ``h' = (1 - z) * n + z * h``.
+  LSTM: ``i, f, g, o = sigmoid, sigmoid, tanh, sigmoid (W_i* x + b_i* + W_h* h + b_h*)``, ``c' = f c + i g``,
+  ``h' = o tanh(c')``. Initial states are zero;
+- batch normalisation (torch's convention): training normalises with the batch mean and *biased*
+  batch variance over every axis but the channel axis, and updates
+  ``running = (1 - momentum) * running + momentum * batch_stat`` with the *unbiased* variance;
+  evaluation normalises with the running statistics. ``running_mean``/``running_var`` are state:
+  exported and loaded with the weights, never trained.
 
-FLOPs count 2 per multiply-add; bias adds, activations and pooling are left out, the convention
-of most published FLOP counts. Training costs 3x the forward pass (forward + backward).
+A variable is named ``"{path}.{kind}"`` where ``path`` is the layer's index (``"3"``) or, inside a
+residual block, ``"{index}.body.{j}"`` / ``"{index}.shortcut.{j}"``.
+
+FLOPs count 2 per multiply-add of the matrix products (dense, convolution, recurrent gates,
+attention projections, scores and weighted sums); bias adds, normalisation, activations and pooling
+are left out, the convention of most published FLOP counts. Training costs 3x the forward pass.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
 import numpy as np
 
-Activation = Literal["relu", "tanh", "none"]
+Activation = Literal["relu", "tanh", "gelu", "none"]
+Init = Literal["auto", "he", "lecun"]
 Shape: TypeAlias = tuple[int, ...]
 ParamShapes: TypeAlias = dict[str, Shape]
+Rng: TypeAlias = np.random.Generator
+
+
+def _expect_rank(layer: object, in_shape: Shape, rank: int) -> None:
+    if len(in_shape) != rank:
+        raise ValueError(f"{layer} expects a rank-{rank} sample, got shape {in_shape}")
+
+
+def _normal(rng: Rng, shape: Shape, std: float) -> np.ndarray:
+    return (rng.standard_normal(shape) * std).astype(np.float32)
+
+
+def _kernel_std(init: Init, activation: str, fan_in: int) -> float:
+    """He normal (sqrt(2 / fan_in)) before a ReLU or when asked, LeCun normal (sqrt(1 / fan_in)) otherwise."""
+    he = init == "he" or (init == "auto" and activation == "relu")
+    return math.sqrt((2.0 if he else 1.0) / fan_in)
+
+
+class _Leaf:
+    """Defaults for layers without parameters, state or FLOPs."""
+
+    def param_shapes(self, in_shape: Shape) -> ParamShapes:
+        return {}
+
+    def state_shapes(self, in_shape: Shape) -> ParamShapes:
+        return {}
+
+    def forward_flops(self, in_shape: Shape) -> int:
+        return 0
+
+    def init(self, in_shape: Shape, rng: Rng) -> dict[str, np.ndarray]:
+        """Initial trainable parameters and state, drawn from ``rng`` in layout order."""
+        return {}
 
 
 @dataclass(frozen=True)
-class Dense:
+class Dense(_Leaf):
     """Fully connected layer on a flat feature vector: ``y = act(x @ W + b)``."""
 
     units: int
     activation: Activation = "relu"
+    bias: bool = True
+    init_rule: Init = "auto"
 
     def out_shape(self, in_shape: Shape) -> Shape:
         _expect_rank(self, in_shape, 1)
         return (self.units,)
 
     def param_shapes(self, in_shape: Shape) -> ParamShapes:
-        return {"kernel": (in_shape[0], self.units), "bias": (self.units,)}
+        return {"kernel": (in_shape[0], self.units)} | ({"bias": (self.units,)} if self.bias else {})
 
     def forward_flops(self, in_shape: Shape) -> int:
         return 2 * in_shape[0] * self.units
 
+    def init(self, in_shape: Shape, rng: Rng) -> dict[str, np.ndarray]:
+        shapes = self.param_shapes(in_shape)
+        out = {"kernel": _normal(rng, shapes["kernel"], _kernel_std(self.init_rule, self.activation, in_shape[0]))}
+        return out | ({"bias": np.zeros((self.units,), np.float32)} if self.bias else {})
+
 
 @dataclass(frozen=True)
-class Conv:
+class Conv(_Leaf):
     """Convolution over 1 or 2 spatial dims (by the length of ``kernel``), zero padding."""
 
     filters: int
@@ -51,6 +113,8 @@ class Conv:
     stride: Shape
     padding: Shape
     activation: Activation = "relu"
+    bias: bool = True
+    init_rule: Init = "auto"
 
     @property
     def spatial_dims(self) -> int:
@@ -67,43 +131,325 @@ class Conv:
         return (self.filters, *spatial)
 
     def param_shapes(self, in_shape: Shape) -> ParamShapes:
-        return {"kernel": (self.filters, in_shape[0], *self.kernel), "bias": (self.filters,)}
+        kernel = {"kernel": (self.filters, in_shape[0], *self.kernel)}
+        return kernel | ({"bias": (self.filters,)} if self.bias else {})
 
     def forward_flops(self, in_shape: Shape) -> int:
         out = self.out_shape(in_shape)
-        return 2 * in_shape[0] * math.prod(self.kernel) * math.prod(out)
+        return 2 * in_shape[0] * math.prod(self.kernel) * math.prod(out[1:]) * self.filters
+
+    def init(self, in_shape: Shape, rng: Rng) -> dict[str, np.ndarray]:
+        shape = (self.filters, in_shape[0], *self.kernel)
+        std = _kernel_std(self.init_rule, self.activation, math.prod(shape[1:]))
+        out = {"kernel": _normal(rng, shape, std)}
+        return out | ({"bias": np.zeros((self.filters,), np.float32)} if self.bias else {})
 
 
 @dataclass(frozen=True)
-class Flatten:
-    """Channel-first flatten: ``(C, *spatial) -> (C * prod(spatial),)``."""
+class Flatten(_Leaf):
+    """Channel-first flatten: ``(C, *spatial) -> (C * prod(spatial),)`` (row-major)."""
 
     def out_shape(self, in_shape: Shape) -> Shape:
         return (math.prod(in_shape),)
 
+
+@dataclass(frozen=True)
+class Pool(_Leaf):
+    """Max or average pooling over 1 or 2 spatial dims, no padding (floor output size)."""
+
+    kind: Literal["max", "avg"]
+    window: Shape
+    stride: Shape
+
+    def out_shape(self, in_shape: Shape) -> Shape:
+        _expect_rank(self, in_shape, 1 + len(self.window))
+        spatial = tuple((n - w) // s + 1 for n, w, s in zip(in_shape[1:], self.window, self.stride, strict=True))
+        if min(spatial) < 1:
+            raise ValueError(f"{self} turns input {in_shape} into an empty output {spatial}")
+        return (in_shape[0], *spatial)
+
+
+@dataclass(frozen=True)
+class GlobalAvgPool(_Leaf):
+    """Mean over the spatial dims of a channel-first sample: ``(C, *spatial) -> (C,)``."""
+
+    def out_shape(self, in_shape: Shape) -> Shape:
+        if len(in_shape) < 2:
+            raise ValueError(f"{self} expects a channel-first sample with spatial dims, got {in_shape}")
+        return (in_shape[0],)
+
+
+@dataclass(frozen=True)
+class BatchNorm(_Leaf):
+    """Batch normalisation over axis 0 of the sample (channels, or features of a flat vector), then ``act``.
+
+    Parameters ``gamma``/``beta``; state ``running_mean``/``running_var`` (see the module docstring).
+    """
+
+    activation: Activation = "none"
+    eps: float = 1e-5
+    momentum: float = 0.1
+
+    def out_shape(self, in_shape: Shape) -> Shape:
+        return in_shape
+
     def param_shapes(self, in_shape: Shape) -> ParamShapes:
-        return {}
+        return {"gamma": (in_shape[0],), "beta": (in_shape[0],)}
+
+    def state_shapes(self, in_shape: Shape) -> ParamShapes:
+        return {"running_mean": (in_shape[0],), "running_var": (in_shape[0],)}
+
+    def init(self, in_shape: Shape, rng: Rng) -> dict[str, np.ndarray]:
+        c = in_shape[0]
+        ones, zeros = np.ones((c,), np.float32), np.zeros((c,), np.float32)
+        return {"gamma": ones, "beta": zeros, "running_mean": zeros.copy(), "running_var": ones.copy()}
+
+
+@dataclass(frozen=True)
+class LayerNorm(_Leaf):
+    """Normalisation over the last axis of each position (biased variance), scale ``gamma``, shift ``beta``."""
+
+    eps: float = 1e-5
+
+    def out_shape(self, in_shape: Shape) -> Shape:
+        return in_shape
+
+    def param_shapes(self, in_shape: Shape) -> ParamShapes:
+        return {"gamma": (in_shape[-1],), "beta": (in_shape[-1],)}
+
+    def init(self, in_shape: Shape, rng: Rng) -> dict[str, np.ndarray]:
+        d = in_shape[-1]
+        return {"gamma": np.ones((d,), np.float32), "beta": np.zeros((d,), np.float32)}
+
+
+@dataclass(frozen=True)
+class PadShortcut(_Leaf):
+    """The parameter-free "option A" shortcut of He et al. (2016) for CIFAR ResNets.
+
+    Subsample every spatial dim by ``stride`` (``x[:, ::s, ::s]``), then zero-pad the channels to
+    ``filters``: ``(filters - C) // 2`` zero channels before, the rest after.
+    """
+
+    filters: int
+    stride: int
+
+    def out_shape(self, in_shape: Shape) -> Shape:
+        if len(in_shape) < 2 or self.filters < in_shape[0]:
+            raise ValueError(f"{self} cannot map {in_shape}")
+        return (self.filters, *(-(-n // self.stride) for n in in_shape[1:]))
+
+
+@dataclass(frozen=True)
+class ToSequence(_Leaf):
+    """Channel-first 1-D sample to a sequence: ``(C, L) -> (L, C)`` (L steps of C features)."""
+
+    def out_shape(self, in_shape: Shape) -> Shape:
+        _expect_rank(self, in_shape, 2)
+        return (in_shape[1], in_shape[0])
+
+
+@dataclass(frozen=True)
+class Recurrent(_Leaf):
+    """GRU or LSTM over a ``(T, F)`` sequence (cuDNN convention, see the module docstring).
+
+    ``sequences=True`` returns every step's output ``(T, D*H)`` (forward then reverse features);
+    otherwise the final state of each direction ``(D*H,)`` (the reverse direction's final state is
+    the one after it has read step 0).
+    """
+
+    cell: Literal["gru", "lstm"]
+    hidden: int
+    bidirectional: bool = False
+    sequences: bool = True
+
+    @property
+    def gates(self) -> int:
+        return 3 if self.cell == "gru" else 4
+
+    @property
+    def directions(self) -> tuple[str, ...]:
+        return ("", "_rev") if self.bidirectional else ("",)
+
+    def out_shape(self, in_shape: Shape) -> Shape:
+        _expect_rank(self, in_shape, 2)
+        width = len(self.directions) * self.hidden
+        return (in_shape[0], width) if self.sequences else (width,)
+
+    def param_shapes(self, in_shape: Shape) -> ParamShapes:
+        gh, f = self.gates * self.hidden, in_shape[1]
+        shapes: ParamShapes = {}
+        for d in self.directions:
+            shapes |= {f"w_ih{d}": (gh, f), f"w_hh{d}": (gh, self.hidden), f"b_ih{d}": (gh,), f"b_hh{d}": (gh,)}
+        return shapes
 
     def forward_flops(self, in_shape: Shape) -> int:
-        return 0
+        t, f = in_shape
+        return len(self.directions) * t * 2 * self.gates * self.hidden * (f + self.hidden)
+
+    def init(self, in_shape: Shape, rng: Rng) -> dict[str, np.ndarray]:
+        """Every weight and bias uniform in ``±1/sqrt(hidden)`` (torch's and Keras-cuDNN's default range)."""
+        k = 1.0 / math.sqrt(self.hidden)
+        return {
+            name: rng.uniform(-k, k, size=shape).astype(np.float32)
+            for name, shape in self.param_shapes(in_shape).items()
+        }
 
 
-Layer: TypeAlias = Dense | Conv | Flatten
+@dataclass(frozen=True)
+class Embedding(_Leaf):
+    """Token ids ``(T,)`` to vectors ``(T, dim)``: ``table[ids]``, plus learned ``positions (T, dim)`` if asked.
+
+    Both are initialised N(0, 1/dim).
+    """
+
+    vocab: int
+    dim: int
+    positions: bool = False
+
+    def out_shape(self, in_shape: Shape) -> Shape:
+        _expect_rank(self, in_shape, 1)
+        return (in_shape[0], self.dim)
+
+    def param_shapes(self, in_shape: Shape) -> ParamShapes:
+        shapes: ParamShapes = {"table": (self.vocab, self.dim)}
+        return shapes | ({"positions": (in_shape[0], self.dim)} if self.positions else {})
+
+    def init(self, in_shape: Shape, rng: Rng) -> dict[str, np.ndarray]:
+        std = 1.0 / math.sqrt(self.dim)
+        return {name: _normal(rng, shape, std) for name, shape in self.param_shapes(in_shape).items()}
 
 
-def _expect_rank(layer: Layer, in_shape: Shape, rank: int) -> None:
-    if len(in_shape) != rank:
-        raise ValueError(f"{layer} expects a rank-{rank} sample, got shape {in_shape}")
+@dataclass(frozen=True)
+class TransformerBlock(_Leaf):
+    """Pre-norm encoder block on ``(T, D)``: ``x += MHA(LN1(x))``; ``x += W2 gelu(W1 LN2(x) + b1) + b2``.
+
+    Attention: ``q, k, v = x Wq + bq, x Wk + bk, x Wv + bv`` split into ``heads`` contiguous slices of
+    ``D / heads`` features; ``softmax(q k^T / sqrt(D / heads)) v`` per head (no mask, no dropout);
+    heads concatenated, then ``Wo, bo``. GELU is the exact (erf) form; LayerNorm eps is 1e-5.
+    Kernels are ``(in, out)``, LeCun normal; biases zero; LayerNorm gamma one, beta zero.
+    """
+
+    heads: int
+    mlp_dim: int
+
+    def out_shape(self, in_shape: Shape) -> Shape:
+        _expect_rank(self, in_shape, 2)
+        if in_shape[1] % self.heads:
+            raise ValueError(f"{self}: model width {in_shape[1]} is not divisible by {self.heads} heads")
+        return in_shape
+
+    def param_shapes(self, in_shape: Shape) -> ParamShapes:
+        d, m = in_shape[1], self.mlp_dim
+        shapes: ParamShapes = {"ln1.gamma": (d,), "ln1.beta": (d,)}
+        for w in ("q", "k", "v", "o"):
+            shapes |= {f"w{w}": (d, d), f"b{w}": (d,)}
+        return shapes | {"ln2.gamma": (d,), "ln2.beta": (d,), "w1": (d, m), "b1": (m,), "w2": (m, d), "b2": (d,)}
+
+    def forward_flops(self, in_shape: Shape) -> int:
+        t, d = in_shape
+        projections = 2 * t * d * d * 4
+        attention = 2 * 2 * t * t * d
+        mlp = 2 * 2 * t * d * self.mlp_dim
+        return projections + attention + mlp
+
+    def init(self, in_shape: Shape, rng: Rng) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        for name, shape in self.param_shapes(in_shape).items():
+            if name.endswith("gamma"):
+                out[name] = np.ones(shape, np.float32)
+            elif len(shape) == 2:
+                out[name] = _normal(rng, shape, 1.0 / math.sqrt(shape[0]))
+            else:
+                out[name] = np.zeros(shape, np.float32)
+        return out
+
+
+@dataclass(frozen=True)
+class TokenMeanPool(_Leaf):
+    """Mean over the positions of a sequence: ``(T, D) -> (D,)``."""
+
+    def out_shape(self, in_shape: Shape) -> Shape:
+        _expect_rank(self, in_shape, 2)
+        return (in_shape[1],)
+
+
+@dataclass(frozen=True)
+class Residual:
+    """``act(body(x) + shortcut(x))``; an empty ``shortcut`` is the identity."""
+
+    body: tuple[Layer, ...]
+    shortcut: tuple[Layer, ...] = ()
+    activation: Activation = "relu"
+
+    def out_shape(self, in_shape: Shape) -> Shape:
+        body = _chain_shapes(self.body, in_shape)[-1]
+        short = _chain_shapes(self.shortcut, in_shape)[-1]
+        if body != short:
+            raise ValueError(f"residual body gives {body} but the shortcut gives {short}")
+        return body
+
+
+Layer: TypeAlias = (
+    Dense
+    | Conv
+    | Flatten
+    | Pool
+    | GlobalAvgPool
+    | BatchNorm
+    | LayerNorm
+    | PadShortcut
+    | ToSequence
+    | Recurrent
+    | Embedding
+    | TransformerBlock
+    | TokenMeanPool
+    | Residual
+)
+Leaf: TypeAlias = (
+    Dense
+    | Conv
+    | Flatten
+    | Pool
+    | GlobalAvgPool
+    | BatchNorm
+    | LayerNorm
+    | PadShortcut
+    | ToSequence
+    | Recurrent
+    | Embedding
+    | TransformerBlock
+    | TokenMeanPool
+)
+
+
+def _chain_shapes(layers: tuple[Layer, ...], in_shape: Shape) -> list[Shape]:
+    shapes = [in_shape]
+    for layer in layers:
+        shapes.append(layer.out_shape(shapes[-1]))
+    return shapes
+
+
+def walk(layers: tuple[Layer, ...], in_shape: Shape, prefix: str = "") -> Iterator[tuple[str, Leaf, Shape]]:
+    """Every leaf layer with its path (``"3"``, ``"4.body.1"``) and input shape, in layout order."""
+    for i, (layer, shape) in enumerate(zip(layers, _chain_shapes(layers, in_shape), strict=False)):
+        path = f"{prefix}{i}"
+        if isinstance(layer, Residual):
+            yield from walk(layer.body, shape, f"{path}.body.")
+            yield from walk(layer.shortcut, shape, f"{path}.shortcut.")
+        else:
+            yield path, layer, shape
 
 
 @dataclass(frozen=True)
 class Architecture:
-    """A sequential classifier: input sample shape, layers, number of classes (last layer's units)."""
+    """A classifier: input sample shape, layers (the last one a ``Dense`` with no activation: logits)."""
 
     name: str
     description: str
     input_shape: Shape
     layers: tuple[Layer, ...]
+    published_params: int | None = None  # the count its reference publishes, when it has one
+    reference: str = ""
 
     def __post_init__(self) -> None:
         last = self.layers[-1] if self.layers else None
@@ -117,47 +463,79 @@ class Architecture:
         assert isinstance(last, Dense)
         return last.units
 
+    @property
+    def embedding(self) -> Embedding | None:
+        first = self.layers[0]
+        return first if isinstance(first, Embedding) else None
+
+    @property
+    def input_dtype(self) -> Literal["float32", "int32"]:
+        """Token models take int32 ids; every other model float32 samples."""
+        return "int32" if self.embedding else "float32"
+
+    @property
+    def vocab_size(self) -> int | None:
+        return self.embedding.vocab if self.embedding else None
+
+    def for_data(self, sample_shape: Shape, dtype: str, vocab_size: int | None = None) -> Architecture:
+        """The same architecture sized for a dataset's samples (raises ValueError when it cannot take them).
+
+        Widths that follow from the input (first dense or convolution fan-in, sequence length,
+        learned positions, vocabulary) adapt; input channels do not: single-channel images fed to a
+        model that takes more channels are repeated channel-wise (``datasets.fit_channels``).
+        """
+        if dtype != self.input_dtype:
+            raise ValueError(f"{self.name} takes {self.input_dtype} inputs, the dataset has {dtype}")
+        shape = tuple(sample_shape)
+        channels = self.input_shape[0]
+        if len(shape) == len(self.input_shape) > 1 and shape[0] == 1 and channels > 1 and self.input_dtype == "float32":
+            shape = (channels, *shape[1:])
+        layers = self.layers
+        if self.embedding and vocab_size is not None:
+            layers = (dataclasses.replace(self.embedding, vocab=vocab_size), *layers[1:])
+        try:
+            return dataclasses.replace(self, input_shape=shape, layers=layers)
+        except ValueError as exc:
+            raise ValueError(f"{self.name} cannot take samples of shape {tuple(sample_shape)}: {exc}") from None
+
     def shapes(self) -> list[Shape]:
-        """Input shape of every layer, then the output shape."""
-        shapes = [self.input_shape]
-        for layer in self.layers:
-            shapes.append(layer.out_shape(shapes[-1]))
-        return shapes
+        """Input shape of every top-level layer, then the output shape."""
+        return _chain_shapes(self.layers, self.input_shape)
+
+    def leaves(self) -> list[tuple[str, Leaf, Shape]]:
+        return list(walk(self.layers, self.input_shape))
 
     def param_layout(self) -> dict[str, Shape]:
-        """Canonical parameter names (``"{index}.{kind}"``, in layer order) and shapes."""
-        layout: dict[str, Shape] = {}
-        for i, (layer, in_shape) in enumerate(zip(self.layers, self.shapes(), strict=False)):
-            for kind, shape in layer.param_shapes(in_shape).items():
-                layout[f"{i}.{kind}"] = shape
-        return layout
+        """Trainable parameters: canonical names (``"{path}.{kind}"``, in layer order) and shapes."""
+        return {f"{p}.{k}": s for p, layer, shape in self.leaves() for k, s in layer.param_shapes(shape).items()}
+
+    def state_layout(self) -> dict[str, Shape]:
+        """Non-trainable state (batch-norm running statistics)."""
+        return {f"{p}.{k}": s for p, layer, shape in self.leaves() for k, s in layer.state_shapes(shape).items()}
+
+    def variable_layout(self) -> dict[str, Shape]:
+        """Everything an adapter loads and exports: parameters, then state."""
+        return self.param_layout() | self.state_layout()
 
     def param_count(self) -> int:
+        """Trainable scalars (state excluded), the number frameworks and papers report."""
         return sum(math.prod(s) for s in self.param_layout().values())
 
     def forward_flops(self) -> int:
         """Forward FLOPs per sample."""
-        return sum(layer.forward_flops(s) for layer, s in zip(self.layers, self.shapes(), strict=False))
+        return sum(layer.forward_flops(shape) for _, layer, shape in self.leaves())
 
     def flops_per_sample(self, mode: str) -> int:
         return 3 * self.forward_flops() if mode == "train" else self.forward_flops()
 
-    def init_params(self, seed: int) -> dict[str, np.ndarray]:
-        """Canonical float32 initial weights, generated in numpy from ``seed``.
+    def init_variables(self, seed: int) -> dict[str, np.ndarray]:
+        """Canonical float32 initial parameters and state, generated in numpy from ``seed``.
 
-        Kernels: He normal (std = sqrt(2 / fan_in)) before ReLU, LeCun normal (sqrt(1 / fan_in))
-        otherwise; biases zero. Frameworks' own initialisers are never used.
+        Each layer documents its rule; frameworks' own initialisers are never used.
         """
         rng = np.random.default_rng(seed)
-        params: dict[str, np.ndarray] = {}
-        for i, (layer, in_shape) in enumerate(zip(self.layers, self.shapes(), strict=False)):
-            shapes = layer.param_shapes(in_shape)
-            if not shapes:
-                continue
-            kernel = shapes["kernel"]
-            fan_in = kernel[0] if isinstance(layer, Dense) else math.prod(kernel[1:])
-            gain = 2.0 if getattr(layer, "activation", "none") == "relu" else 1.0
-            std = math.sqrt(gain / fan_in)
-            params[f"{i}.kernel"] = (rng.standard_normal(kernel) * std).astype(np.float32)
-            params[f"{i}.bias"] = np.zeros(shapes["bias"], dtype=np.float32)
-        return params
+        values: dict[str, np.ndarray] = {}
+        for path, layer, shape in self.leaves():
+            values |= {f"{path}.{k}": v for k, v in layer.init(shape, rng).items()}
+        layout = self.variable_layout()
+        return {k: values[k] for k in layout}

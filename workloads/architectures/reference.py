@@ -34,21 +34,24 @@ Vars = dict[str, np.ndarray]
 
 
 def _erf(x: np.ndarray) -> np.ndarray:
-    return np.vectorize(math.erf, otypes=[np.float64])(x)
+    out: np.ndarray = np.vectorize(math.erf, otypes=[np.float64])(x)
+    return out
 
 
 def activate(x: np.ndarray, name: str) -> np.ndarray:
+    out: np.ndarray = x
     if name == "relu":
-        return np.maximum(x, 0.0)
-    if name == "tanh":
-        return np.tanh(x)
-    if name == "gelu":
-        return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
-    return x
+        out = np.maximum(x, 0.0)
+    elif name == "tanh":
+        out = np.tanh(x)
+    elif name == "gelu":
+        out = 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
+    return out
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
+    out: np.ndarray = 1.0 / (1.0 + np.exp(-x))
+    return out
 
 
 def _windows(x: np.ndarray, kernel: tuple[int, ...], stride: tuple[int, ...]) -> np.ndarray:
@@ -96,13 +99,15 @@ def _recurrent(layer: Recurrent, v: Vars, p: str, x: np.ndarray) -> np.ndarray:
             seq[:, s] = h
         outs.append(seq)
         finals.append(h)
-    return np.concatenate(outs, axis=-1) if layer.sequences else np.concatenate(finals, axis=-1)
+    out: np.ndarray = np.concatenate(outs if layer.sequences else finals, axis=-1)
+    return out
 
 
 def _layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -> np.ndarray:
     mean = x.mean(-1, keepdims=True)
     var = x.var(-1, keepdims=True)
-    return (x - mean) / np.sqrt(var + eps) * gamma + beta
+    out: np.ndarray = (x - mean) / np.sqrt(var + eps) * gamma + beta
+    return out
 
 
 def _transformer(layer: TransformerBlock, v: Vars, p: str, x: np.ndarray) -> np.ndarray:
@@ -120,7 +125,8 @@ def _transformer(layer: TransformerBlock, v: Vars, p: str, x: np.ndarray) -> np.
     x = x + att.transpose(0, 2, 1, 3).reshape(n, t, d) @ v[f"{p}.wo"] + v[f"{p}.bo"]
     y = _layer_norm(x, v[f"{p}.ln2.gamma"], v[f"{p}.ln2.beta"], 1e-5)
     hidden = activate(y @ v[f"{p}.w1"] + v[f"{p}.b1"], "gelu")
-    return x + hidden @ v[f"{p}.w2"] + v[f"{p}.b2"]
+    out: np.ndarray = x + hidden @ v[f"{p}.w2"] + v[f"{p}.b2"]
+    return out
 
 
 def _batch_norm(layer: BatchNorm, v: Vars, p: str, x: np.ndarray, training: bool, state: Vars) -> np.ndarray:

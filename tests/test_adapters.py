@@ -13,6 +13,7 @@ from adapters import FRAMEWORKS, load_adapter
 from adapters.base import Adapter, BuildOptions
 from harness.envs import interpreter
 from workloads.architectures import ARCHITECTURES, Architecture
+from workloads.architectures.reference import cross_entropy, forward
 from workloads.datasets import synthetic
 
 # Frameworks importable here run in this process; the others (MXNet: its own venv) run this same
@@ -25,6 +26,22 @@ ARCHS = list(ARCHITECTURES)
 def build(fw: str, arch: Architecture, seed: int = 0, **opts: object) -> Adapter:
     options = BuildOptions(threads=2, **opts)  # type: ignore[arg-type]
     return load_adapter(fw)(arch, arch.init_variables(seed), options)
+
+
+def perturbed_state(arch: Architecture, seed: int) -> dict[str, np.ndarray]:
+    """Canonical initial weights with running statistics away from their (0, 1) start."""
+    variables = arch.init_variables(seed)
+    rng = np.random.default_rng(seed)
+    for key, shape in arch.state_layout().items():
+        low, high = (-0.5, 0.5) if key.endswith("mean") else (0.5, 2.0)
+        variables[key] = rng.uniform(low, high, shape).astype(np.float32)
+    return variables
+
+
+def assert_close_to_reference(got: np.ndarray, expected: np.ndarray) -> None:
+    """float32 against float64: relative 1e-4, absolute 1e-5 of the logits' scale (see test_parity)."""
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * max(1.0, float(np.abs(expected).max())))
 
 
 @pytest.mark.parametrize("arch_name", ARCHS)
@@ -44,6 +61,30 @@ class TestConformance:
         for key, value in params.items():
             assert exported[key].dtype == np.float32
             np.testing.assert_array_equal(exported[key], value, err_msg=key)
+
+    def test_infer_matches_numpy_reference(self, fw: str, arch_name: str) -> None:
+        """Eval mode against the float64 reference, with non-trivial running statistics."""
+        arch = ARCHITECTURES[arch_name]
+        variables = perturbed_state(arch, seed=8)
+        adapter = load_adapter(fw)(arch, variables, BuildOptions(threads=2, trainable=False))
+        x, _ = synthetic(arch.input_shape, arch.num_classes, 8, seed=9, vocab_size=arch.vocab_size)
+        expected, _ = forward(arch, variables, x, training=False)
+        got = adapter.to_numpy(adapter.infer(adapter.to_device(x)))
+        assert_close_to_reference(got, expected)
+
+    def test_train_step_matches_numpy_reference(self, fw: str, arch_name: str) -> None:
+        """Training mode: the loss before the update and the updated batch-norm running statistics."""
+        arch = ARCHITECTURES[arch_name]
+        variables = perturbed_state(arch, seed=10)
+        adapter = load_adapter(fw)(arch, variables, BuildOptions(threads=2))
+        x, y = synthetic(arch.input_shape, arch.num_classes, 8, seed=11, vocab_size=arch.vocab_size)
+        logits, state = forward(arch, variables, x, training=True)
+        loss = float(adapter.to_numpy(adapter.train_step(adapter.to_device(x), adapter.to_device(y))))
+        assert loss == pytest.approx(cross_entropy(logits, y), rel=1e-4)
+        exported = adapter.export_params()
+        for key, value in state.items():
+            assert not np.array_equal(value, variables[key])
+            np.testing.assert_allclose(exported[key], value, rtol=1e-4, atol=1e-5, err_msg=key)
 
     def test_rejects_wrong_params(self, fw: str, arch_name: str) -> None:
         arch = ARCHITECTURES[arch_name]

@@ -9,6 +9,11 @@
    hybridize) against its eager mode on mlp_deep and cnn1d, train and infer.
 4. Smoke: wall time of ``harness run smoke`` in a fresh directory after set-up (all four frameworks;
    the foundation's target was < 60 s for torch + jax).
+5. Zoo: training throughput of every architecture in every framework at one batch size (default
+   compile mode, synthetic data), with achieved GFLOP/s and the fraction of the node's measured
+   GEMM peak.
+
+``--sections`` runs a subset; sections not run keep their previous values in the results file.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from harness.launch import worker_env
 from harness.spec import MeasureSpec, TrialResult, TrialSpec
 
 HERE = Path(__file__).resolve().parent
+SECTIONS = ("overhead", "fast", "smoke", "zoo")
 
 
 def _harness_trial(fw: str, batch: int, threads: int, seconds: float) -> TrialResult:
@@ -138,6 +144,64 @@ def fast_vs_eager(frameworks: list[str], batch: int, threads: int, seconds: floa
     return rows
 
 
+def zoo_throughput(frameworks: list[str], batch: int, threads: int, seconds: float) -> list[dict[str, Any]]:
+    """Every architecture x framework, train mode, default compile mode, one trial at a time."""
+    from workloads.architectures import ARCHITECTURES
+
+    specs = [
+        TrialSpec(
+            architecture=arch,
+            framework=fw,
+            mode="train",
+            batch_size=batch,
+            threads=threads,
+            timeout_s=900,
+            measure=MeasureSpec(warmup_steps=5, min_steps=20, min_time_s=seconds, window_steps=5),
+        )
+        for arch in ARCHITECTURES
+        for fw in frameworks
+    ]
+    rows: list[dict[str, Any]] = []
+
+    def keep(r: TrialResult) -> None:
+        m = r.metrics
+        rows.append({
+            "architecture": r.spec.architecture, "framework": r.spec.framework, "status": r.status,
+            "compile_mode": r.compile_mode, "samples_per_s": m.get("throughput_samples_per_s"),
+            "step_time_cv": m.get("step_time_cv"), "compile_s": m.get("compile_s"),
+            "gflops_per_sample": m.get("flops_per_sample", 0) / 1e9, "achieved_gflops": m.get("achieved_gflops"),
+            "peak_fraction": m.get("peak_fraction"), "node_peak_gflops": m.get("node_peak_gflops"),
+            "reason": r.reason,
+        })  # fmt: skip
+        print(f"  {r.spec.name}: {r.status} {m.get('throughput_samples_per_s', 0):,.0f} samples/s")
+
+    schedule.connect(None)
+    try:
+        schedule.run_all(specs, keep)
+    finally:
+        schedule.shutdown()
+    order = {(s.architecture, s.framework): i for i, s in enumerate(specs)}
+    return sorted(rows, key=lambda r: order[(r["architecture"], r["framework"])])
+
+
+def zoo_table(rows: list[dict[str, Any]], batch: int) -> str:
+    lines = [
+        f"| architecture | framework | mode | samples/s (batch {batch}) | GFLOP/sample | GFLOP/s | % of peak "
+        "| compile s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r["status"] != "ok":
+            lines.append(f"| {r['architecture']} | {r['framework']} | {r['status']} | | | | | |")
+            continue
+        lines.append(
+            f"| {r['architecture']} | {r['framework']} | {r['compile_mode']} | {r['samples_per_s']:,.0f} "
+            f"| {r['gflops_per_sample']:.5f} | {r['achieved_gflops']:.2f} | {100 * r['peak_fraction']:.1f}% "
+            f"| {r['compile_s']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def smoke_wall_s() -> float:
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "HARNESS_RUNS_DIR": f"{tmp}/runs", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"}
@@ -182,19 +246,35 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seconds", type=float, default=3.0, help="timed seconds per measurement")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    p.add_argument("--zoo-batch-size", type=int, default=64)
+    p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
     p.add_argument("--out", type=Path, default=HERE / "results.json")
     args = p.parse_args()
-    print("overhead and repeatability (mlp_deep, train)")
-    results: dict[str, Any] = {"machine": machine(), "batch_size": args.batch_size, "threads": args.threads}
-    results["overhead"] = overhead(
-        args.frameworks.split(","), args.repeats, args.batch_size, args.threads, args.seconds
-    )
-    print("fast path against eager (mlp_deep, cnn1d; train, infer)")
+    sections = args.sections.split(",")
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        p.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
     frameworks = args.frameworks.split(",")
-    results["fast_vs_eager"] = fast_vs_eager(frameworks, args.batch_size, args.threads, args.seconds)
-    print("smoke suite wall time")
-    results["smoke_wall_s"] = smoke_wall_s()
+    results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
+    results |= {"machine": machine(), "batch_size": args.batch_size, "threads": args.threads}
+    if "overhead" in sections:
+        print("overhead and repeatability (mlp_deep, train)")
+        results["overhead"] = overhead(frameworks, args.repeats, args.batch_size, args.threads, args.seconds)
+    if "fast" in sections:
+        print("fast path against eager (mlp_deep, cnn1d; train, infer)")
+        results["fast_vs_eager"] = fast_vs_eager(frameworks, args.batch_size, args.threads, args.seconds)
+    if "smoke" in sections:
+        print("smoke suite wall time")
+        results["smoke_wall_s"] = smoke_wall_s()
+    if "zoo" in sections:
+        print(f"training throughput of every architecture (batch {args.zoo_batch_size})")
+        results["zoo_batch_size"] = args.zoo_batch_size
+        results["zoo"] = zoo_throughput(frameworks, args.zoo_batch_size, args.threads, args.seconds)
     args.out.write_text(json.dumps(results, indent=2))
+    if "zoo" in results:
+        print("\n" + zoo_table(results["zoo"], results["zoo_batch_size"]))
+    if "overhead" not in results or "fast_vs_eager" not in results:
+        return 0
     print(
         f"\n| framework | harness samples/s (median of {args.repeats}) | hand loop | ratio | ratio (mean-based) | CV |"
     )
@@ -213,7 +293,7 @@ def main() -> int:
             f"| {r['fast_samples_per_s'] or 0:,.0f} | {r['fast_compile_s'] or 0:.2f} "
             f"| {r['eager_samples_per_s'] or 0:,.0f} | {speed} |"
         )
-    print(f"\nsmoke suite wall time: {results['smoke_wall_s']:.1f} s; results in {args.out}")
+    print(f"\nsmoke suite wall time: {results.get('smoke_wall_s', 0):.1f} s; results in {args.out}")
     return 0
 
 

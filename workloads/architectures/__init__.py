@@ -25,7 +25,26 @@ from workloads.architectures.layers import (
     TransformerBlock,
 )
 
-__all__ = ["ARCHITECTURES", "Architecture", "Layer", "get"]
+__all__ = [
+    "ARCHITECTURES",
+    "Architecture",
+    "BatchNorm",
+    "Conv",
+    "Dense",
+    "Embedding",
+    "Flatten",
+    "GlobalAvgPool",
+    "Layer",
+    "LayerNorm",
+    "PadShortcut",
+    "Pool",
+    "Recurrent",
+    "Residual",
+    "ToSequence",
+    "TokenMeanPool",
+    "TransformerBlock",
+    "get",
+]
 
 MNIST1D = (1, 40)
 CLASSES = 10

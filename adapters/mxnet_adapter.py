@@ -1,15 +1,18 @@
-"""MXNet adapter: Gluon ``HybridSequential`` built from the spec, ``hybridize`` by default.
+"""MXNet adapter: a Gluon ``HybridSequential`` built from the spec (``mxnet_layers``), hybridized by default.
 
-Runs in its own environment (numpy 1.23; see ``infra/requirements-mxnet.txt``). Gluon's layers
-match the canonical layout except dense kernels, which are ``(out, in)``. Updates use MXNet's fused
-ops: ``sgd_mom_update`` is the canonical SGD; ``adam_update`` has no bias correction and puts
-epsilon on the uncorrected second moment, so the adapter rescales its learning rate and epsilon
-per step to make it exactly the canonical (bias-corrected) Adam. The engine is asynchronous on CPU
-too: :meth:`sync` is ``waitall``.
+Runs in its own environment (numpy 1.23; see ``infra/requirements-mxnet.txt``). Updates use MXNet's
+fused ops over the trainable parameters only (batch-norm running statistics are ``grad_req="null"``
+auxiliary states that the ``BatchNorm`` op updates itself): ``sgd_mom_update`` is the canonical SGD;
+``adam_update`` has no bias correction and puts epsilon on the uncorrected second moment, so the
+adapter rescales its learning rate and epsilon per step to make it exactly the canonical
+(bias-corrected) Adam. MXNet's running-variance update uses the biased batch variance where the
+contract uses the unbiased one: see :meth:`MxnetAdapter._store_running_var_for`. The engine is
+asynchronous on CPU too: :meth:`sync` is ``waitall``.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -19,32 +22,20 @@ os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")
 import mxnet as mx
 from mxnet import autograd, gluon
 
+from adapters import mxnet_layers
 from adapters.base import ADAM_BETAS, ADAM_EPS, Adapter, BuildOptions, check_params
-from workloads.architectures import Architecture, Conv, Dense, Flatten
+from workloads.architectures import Architecture
+from workloads.architectures.layers import BatchNorm
 
 
-def _build(arch: Architecture) -> tuple[gluon.nn.HybridSequential, dict[int, Any]]:
-    net = gluon.nn.HybridSequential()
-    owners: dict[int, Any] = {}
-    for i, (layer, in_shape) in enumerate(zip(arch.layers, arch.shapes(), strict=False)):
-        if isinstance(layer, Dense):
-            block = gluon.nn.Dense(layer.units, in_units=in_shape[0], flatten=False)
-        elif isinstance(layer, Conv):
-            conv = {1: gluon.nn.Conv1D, 2: gluon.nn.Conv2D}[layer.spatial_dims]
-            block = conv(
-                layer.filters, layer.kernel, layer.stride, layer.padding, in_channels=in_shape[0],
-                layout={1: "NCW", 2: "NCHW"}[layer.spatial_dims],
-            )  # fmt: skip
-        elif isinstance(layer, Flatten):
-            block = gluon.nn.Flatten()
-        else:
-            raise TypeError(f"mxnet adapter cannot build {layer}")
-        net.add(block)
-        if isinstance(layer, Dense | Conv):
-            owners[i] = block
-            if layer.activation != "none":
-                net.add(gluon.nn.Activation(layer.activation))
-    return net, owners
+def _unbiased_factor(samples: int | None, per_sample: int) -> float:
+    """``n / (n - 1)`` for the ``n`` values per channel of a batch of ``samples`` (1.0 for None)."""
+    if samples is None:
+        return 1.0
+    n = samples * per_sample
+    if n < 2:
+        raise ValueError(f"batch norm in training needs more than one value per channel, got a batch of {samples}")
+    return n / (n - 1)
 
 
 class MxnetAdapter(Adapter):
@@ -53,16 +44,25 @@ class MxnetAdapter(Adapter):
     def __init__(self, arch: Architecture, params: dict[str, np.ndarray], options: BuildOptions):
         super().__init__(arch, params, options)
         self.ctx = mx.gpu(0) if options.device == "gpu" else mx.cpu()
-        self.net, self._owners = _build(arch)
+        self.net, self._bindings = mxnet_layers.build(arch)
         self.net.initialize(mx.init.Zero(), ctx=self.ctx)  # overwritten by the canonical weights below
         self._hybrid = options.compile != "off"
         self._static = {k: bool(options.extra.get(k, True)) for k in ("static_alloc", "static_shape")}
         if self._hybrid:
             self.net.hybridize(**self._static)
         self._params = [p for p in self.net.collect_params().values() if p.grad_req != "null"]
+        # batch norm: (canonical running_var name, values per channel in one sample)
+        self._bn_vars = [
+            (f"{path}.running_var", math.prod(shape[1:]))
+            for path, layer, shape in arch.leaves()
+            if isinstance(layer, BatchNorm)
+        ]
+        self._bn_samples: int | None = None  # see _store_running_var_for
         self._slots: dict[str, list[mx.nd.NDArray]] = {}
         self._t = 0
         self._loss = gluon.loss.SoftmaxCrossEntropyLoss()
+        if self._hybrid:
+            self._loss.hybridize(**self._static)
         self._last: Any = None
         self.load_params(params)
 
@@ -77,7 +77,25 @@ class MxnetAdapter(Adapter):
     def to_device(self, x: np.ndarray) -> mx.nd.NDArray:
         return mx.nd.array(x, ctx=self.ctx, dtype=x.dtype)
 
+    def _store_running_var_for(self, samples: int | None) -> None:
+        """Keep each batch norm's ``moving_var`` as ``running_var / (n / (n - 1))`` while training on
+        batches of ``samples`` (``n`` values per channel), as the canonical ``running_var`` otherwise.
+
+        MXNet updates ``moving_var = (1 - m) * moving_var + m * biased_var`` (in the backward pass);
+        the contract updates ``running_var`` with the unbiased ``n / (n - 1) * biased_var``. With the
+        stored value scaled by ``(n - 1) / n`` the native update is exactly the canonical one, at no
+        cost per step; the scale changes only when the batch size changes or inference starts
+        (evaluation normalises with the stored value, which must then be the canonical one).
+        """
+        if samples == self._bn_samples:
+            return
+        for name, per_sample in self._bn_vars:
+            var = self._bindings[name].param.data(self.ctx)
+            var *= _unbiased_factor(self._bn_samples, per_sample) / _unbiased_factor(samples, per_sample)
+        self._bn_samples = samples
+
     def train_step(self, x: mx.nd.NDArray, y: mx.nd.NDArray) -> mx.nd.NDArray:
+        self._store_running_var_for(x.shape[0])
         with autograd.record(train_mode=True):
             loss = self._loss(self.net(x), y).mean()
         loss.backward()
@@ -99,6 +117,7 @@ class MxnetAdapter(Adapter):
         return loss
 
     def infer(self, x: mx.nd.NDArray) -> mx.nd.NDArray:
+        self._store_running_var_for(None)
         self._last = self.net(x)
         return self._last
 
@@ -115,11 +134,9 @@ class MxnetAdapter(Adapter):
 
     def load_params(self, params: dict[str, np.ndarray]) -> None:
         check_params(self.arch, params)
-        for i, block in self._owners.items():
-            kernel = params[f"{i}.kernel"]
-            weight = kernel.T if isinstance(block, gluon.nn.Dense) else kernel  # (in,out) -> (out,in)
-            block.weight.set_data(mx.nd.array(np.ascontiguousarray(weight), ctx=self.ctx))
-            block.bias.set_data(mx.nd.array(params[f"{i}.bias"], ctx=self.ctx))
+        for param, value in mxnet_layers.to_native(self._bindings, params):
+            param.set_data(mx.nd.array(value, ctx=self.ctx))
+        self._bn_samples = None  # running_var is stored canonical
         zeros = [mx.nd.zeros(p.shape, ctx=self.ctx) for p in self._params]
         if self.options.trainable:
             names = ("v",) if self.options.optimizer == "sgd" else ("m", "s")
@@ -127,11 +144,11 @@ class MxnetAdapter(Adapter):
         self._t = 0
 
     def export_params(self) -> dict[str, np.ndarray]:
-        out: dict[str, np.ndarray] = {}
-        for i, block in self._owners.items():
-            weight = block.weight.data(self.ctx).asnumpy()
-            out[f"{i}.kernel"] = np.ascontiguousarray(weight.T if isinstance(block, gluon.nn.Dense) else weight)
-            out[f"{i}.bias"] = block.bias.data(self.ctx).asnumpy()
+        values = {id(b.param): b.param.data(self.ctx).asnumpy() for b in self._bindings.values()}
+        out = mxnet_layers.to_canonical(self._bindings, values)
+        for name, per_sample in self._bn_vars:  # undo the training-time scale (see _store_running_var_for)
+            if self._bn_samples is not None:
+                out[name] = out[name] * np.float32(_unbiased_factor(self._bn_samples, per_sample))
         return out
 
     def native_param_count(self) -> int:

@@ -1,0 +1,326 @@
+"""Gluon blocks for the architecture spec, and where each canonical variable lives in them.
+
+``build(arch)`` returns a ``HybridSequential`` that mirrors the spec (a ``_Residual`` block per
+residual, a ``HybridSequential`` per body and shortcut) and a binding per canonical variable: the
+Gluon parameter holding it, whether the canonical array is its transpose (dense kernels are
+``(in, out)``, Gluon's ``Dense.weight`` is ``(out, in)``) and, for the fused attention projection,
+which rows of the parameter it is. Every op is a native MXNet operator (``FullyConnected``,
+``Convolution``, ``Pooling``, ``BatchNorm``, ``LayerNorm``, the fused ``RNN`` kernel, ``Embedding``,
+``batch_dot``/``softmax``), so a hybridized net is one static graph.
+
+Conventions checked numerically against the canonical contract (``workloads/architectures/reference.py``):
+Gluon's recurrent layers use the cuDNN layout (``l0_i2h_weight (G*H, F)`` ... ``r0_*`` for the reverse
+direction), gate orders GRU ``(r, z, n)`` with the reset gate applied after ``W_hn h + b_hn``, LSTM
+``(i, f, g, o)``; ``LeakyReLU(act_type="gelu")`` is the exact erf form. Gluon's ``BatchNorm``
+momentum is the weight of the *old* running value (``1 - momentum`` of the contract) and its running
+variance update uses the *biased* batch variance; the adapter corrects for that (see
+:class:`adapters.mxnet_adapter.MxnetAdapter`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from mxnet import gluon
+from mxnet.gluon import nn
+
+from workloads.architectures import Architecture, Layer
+from workloads.architectures.layers import (
+    BatchNorm,
+    Conv,
+    Dense,
+    Embedding,
+    Flatten,
+    GlobalAvgPool,
+    LayerNorm,
+    PadShortcut,
+    Pool,
+    Recurrent,
+    Residual,
+    Shape,
+    TokenMeanPool,
+    ToSequence,
+    TransformerBlock,
+)
+
+Block = Any  # gluon.HybridBlock (MXNet ships no type hints)
+
+
+@dataclass(frozen=True)
+class Binding:
+    """Where a canonical variable lives: ``param`` (or rows ``rows`` of it), transposed or not."""
+
+    param: Any  # gluon.Parameter
+    transposed: bool = False
+    rows: slice | None = None  # part of a fused parameter (the q/k/v projection)
+
+
+Bindings = dict[str, Binding]  # canonical kind ("kernel", "running_var", "w_ih_rev") -> binding
+
+
+def _activation(name: str) -> list[Block]:
+    """The blocks that apply a layer's activation (none for ``"none"``)."""
+    if name == "none":
+        return []
+    return [nn.GELU() if name == "gelu" else nn.Activation(name)]  # GELU: LeakyReLU(act_type="gelu")
+
+
+def _apply_activation(F: Any, x: Any, name: str) -> Any:
+    if name == "gelu":
+        return F.LeakyReLU(x, act_type="gelu")
+    return x if name == "none" else F.Activation(x, act_type=name)
+
+
+def _affine(block: Block, transposed: bool = False) -> Bindings:
+    """Kernel and (when the block has one) bias bindings of a Dense/Conv block."""
+    out = {"kernel": Binding(block.weight, transposed)}
+    return out | ({"bias": Binding(block.bias)} if block.bias is not None else {})
+
+
+def _scale_shift(block: Block) -> Bindings:
+    """``gamma``/``beta`` bindings of a BatchNorm/LayerNorm block."""
+    return {"gamma": Binding(block.gamma), "beta": Binding(block.beta)}
+
+
+class _Residual(gluon.HybridBlock):  # type: ignore[misc]
+    """``act(body(x) + shortcut(x))``; an empty shortcut ``HybridSequential`` is the identity."""
+
+    def __init__(self, body: Block, shortcut: Block, activation: str):
+        super().__init__()
+        self.body, self.shortcut, self._act = body, shortcut, activation
+
+    def hybrid_forward(self, F: Any, x: Any) -> Any:
+        return _apply_activation(F, self.body(x) + self.shortcut(x), self._act)
+
+
+class _PadShortcut(gluon.HybridBlock):  # type: ignore[misc]
+    """Option-A shortcut: strided subsampling, then zero channels before and after."""
+
+    def __init__(self, layer: PadShortcut, in_shape: Shape):
+        super().__init__()
+        self._ndim, self._stride = len(in_shape) + 1, layer.stride
+        extra = layer.filters - in_shape[0]
+        self._pad = (extra // 2, extra - extra // 2)
+
+    def hybrid_forward(self, F: Any, x: Any) -> Any:
+        ends = (None,) * self._ndim
+        x = F.slice(x, begin=ends, end=ends, step=(1, 1) + (self._stride,) * (self._ndim - 2))
+        zero = F.zeros_like(F.slice_axis(x, axis=1, begin=0, end=1))
+        before, after = ([F.broadcast_axis(zero, axis=1, size=n)] if n else [] for n in self._pad)
+        return F.concat(*before, x, *after, dim=1)
+
+
+class _FinalStates(gluon.HybridBlock):  # type: ignore[misc]
+    """A recurrent layer's final state per direction, ``(N, D*H)``, sliced from its ``(N, T, D*H)`` outputs."""
+
+    def __init__(self, rnn: Block, hidden: int, bidirectional: bool):
+        super().__init__()
+        self.rnn, self._hidden, self._bidirectional = rnn, hidden, bidirectional
+
+    def hybrid_forward(self, F: Any, x: Any) -> Any:
+        out = self.rnn(x)
+        last = F.slice_axis(out, axis=1, begin=-1, end=None)  # forward direction: after step T-1
+        if self._bidirectional:  # reverse direction: after step 0
+            forward = F.slice_axis(last, axis=2, begin=0, end=self._hidden)
+            reverse = F.slice_axis(F.slice_axis(out, axis=1, begin=0, end=1), axis=2, begin=self._hidden, end=None)
+            last = F.concat(forward, reverse, dim=2)
+        return F.reshape(last, shape=(0, -1))
+
+
+class _PositionalEmbedding(gluon.HybridBlock):  # type: ignore[misc]
+    """``table[ids] + positions``."""
+
+    def __init__(self, layer: Embedding, length: int):
+        super().__init__()
+        with self.name_scope():
+            self.table = nn.Embedding(layer.vocab, layer.dim)
+            self.positions = self.params.get("positions", shape=(length, layer.dim))
+
+    def hybrid_forward(self, F: Any, x: Any, positions: Any) -> Any:
+        return F.broadcast_add(self.table(x), F.expand_dims(positions, axis=0))
+
+
+class _TransformerBlock(gluon.HybridBlock):  # type: ignore[misc]
+    """Pre-norm encoder block; q/k/v are one fused ``Dense(3D)``, heads contiguous slices of D."""
+
+    def __init__(self, layer: TransformerBlock, width: int):
+        super().__init__()
+        self._heads, self._scale = layer.heads, 1.0 / math.sqrt(width // layer.heads)
+        with self.name_scope():
+            self.ln1 = nn.LayerNorm(epsilon=1e-5, in_channels=width)
+            self.qkv = nn.Dense(3 * width, flatten=False, in_units=width)
+            self.out = nn.Dense(width, flatten=False, in_units=width)
+            self.ln2 = nn.LayerNorm(epsilon=1e-5, in_channels=width)
+            self.fc1 = nn.Dense(layer.mlp_dim, flatten=False, in_units=width)
+            self.fc2 = nn.Dense(width, flatten=False, in_units=layer.mlp_dim)
+
+    def _split_heads(self, F: Any, t: Any) -> Any:  # (N, T, D) -> (N * heads, T, D / heads)
+        t = F.transpose(F.reshape(t, shape=(0, 0, self._heads, -1)), axes=(0, 2, 1, 3))
+        return F.reshape(t, shape=(-3, -2))
+
+    def hybrid_forward(self, F: Any, x: Any) -> Any:
+        q, k, v = (self._split_heads(F, t) for t in F.split(self.qkv(self.ln1(x)), num_outputs=3, axis=-1))
+        scores = F.softmax(F.batch_dot(q * self._scale, k, transpose_b=True), axis=-1)
+        att = F.reshape(F.batch_dot(scores, v), shape=(-4, -1, self._heads, -2))  # (N, heads, T, D / heads)
+        x = x + self.out(F.reshape(F.transpose(att, axes=(0, 2, 1, 3)), shape=(0, 0, -1)))
+        return x + self.fc2(F.LeakyReLU(self.fc1(self.ln2(x)), act_type="gelu"))
+
+
+# Builders: one per leaf kind, (layer, input sample shape) -> (blocks in order, bindings by kind).
+Built = tuple[list[Block], Bindings]
+
+
+def _dense(layer: Dense, in_shape: Shape) -> Built:
+    block = nn.Dense(layer.units, use_bias=layer.bias, flatten=False, in_units=in_shape[0])
+    return [block, *_activation(layer.activation)], _affine(block, transposed=True)
+
+
+def _conv(layer: Conv, in_shape: Shape) -> Built:
+    conv = {1: nn.Conv1D, 2: nn.Conv2D}[layer.spatial_dims]
+    block = conv(
+        layer.filters, layer.kernel, layer.stride, layer.padding, use_bias=layer.bias, in_channels=in_shape[0],
+        layout={1: "NCW", 2: "NCHW"}[layer.spatial_dims],
+    )  # fmt: skip
+    return [block, *_activation(layer.activation)], _affine(block)
+
+
+def _flatten(layer: Flatten, in_shape: Shape) -> Built:
+    return [nn.Flatten()], {}
+
+
+def _pool(layer: Pool, in_shape: Shape) -> Built:
+    pools = {"max": (nn.MaxPool1D, nn.MaxPool2D), "avg": (nn.AvgPool1D, nn.AvgPool2D)}[layer.kind]
+    return [pools[len(layer.window) - 1](layer.window, layer.stride, 0)], {}
+
+
+def _global_avg_pool(layer: GlobalAvgPool, in_shape: Shape) -> Built:
+    pool = {2: nn.GlobalAvgPool1D, 3: nn.GlobalAvgPool2D}[len(in_shape)]
+    return [pool(), nn.Flatten()], {}
+
+
+def _batch_norm(layer: BatchNorm, in_shape: Shape) -> Built:
+    block = nn.BatchNorm(axis=1, momentum=1.0 - layer.momentum, epsilon=layer.eps, in_channels=in_shape[0])
+    stats = {"running_mean": Binding(block.running_mean), "running_var": Binding(block.running_var)}
+    return [block, *_activation(layer.activation)], _scale_shift(block) | stats
+
+
+def _layer_norm(layer: LayerNorm, in_shape: Shape) -> Built:
+    block = nn.LayerNorm(axis=-1, epsilon=layer.eps, in_channels=in_shape[-1])
+    return [block], _scale_shift(block)
+
+
+def _pad_shortcut(layer: PadShortcut, in_shape: Shape) -> Built:
+    return [_PadShortcut(layer, in_shape)], {}
+
+
+def _to_sequence(layer: ToSequence, in_shape: Shape) -> Built:
+    return [nn.HybridLambda(lambda F, x: F.swapaxes(x, 1, 2))], {}
+
+
+_RNN_NAMES = (("w_ih", "i2h_weight"), ("w_hh", "h2h_weight"), ("b_ih", "i2h_bias"), ("b_hh", "h2h_bias"))
+
+
+def _recurrent(layer: Recurrent, in_shape: Shape) -> Built:
+    cell = {"gru": gluon.rnn.GRU, "lstm": gluon.rnn.LSTM}[layer.cell]
+    rnn = cell(layer.hidden, layout="NTC", bidirectional=layer.bidirectional, input_size=in_shape[1])
+    bindings = {
+        f"{canonical}{suffix}": Binding(getattr(rnn, f"{prefix}0_{native}"))
+        for suffix, prefix in zip(layer.directions, "lr", strict=False)
+        for canonical, native in _RNN_NAMES
+    }
+    block = rnn if layer.sequences else _FinalStates(rnn, layer.hidden, layer.bidirectional)
+    return [block], bindings
+
+
+def _embedding(layer: Embedding, in_shape: Shape) -> Built:
+    if not layer.positions:
+        block = nn.Embedding(layer.vocab, layer.dim)
+        return [block], {"table": Binding(block.weight)}
+    pos = _PositionalEmbedding(layer, in_shape[0])
+    return [pos], {"table": Binding(pos.table.weight), "positions": Binding(pos.positions)}
+
+
+def _transformer(layer: TransformerBlock, in_shape: Shape) -> Built:
+    block, d = _TransformerBlock(layer, in_shape[1]), in_shape[1]
+    bindings: Bindings = {}
+    for j, w in enumerate("qkv"):
+        rows = slice(j * d, (j + 1) * d)
+        bindings |= {f"w{w}": Binding(block.qkv.weight, True, rows), f"b{w}": Binding(block.qkv.bias, rows=rows)}
+    for prefix, sub in (("ln1.", block.ln1), ("ln2.", block.ln2)):
+        bindings |= {prefix + k: v for k, v in _scale_shift(sub).items()}
+    for weight, bias, sub in (("wo", "bo", block.out), ("w1", "b1", block.fc1), ("w2", "b2", block.fc2)):
+        bindings |= {weight: Binding(sub.weight, True), bias: Binding(sub.bias)}
+    return [block], bindings
+
+
+def _token_mean_pool(layer: TokenMeanPool, in_shape: Shape) -> Built:
+    return [nn.HybridLambda(lambda F, x: F.mean(x, axis=1))], {}
+
+
+_BUILDERS: dict[type, Callable[[Any, Shape], Built]] = {
+    Dense: _dense,
+    Conv: _conv,
+    Flatten: _flatten,
+    Pool: _pool,
+    GlobalAvgPool: _global_avg_pool,
+    BatchNorm: _batch_norm,
+    LayerNorm: _layer_norm,
+    PadShortcut: _pad_shortcut,
+    ToSequence: _to_sequence,
+    Recurrent: _recurrent,
+    Embedding: _embedding,
+    TransformerBlock: _transformer,
+    TokenMeanPool: _token_mean_pool,
+}
+
+
+def _sequential(layers: tuple[Layer, ...], in_shape: Shape, prefix: str) -> tuple[Block, Bindings]:
+    seq, bindings = nn.HybridSequential(), Bindings()
+    for i, layer in enumerate(layers):
+        path = f"{prefix}{i}"
+        if isinstance(layer, Residual):
+            body, body_bindings = _sequential(layer.body, in_shape, f"{path}.body.")
+            shortcut, shortcut_bindings = _sequential(layer.shortcut, in_shape, f"{path}.shortcut.")
+            seq.add(_Residual(body, shortcut, layer.activation))
+            bindings |= body_bindings | shortcut_bindings
+        else:
+            blocks, leaf = _BUILDERS[type(layer)](layer, in_shape)
+            seq.add(*blocks)
+            bindings |= {f"{path}.{kind}": b for kind, b in leaf.items()}
+        in_shape = layer.out_shape(in_shape)
+    return seq, bindings
+
+
+def build(arch: Architecture) -> tuple[Block, Bindings]:
+    """The Gluon net for ``arch`` and the binding of every canonical variable (``"4.body.1.gamma"``)."""
+    net, bindings = _sequential(arch.layers, arch.input_shape, "")
+    if set(bindings) != set(arch.variable_layout()):
+        raise AssertionError(f"mxnet build of {arch.name} binds {sorted(bindings)}")
+    return net, bindings
+
+
+def to_native(bindings: Bindings, variables: dict[str, np.ndarray]) -> list[tuple[Any, np.ndarray]]:
+    """Each bound Gluon parameter with its value assembled from the canonical variables."""
+    native: dict[int, tuple[Any, np.ndarray]] = {}
+    for name, b in bindings.items():
+        value = variables[name].T if b.transposed else variables[name]
+        if b.rows is None:
+            native[id(b.param)] = (b.param, np.ascontiguousarray(value, np.float32))
+        else:
+            _, full = native.setdefault(id(b.param), (b.param, np.empty(b.param.shape, np.float32)))
+            full[b.rows] = value
+    return list(native.values())
+
+
+def to_canonical(bindings: Bindings, values: dict[int, np.ndarray]) -> dict[str, np.ndarray]:
+    """Canonical variables from the native values of the bound parameters (keyed by ``id(param)``)."""
+    out: dict[str, np.ndarray] = {}
+    for name, b in bindings.items():
+        value = values[id(b.param)]
+        value = value[b.rows] if b.rows is not None else value
+        out[name] = np.ascontiguousarray(value.T if b.transposed else value, np.float32)
+    return out

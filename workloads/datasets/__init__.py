@@ -1,7 +1,8 @@
 """Datasets: synthetic shape-correct batches and real offline data, cached as plain arrays.
 
-``prepare`` runs on the driver (it may import generator packages such as ``mnist1d``); ``load`` and
-``synthetic`` are worker-side (numpy and the standard library only).
+``prepare`` runs on the driver (a generator may import packages such as ``mnist1d`` or ``sklearn``);
+``load``, ``synthetic``, ``fit_channels`` and the ``INFO`` registry are worker-side (numpy and the
+standard library only). Generators live in :mod:`workloads.datasets.generators`.
 """
 
 from __future__ import annotations
@@ -12,29 +13,32 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
+from . import generators as gen
+from .base import SPLITS, Dataset, DatasetInfo
+
+__all__ = [
+    "DATASETS",
+    "GENERATORS",
+    "INFO",
+    "SYNTHETIC",
+    "Dataset",
+    "DatasetInfo",
+    "Prepared",
+    "cache_dir",
+    "content_hash",
+    "fit_channels",
+    "load",
+    "prepare",
+    "save",
+    "synthetic",
+]
+
 SYNTHETIC = "synthetic"
-_SPLITS = ("x_train", "y_train", "x_val", "y_val")
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """A classification data set as channel-first float32 samples and int64 labels."""
-
-    name: str
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
-
-    @property
-    def sample_shape(self) -> tuple[int, ...]:
-        return tuple(self.x_train.shape[1:])
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        return {k: getattr(self, k) for k in _SPLITS}
+_SPLITS = SPLITS
 
 
 def content_hash(arrays: dict[str, np.ndarray]) -> str:
@@ -47,24 +51,62 @@ def content_hash(arrays: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def _mnist1d() -> Dataset:
-    from mnist1d.data import get_dataset_args, make_dataset  # driver-side only
+def _info(
+    source: str,
+    sample_shape: tuple[int, ...],
+    num_classes: int,
+    n_train: int,
+    n_val: int,
+    dtype: Literal["float32", "int32"] = "float32",
+    vocab_size: int | None = None,
+) -> DatasetInfo:
+    kind = f"int32 tokens, vocab {vocab_size}" if vocab_size else "float32"
+    shape = "x".join(map(str, sample_shape))
+    description = f"{source}: {n_train} train / {n_val} val, {shape} {kind}, {num_classes} classes"
+    return DatasetInfo(description, sample_shape, num_classes, dtype, vocab_size, n_train, n_val)
 
-    d = make_dataset(get_dataset_args())  # the reference defaults, seed 42; generated, not downloaded
-    return Dataset(
-        "mnist1d",
-        x_train=d["x"].astype(np.float32)[:, None, :],
-        y_train=d["y"].astype(np.int64),
-        x_val=d["x_test"].astype(np.float32)[:, None, :],
-        y_val=d["y_test"].astype(np.int64),
-    )
 
+# Every generated data set's shape, classes and sizes, known without generating it (tests check the
+# generated arrays against it).
+INFO: dict[str, DatasetInfo] = {
+    "mnist1d": _info("MNIST-1D (mnist1d package defaults, seed 42)", (1, 40), 10, 4000, 1000),
+    "mnist1d_shuffled": _info(
+        f"MNIST-1D with one fixed permutation of the 40 positions (numpy seed {gen.MNIST1D_PERMUTATION_SEED})",
+        (1, 40),
+        10,
+        4000,
+        1000,
+    ),
+    "digits": _info("scikit-learn digits scaled to [0,1], stratified 80/20 split", (1, 8, 8), 10, 1438, 359),
+    "digits32": _info(
+        "scikit-learn digits, bilinear upsample to 32x32 (half-pixel centres), same split as digits",
+        (1, 32, 32),
+        10,
+        1438,
+        359,
+    ),
+    "tokens": _info(
+        "marker copy (label = the token after the marker; token counts carry no label information)",
+        (gen.TOKENS_LENGTH,),
+        gen.TOKENS_CLASSES,
+        gen.TOKENS_TRAIN,
+        gen.TOKENS_VAL,
+        dtype="int32",
+        vocab_size=gen.TOKENS_VOCAB,
+    ),
+}
+
+_GENERATE: dict[str, Callable[[], Dataset]] = {
+    "mnist1d": gen.mnist1d,
+    "mnist1d_shuffled": gen.mnist1d_shuffled,
+    "digits": gen.digits,
+    "digits32": gen.digits32,
+    "tokens": gen.tokens,
+}
 
 # name -> (generator, one-line description). A generator is deterministic: same call, same arrays.
-GENERATORS: dict[str, tuple[Callable[[], Dataset], str]] = {
-    "mnist1d": (_mnist1d, "MNIST-1D (mnist1d package defaults, seed 42): 4000 train / 1000 val, 1x40, 10 classes"),
-}
-DATASETS = {SYNTHETIC: "random N(0,1) samples and labels in each architecture's input shape"} | {
+GENERATORS: dict[str, tuple[Callable[[], Dataset], str]] = {k: (f, INFO[k].description) for k, f in _GENERATE.items()}
+DATASETS = {SYNTHETIC: "random samples and labels in each architecture's input shape (N(0,1), or uniform tokens)"} | {
     k: v[1] for k, v in GENERATORS.items()
 }
 
@@ -94,7 +136,10 @@ def prepare(name: str, directory: Path | None = None) -> Prepared:
     arrays = GENERATORS[name][0]().arrays()
     digest = content_hash(arrays)
     save(path, arrays)
-    meta_path.write_text(json.dumps({"sha256": digest, "shapes": {k: list(v.shape) for k, v in arrays.items()}}))
+    meta = {"sha256": digest, "shapes": {k: list(v.shape) for k, v in arrays.items()}}
+    tmp = meta_path.with_suffix(f".{os.getpid()}.tmp.json")
+    tmp.write_text(json.dumps(meta))
+    tmp.replace(meta_path)  # written last and atomically: a reader sees both files complete or regenerates
     return Prepared(name, path, digest)
 
 
@@ -111,10 +156,31 @@ def load(name: str, path: str | Path) -> Dataset:
 
 
 def synthetic(
-    sample_shape: tuple[int, ...], num_classes: int, batch_size: int, seed: int
+    sample_shape: tuple[int, ...], num_classes: int, batch_size: int, seed: int, vocab_size: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One shape-correct random batch (float32 inputs, int64 labels)."""
+    """One shape-correct random batch: int64 labels, and float32 N(0,1) inputs or, when ``vocab_size``
+    is given, int32 token ids uniform in ``[0, vocab_size)``. The same seed gives the same batch."""
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((batch_size, *sample_shape), dtype=np.float32)
+    x: np.ndarray
+    if vocab_size is None:
+        x = rng.standard_normal((batch_size, *sample_shape), dtype=np.float32)
+    else:
+        if vocab_size < 1:
+            raise ValueError(f"vocab_size must be positive, got {vocab_size}")
+        x = rng.integers(0, vocab_size, size=(batch_size, *sample_shape), dtype=np.int32)
     y = rng.integers(0, num_classes, size=batch_size, dtype=np.int64)
     return x, y
+
+
+def fit_channels(x: np.ndarray, channels: int) -> np.ndarray:
+    """A channel-first batch ``(N, C, ...)`` with ``channels`` channels: ``x`` itself when ``C`` already
+    matches, a single channel repeated (greyscale -> RGB, e.g. digits32 into a 3x32x32 ResNet-20);
+    ``ValueError`` otherwise."""
+    if x.ndim < 2:
+        raise ValueError(f"fit_channels needs a channel-first batch (N, C, ...), got shape {x.shape}")
+    have = x.shape[1]
+    if have == channels:
+        return x
+    if have == 1 and channels > 1:
+        return np.repeat(x, channels, axis=1)
+    raise ValueError(f"cannot fit {have} channel(s) to {channels}: only 1 -> C is supported (shape {x.shape})")

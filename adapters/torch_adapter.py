@@ -1,8 +1,9 @@
-"""PyTorch adapter: ``nn.Sequential`` built from the spec; ``torch.compile`` (inductor) on GPU.
+"""PyTorch adapter: native ``nn`` modules built from the spec (``torch_layers``); ``torch.compile`` (inductor) on GPU.
 
 On CPU the default (``compile="auto"``) is eager: inductor's C++ compile costs tens of seconds per
 process and, for these model sizes, buys little over the oneDNN/MKL eager kernels. ``compile="on"``
-forces inductor anywhere.
+forces inductor anywhere. Recurrent layers run cuDNN/oneDNN's fused ``nn.GRU``/``nn.LSTM`` kernels
+(dynamo leaves them out of the compiled graph rather than unrolling them).
 """
 
 from __future__ import annotations
@@ -15,40 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from adapters.base import ADAM_BETAS, ADAM_EPS, Adapter, BuildOptions, check_params
-from workloads.architectures import Architecture, Conv, Dense, Flatten
-
-_ACT: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
-
-
-_Owner = nn.Linear | nn.Conv1d | nn.Conv2d
-
-
-def _build(arch: Architecture) -> tuple[nn.Sequential, dict[int, _Owner]]:
-    """The native model, and canonical layer index -> the module holding its parameters."""
-    modules: list[nn.Module] = []
-    owners: dict[int, _Owner] = {}
-    for i, (layer, in_shape) in enumerate(zip(arch.layers, arch.shapes(), strict=False)):
-        module: nn.Module | _Owner
-        if isinstance(layer, Dense):
-            module = nn.Linear(in_shape[0], layer.units)
-        elif isinstance(layer, Conv):
-            conv = {1: nn.Conv1d, 2: nn.Conv2d}[layer.spatial_dims]
-            module = conv(in_shape[0], layer.filters, layer.kernel, layer.stride, layer.padding)  # type: ignore[arg-type]
-        elif isinstance(layer, Flatten):
-            module = nn.Flatten()
-        else:
-            raise TypeError(f"torch adapter cannot build {layer}")
-        modules.append(module)
-        if isinstance(module, _Owner):
-            owners[i] = module
-            if isinstance(layer, Dense | Conv) and layer.activation != "none":
-                modules.append(_ACT[layer.activation]())
-    return nn.Sequential(*modules), owners
-
-
-def _bias(module: _Owner) -> torch.Tensor:
-    assert module.bias is not None  # every canonical Dense/Conv has a bias
-    return module.bias
+from adapters.torch_layers import build
+from workloads.architectures import Architecture
 
 
 class TorchAdapter(Adapter):
@@ -61,8 +30,9 @@ class TorchAdapter(Adapter):
         torch.backends.cudnn.allow_tf32 = False
         torch.set_float32_matmul_precision("highest")
         self.device = torch.device("cuda" if options.device == "gpu" else options.device)
-        self.model, self._owners = _build(arch)
+        self.model, self._bindings = build(arch)
         self.model.to(self.device)
+        self._rnns = [m for m in self.model.modules() if isinstance(m, nn.RNNBase)]
         compiled = options.compile == "on" or (options.compile == "auto" and self.device.type == "cuda")
         self._mode = "inductor" if compiled else "eager"
         self._forward: Any = torch.compile(self.model) if compiled else self.model
@@ -121,20 +91,21 @@ class TorchAdapter(Adapter):
     def load_params(self, params: dict[str, np.ndarray]) -> None:
         check_params(self.arch, params)
         with torch.no_grad():
-            for i, module in self._owners.items():
-                kernel = params[f"{i}.kernel"]
-                weight = kernel.T if isinstance(module, nn.Linear) else kernel  # (in,out) -> (out,in)
-                module.weight.copy_(torch.from_numpy(np.ascontiguousarray(weight)))
-                _bias(module).copy_(torch.from_numpy(params[f"{i}.bias"]))
+            for name, binding in self._bindings.items():
+                value = params[name].T if binding.transposed else params[name]
+                binding.tensor().copy_(torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)))
+        if self.device.type == "cuda":
+            for rnn in self._rnns:  # re-pack cuDNN's flat weight buffer (a no-op on CPU)
+                rnn.flatten_parameters()
         # torch.optim imports torch._dynamo (about 2 s): only pay for it when training
         self.optimizer = self._make_optimizer() if self.options.trainable else None
 
     def export_params(self) -> dict[str, np.ndarray]:
+        """Parameters and batch-norm running statistics, float32, canonical layout (fresh arrays)."""
         out: dict[str, np.ndarray] = {}
-        for i, module in self._owners.items():
-            weight = module.weight.detach().cpu().numpy()
-            out[f"{i}.kernel"] = np.ascontiguousarray(weight.T if isinstance(module, nn.Linear) else weight)
-            out[f"{i}.bias"] = _bias(module).detach().cpu().numpy().copy()
+        for name, binding in self._bindings.items():
+            value = binding.tensor().detach().cpu().numpy()
+            out[name] = np.array(value.T if binding.transposed else value, dtype=np.float32, order="C")
         return out
 
     def native_param_count(self) -> int:

@@ -31,7 +31,7 @@ def arch(request: pytest.FixtureRequest) -> Architecture:
 
 
 def test_zoo_is_not_empty_and_named_consistently() -> None:
-    assert {"mlp_shallow", "mlp_deep", "cnn_small"} <= set(ARCHITECTURES)
+    assert {"mlp_shallow", "mlp_deep", "cnn1d"} <= set(ARCHITECTURES)
     for name, a in ARCHITECTURES.items():
         assert a.name == name
         assert get(name) is a
@@ -42,71 +42,70 @@ def test_get_unknown_architecture_lists_choices() -> None:
         get("resnet")
 
 
-def test_param_count_matches_init_params_and_layout(arch: Architecture) -> None:
-    params = arch.init_params(0)
-    layout = arch.param_layout()
-    assert list(params) == list(layout)
+def test_param_count_matches_init_variables_and_layout(arch: Architecture) -> None:
+    variables = arch.init_variables(0)
+    layout = arch.variable_layout()
+    assert list(variables) == list(layout)
     for key, shape in layout.items():
-        assert params[key].shape == shape, key
-    assert arch.param_count() == sum(p.size for p in params.values())
-    assert arch.param_count() == sum(math.prod(s) for s in layout.values())
+        assert variables[key].shape == shape, key
+    trainable = arch.param_layout()
+    assert arch.param_count() == sum(variables[k].size for k in trainable)
+    assert arch.param_count() == sum(math.prod(s) for s in trainable.values())
     assert arch.param_count() > 0
 
 
-def test_init_params_deterministic_per_seed(arch: Architecture) -> None:
-    a, b = arch.init_params(3), arch.init_params(3)
+def test_init_variables_deterministic_per_seed(arch: Architecture) -> None:
+    a, b = arch.init_variables(3), arch.init_variables(3)
     assert a.keys() == b.keys()
     for key in a:
         np.testing.assert_array_equal(a[key], b[key])
 
 
-def test_init_params_differ_across_seeds(arch: Architecture) -> None:
-    a, b = arch.init_params(0), arch.init_params(1)
-    kernels = [k for k in a if k.endswith(".kernel")]
-    assert kernels
-    for key in kernels:
+def test_init_variables_differ_across_seeds(arch: Architecture) -> None:
+    a, b = arch.init_variables(0), arch.init_variables(1)
+    weights = [k for k, v in a.items() if v.ndim >= 2]
+    assert weights
+    for key in weights:
         assert not np.array_equal(a[key], b[key]), key
 
 
-def test_init_params_are_float32_with_zero_biases(arch: Architecture) -> None:
-    params = arch.init_params(0)
-    biases = [k for k in params if k.endswith(".bias")]
-    assert len(biases) == len(params) // 2
-    for key, value in params.items():
+def test_init_variables_are_float32_with_zero_dense_and_conv_biases(arch: Architecture) -> None:
+    variables = arch.init_variables(0)
+    for key, value in variables.items():
         assert value.dtype == np.float32, key
         assert np.all(np.isfinite(value)), key
-    for key in biases:
-        assert not np.any(params[key]), key
-    for key in params:
-        if key.endswith(".kernel"):
-            assert np.any(params[key]), key
+        if value.ndim >= 2:
+            assert np.any(value), key
+    for path, layer, _ in arch.leaves():
+        if isinstance(layer, Dense | Conv) and layer.bias:
+            assert not np.any(variables[f"{path}.bias"]), path
 
 
 def test_init_scale_is_he_before_relu_and_lecun_for_logits() -> None:
-    params = ARCHITECTURES["mlp_shallow"].init_params(0)
-    hidden, logits = params["1.kernel"], params["2.kernel"]  # layer 0 is Flatten
+    params = ARCHITECTURES["mlp_deep"].init_variables(0)
+    hidden, logits = params["1.kernel"], params["9.kernel"]  # layer 0 is Flatten
     assert hidden.shape == (40, 256) and logits.shape == (256, 10)
     assert float(hidden.std()) == pytest.approx(math.sqrt(2 / 40), rel=0.05)
     assert float(logits.std()) == pytest.approx(math.sqrt(1 / 256), rel=0.1)
-    conv = ARCHITECTURES["cnn_small"].init_params(0)["1.kernel"]  # fan_in = 32 channels x 5 taps
-    assert conv.shape == (64, 32, 5)
-    assert float(conv.std()) == pytest.approx(math.sqrt(2 / (32 * 5)), rel=0.05)
+    conv = ARCHITECTURES["cnn1d"].init_variables(0)["1.kernel"]  # fan_in = 25 channels x 3 taps
+    assert conv.shape == (25, 25, 3)
+    assert float(conv.std()) == pytest.approx(math.sqrt(2 / (25 * 3)), rel=0.1)
+    tanh = ARCHITECTURES["lenet5"].init_variables(0)["5.kernel"]  # tanh: LeCun, fan_in 400
+    assert float(tanh.std()) == pytest.approx(math.sqrt(1 / 400), rel=0.05)
 
 
 def test_mlp_shallow_forward_flops_by_hand() -> None:
     a = ARCHITECTURES["mlp_shallow"]
-    assert a.forward_flops() == 2 * (40 * 256 + 256 * 10)
-    assert a.flops_per_sample("infer") == 2 * (40 * 256 + 256 * 10)
+    assert a.forward_flops() == 2 * (40 * 100 + 100 * 10)
+    assert a.flops_per_sample("infer") == 2 * (40 * 100 + 100 * 10)
 
 
-def test_cnn_small_shapes_and_flops_by_hand() -> None:
-    a = ARCHITECTURES["cnn_small"]
-    # (1, 40) -conv k5 s2 p2-> (32, 20) -conv k5 s2 p2-> (64, 10) -flatten-> 640 -> 128 -> 10
-    assert a.shapes() == [(1, 40), (32, 20), (64, 10), (640,), (128,), (10,)]
-    conv1 = 2 * 1 * 5 * 32 * 20
-    conv2 = 2 * 32 * 5 * 64 * 10
-    dense = 2 * 640 * 128 + 2 * 128 * 10
-    assert a.forward_flops() == conv1 + conv2 + dense
+def test_cnn1d_shapes_and_flops_by_hand() -> None:
+    a = ARCHITECTURES["cnn1d"]
+    # (1, 40) -k5 s2 p1-> (25, 19) -k3 s2 p1-> (25, 10) -k3 s2 p1-> (25, 5) -flatten-> 125 -> 10
+    assert a.shapes() == [(1, 40), (25, 19), (25, 10), (25, 5), (125,), (10,)]
+    convs = 2 * (1 * 5 * 25 * 19 + 25 * 3 * 25 * 10 + 25 * 3 * 25 * 5)
+    assert a.forward_flops() == convs + 2 * 125 * 10
 
 
 def test_train_flops_are_three_forward_passes(arch: Architecture) -> None:
@@ -115,8 +114,7 @@ def test_train_flops_are_three_forward_passes(arch: Architecture) -> None:
     assert arch.flops_per_sample("infer") == arch.forward_flops()
 
 
-def test_every_architecture_reads_mnist1d_and_predicts_ten_classes(arch: Architecture) -> None:
-    assert arch.input_shape == (1, 40)
+def test_every_architecture_predicts_ten_classes(arch: Architecture) -> None:
     assert arch.num_classes == 10
     assert arch.shapes()[-1] == (10,)
 
@@ -128,9 +126,9 @@ def test_mlp_deep_has_at_least_six_hidden_dense_layers() -> None:
     assert all(layer.activation == "relu" for layer in hidden)
 
 
-def test_cnn_small_has_exactly_two_conv_layers() -> None:
-    a = ARCHITECTURES["cnn_small"]
-    assert sum(isinstance(layer, Conv) for layer in a.layers) == 2
+def test_cnn1d_has_exactly_three_conv_layers() -> None:
+    a = ARCHITECTURES["cnn1d"]
+    assert sum(isinstance(layer, Conv) for layer in a.layers) == 3
 
 
 @pytest.mark.parametrize(

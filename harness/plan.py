@@ -11,7 +11,8 @@ from pydantic import ValidationError
 
 from adapters import FRAMEWORKS
 from harness.spec import COMPILE, DEVICES, MODES, SpecError, SuiteSpec, TrainSpec, TrialSpec, first_error
-from workloads.architectures import ARCHITECTURES
+from workloads.architectures import ARCHITECTURES, get
+from workloads.datasets import DATASETS, INFO, SYNTHETIC
 
 T = TypeVar("T")
 
@@ -25,6 +26,7 @@ class Overrides:
     modes: Sequence[str] | None = None
     batch_sizes: Sequence[int] | None = None
     devices: Sequence[str] | None = None
+    datasets: Sequence[str] | None = None
     compile: str | None = None
     threads: int | None = None
     timeout_s: float | None = None
@@ -49,6 +51,7 @@ def validate(o: Overrides) -> None:
     _check("architecture", o.architectures, list(ARCHITECTURES))
     _check("mode", o.modes, MODES)
     _check("device", o.devices, DEVICES)
+    _check("dataset", o.datasets, list(DATASETS))
     if o.compile is not None:
         _check("compile mode", [o.compile], COMPILE)
     for b in o.batch_sizes or ():
@@ -64,23 +67,50 @@ def _unique(values: Sequence[T]) -> list[T]:
     return list(dict.fromkeys(values))
 
 
+def data_problem(architecture: str, dataset: str, batch_size: int) -> str | None:
+    """Why ``architecture`` cannot train on ``dataset`` at ``batch_size`` (None when it can)."""
+    if dataset == SYNTHETIC:
+        return None
+    info, arch = INFO[dataset], get(architecture)
+    try:
+        arch.for_data(info.sample_shape, info.dtype, info.vocab_size)
+    except ValueError as e:
+        return f"{dataset}: {e}"
+    if info.num_classes > arch.num_classes:
+        return f"{dataset} has {info.num_classes} classes, {architecture} outputs {arch.num_classes}"
+    if batch_size > info.n_train:
+        return f"batch size {batch_size} exceeds the {info.n_train} training samples of {dataset}"
+    return None
+
+
 def expand(suite: SuiteSpec, o: Overrides, default_threads: int, unavailable: Mapping[str, str] | None = None) -> Plan:
     """The matrix of the suite narrowed or replaced by ``o``.
 
-    ``unavailable`` maps a framework to why its environment cannot run it; such cells, and cells a
-    framework's capabilities exclude, are skipped with the reason (reported as ``unsupported``).
+    Train cells run on each selected dataset (a real dataset: trained to accuracy, the architecture
+    resized to its samples; ``synthetic``: throughput only); infer cells always on synthetic data in
+    the architecture's default shape, once whatever the datasets. ``unavailable`` maps a framework to
+    why its environment cannot run it; such cells, cells a framework's capabilities exclude and
+    architecture x dataset pairs that cannot work are skipped with the reason (reported as
+    ``unsupported``). If every cell is such an impossible pair, that is bad input (SpecError).
     """
     validate(o)
     unavailable = unavailable or {}
     plan = Plan(suite)
     axes = itertools.product(  # each axis de-duplicated, order kept: one trial per cell
         _unique(o.architectures or suite.architectures),
+        _unique(o.datasets or suite.datasets),
         _unique(o.frameworks or suite.frameworks),
         _unique(o.modes or suite.modes),
         _unique(o.devices or suite.devices),
         _unique(o.batch_sizes or suite.batch_sizes),
     )
-    for arch, fw, mode, device, batch in axes:
+    seen: set[str] = set()
+    impossible: list[str] = []
+    for arch, dataset, fw, mode, device, batch in axes:
+        dataset = dataset if mode == "train" else SYNTHETIC
+        train = TrainSpec()
+        if mode == "train":
+            train = suite.train.model_copy(update={"target_accuracy": suite.targets.get(dataset)})
         try:
             spec = TrialSpec(
                 architecture=arch,
@@ -90,19 +120,28 @@ def expand(suite: SuiteSpec, o: Overrides, default_threads: int, unavailable: Ma
                 batch_size=batch,
                 precision=suite.precision,
                 compile=o.compile or suite.compile,
-                dataset=suite.dataset if mode == "train" else "synthetic",
-                threads=o.threads or default_threads,
+                dataset=dataset,
+                threads=o.threads or suite.threads or default_threads,
                 seed=suite.seed,
                 timeout_s=o.timeout_s or suite.timeout_s,
-                train=suite.train if mode == "train" else TrainSpec(),
+                train=train,
                 measure=suite.measure,
                 options=suite.options.get(fw, {}),
             )
         except ValidationError as e:
             raise SpecError(first_error(e)) from None
-        reason = unavailable.get(fw) or FRAMEWORKS[fw].unsupported_reason(device, suite.precision)
+        if spec.trial_key in seen:  # an infer cell, already planned for another dataset
+            continue
+        seen.add(spec.trial_key)
+        problem = data_problem(arch, dataset, batch)
+        if problem:
+            impossible.append(problem)
+        reason = unavailable.get(fw) or FRAMEWORKS[fw].unsupported_reason(device, suite.precision) or problem
         if reason:
             plan.skipped.append((spec, reason))
         else:
             plan.trials.append(spec)
+    if impossible and len(impossible) == len(plan.trials) + len(plan.skipped):
+        reasons = "; ".join(_unique(impossible)[:3])
+        raise SpecError(f"no selected architecture can train on the selected datasets: {reasons}")
     return plan

@@ -57,6 +57,9 @@ class TrainSpec(Frozen):
     momentum: float = Field(0.9, ge=0, lt=1)
     steps: int = Field(0, ge=0, description="accuracy step budget on the dataset (0: throughput only)")
     eval_every: int = Field(0, ge=0, description="evaluate every N steps (0: only at the end)")
+    target_accuracy: float | None = Field(
+        None, gt=0, le=1, description="held-out accuracy whose first crossing gives time_to_target_s"
+    )
 
 
 class TrialSpec(Frozen):
@@ -103,7 +106,9 @@ class TrialSpec(Frozen):
 
     @property
     def name(self) -> str:
-        return f"{self.architecture}-{self.framework}-{self.mode}"
+        """``{arch}-{fw}-{mode}``, plus ``-{dataset}`` for cells on a real dataset (unique per suite)."""
+        base = f"{self.architecture}-{self.framework}-{self.mode}"
+        return base if self.dataset == SYNTHETIC else f"{base}-{self.dataset}"
 
     @property
     def trains_to_accuracy(self) -> bool:
@@ -129,7 +134,11 @@ class SuiteSpec(Frozen):
     batch_sizes: list[int]
     precision: str = "float32"
     compile: Literal["auto", "on", "off"] = "auto"
-    dataset: str = SYNTHETIC
+    datasets: list[str] = Field(
+        default_factory=lambda: [SYNTHETIC], description="train cells run on each (infer cells: synthetic)"
+    )
+    targets: dict[str, float] = Field(default_factory=dict, description="dataset -> target held-out accuracy")
+    threads: int | None = Field(None, gt=0, description="cores per trial (default: all of the driver's; --threads)")
     seed: int = 0
     timeout_s: float = Field(600.0, gt=0)
     train: TrainSpec = TrainSpec()
@@ -166,10 +175,32 @@ class SuiteSpec(Frozen):
             raise ValueError(f"batch sizes must be positive integers, got {v}")
         return v
 
-    @field_validator("dataset")
+    @model_validator(mode="before")
     @classmethod
-    def _ds(cls, v: str) -> str:
-        return _choice("dataset", v, DATASETS)
+    def _single_dataset(cls, data: Any) -> Any:
+        """The older ``dataset = "name"`` key is a one-element ``datasets`` list."""
+        if isinstance(data, dict) and "dataset" in data:
+            if "datasets" in data:
+                raise ValueError("give either dataset or datasets, not both")
+            data = dict(data)
+            single = data.pop("dataset")
+            data["datasets"] = [single] if isinstance(single, str) else single
+        return data
+
+    @field_validator("datasets")
+    @classmethod
+    def _dss(cls, v: list[str]) -> list[str]:
+        return [_choice("dataset", x, DATASETS) for x in v]
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, v: dict[str, float]) -> dict[str, float]:
+        real = [d for d in DATASETS if d != SYNTHETIC]
+        for name, target in v.items():
+            _choice("dataset", name, real)
+            if not 0 < target <= 1:
+                raise ValueError(f"target accuracy for {name!r} must be in (0, 1], got {target}")
+        return v
 
     @field_validator("precision")
     @classmethod
@@ -178,7 +209,7 @@ class SuiteSpec(Frozen):
 
     @model_validator(mode="after")
     def _non_empty(self) -> SuiteSpec:
-        for axis in ("frameworks", "architectures", "modes", "devices"):
+        for axis in ("frameworks", "architectures", "modes", "devices", "datasets"):
             if not getattr(self, axis):
                 raise ValueError(f"suite {self.name!r}: {axis} is empty")
         return self
@@ -235,7 +266,12 @@ class TrialResult(BaseModel):
     reason: str = ""
     metrics: dict[str, float] = {}
     samples: dict[str, list[float]] = Field(default_factory=dict, description="raw timings, seconds")
-    history: dict[str, list[float]] = Field(default_factory=dict, description="per-step series: loss, ...")
+    history: dict[str, list[float]] = Field(
+        default_factory=dict, description="series: loss (every step), val_loss, val_accuracy, train_accuracy"
+    )
+    history_steps: dict[str, list[int]] = Field(
+        default_factory=dict, description="training step of each point of a series; absent: 0, 1, 2, ..."
+    )
     compile_mode: str = ""
     framework_version: str = ""
     environment: dict[str, Any] = {}

@@ -22,7 +22,7 @@ SUITE: dict[str, Any] = {
     "modes": ["train", "infer"],
     "devices": ["cpu", "gpu"],
     "batch_sizes": [8, 32, 128],
-    "dataset": "mnist1d",
+    "datasets": ["mnist1d"],
     "seed": 5,
     "timeout_s": 90.0,
     "train": {"optimizer": "adam", "learning_rate": 0.01, "steps": 100},
@@ -120,7 +120,7 @@ def test_infer_cells_use_synthetic_data_and_train_cells_the_suite_dataset() -> N
 
 
 def test_synthetic_suite_trains_on_synthetic_data() -> None:
-    p = plan.expand(suite(dataset="synthetic"), Overrides(modes=["train"]), default_threads=2)
+    p = plan.expand(suite(datasets=["synthetic"]), Overrides(modes=["train"]), default_threads=2)
     assert {t.dataset for t in p.trials} == {"synthetic"}
     assert not any(t.trains_to_accuracy for t in p.trials)
 
@@ -220,3 +220,114 @@ def test_repeated_override_values_do_not_duplicate_cells() -> None:
     p = plan.expand(suite(), Overrides(frameworks=["torch", "torch"], batch_sizes=[8, 8]), default_threads=2)
     counts = Counter(t.trial_key for t in cells(p))
     assert max(counts.values()) == 1
+
+
+# --- datasets axis and architecture x dataset compatibility --------------------------------------
+
+
+def test_train_cells_run_on_every_dataset_infer_cells_once() -> None:
+    s = suite(datasets=["mnist1d", "mnist1d_shuffled", "synthetic"], devices=["cpu"], batch_sizes=[32])
+    p = plan.expand(s, Overrides(), default_threads=2)
+    assert not p.skipped  # the MLPs and cnn1d take 1x40 samples
+    train = Counter((t.architecture, t.framework) for t in p.trials if t.mode == "train")
+    infer = Counter((t.architecture, t.framework) for t in p.trials if t.mode == "infer")
+    assert set(train.values()) == {3} and set(infer.values()) == {1}
+    assert {t.dataset for t in p.trials if t.mode == "infer"} == {"synthetic"}
+    names = [t.name for t in p.trials]
+    assert len(set(names)) == len(names)  # unique names: the dataset is in the name of real-data cells
+    assert "cnn1d-jax-train-mnist1d_shuffled" in names and "cnn1d-jax-train" in names and "cnn1d-jax-infer" in names
+
+
+def test_each_train_cell_carries_its_datasets_target() -> None:
+    s = suite(datasets=["mnist1d", "mnist1d_shuffled", "synthetic"], targets={"mnist1d": 0.7})
+    p = plan.expand(s, Overrides(), default_threads=2)
+    targets = {(t.mode, t.dataset): t.train.target_accuracy for t in p.trials}
+    assert targets == {
+        ("train", "mnist1d"): 0.7,
+        ("train", "mnist1d_shuffled"): None,
+        ("train", "synthetic"): None,
+        ("infer", "synthetic"): None,
+    }
+    trained = [t for t in p.trials if t.dataset == "mnist1d"]
+    assert all(t.train.model_copy(update={"target_accuracy": None}) == s.train for t in trained)
+
+
+def test_incompatible_architecture_dataset_pairs_are_skipped_with_the_reason() -> None:
+    s = suite(architectures=["mlp_shallow", "lenet5", "gru"], datasets=["mnist1d", "digits32"], devices=["cpu"])
+    p = plan.expand(s, Overrides(modes=["train"], batch_sizes=[32]), default_threads=2)
+    run = {(t.architecture, t.dataset) for t in p.trials}
+    assert run == {("mlp_shallow", "mnist1d"), ("mlp_shallow", "digits32"), ("gru", "mnist1d"), ("lenet5", "digits32")}
+    skipped = {(t.architecture, t.dataset): reason for t, reason in p.skipped}
+    assert set(skipped) == {("lenet5", "mnist1d"), ("gru", "digits32")}
+    assert skipped[("lenet5", "mnist1d")].startswith("mnist1d: lenet5 cannot take samples of shape (1, 40)")
+    assert skipped[("gru", "digits32")].startswith("digits32: gru cannot take samples of shape (1, 32, 32)")
+    assert len(p.skipped) == 2 * 2  # both frameworks
+
+
+def test_token_and_float_models_are_not_mixed() -> None:
+    assert plan.data_problem("transformer", "tokens", 32) is None
+    assert plan.data_problem("lstm", "tokens", 32) is None
+    assert (
+        plan.data_problem("transformer", "mnist1d", 32)
+        == "mnist1d: transformer takes int32 inputs, the dataset has float32"
+    )
+    assert (
+        plan.data_problem("mlp_shallow", "tokens", 32)
+        == "tokens: mlp_shallow takes float32 inputs, the dataset has int32"
+    )
+    assert plan.data_problem("lenet5", "synthetic", 32) is None  # synthetic data comes in the architecture's shape
+    assert "exceeds the 1438 training samples of digits" in str(plan.data_problem("logreg", "digits", 5000))
+
+
+def test_resnet20_takes_single_channel_digits32() -> None:
+    assert plan.data_problem("resnet20", "digits32", 32) is None  # the channel is repeated to 3 by the worker
+
+
+def test_all_impossible_cells_is_a_spec_error() -> None:
+    s = suite(architectures=["lenet5", "resnet20"], datasets=["mnist1d"])
+    with pytest.raises(
+        SpecError, match=r"no selected architecture can train on the selected datasets: mnist1d: lenet5"
+    ):
+        plan.expand(s, Overrides(modes=["train"]), default_threads=2)
+    p = plan.expand(s, Overrides(), default_threads=2)  # infer cells are possible: not an error
+    assert {t.mode for t in p.trials} == {"infer"} and {t.mode for t, _ in p.skipped} == {"train"}
+
+
+def test_dataset_override_replaces_the_suite_datasets() -> None:
+    p = plan.expand(suite(), Overrides(datasets=["digits", "digits"], modes=["train"]), default_threads=2)
+    assert {t.dataset for t in p.trials} == {"digits"}
+    assert {t.architecture for t, _ in p.skipped} == {"cnn1d"}  # a 1-D convolution cannot take 8x8 images
+
+
+def test_unknown_dataset_override_is_rejected_with_choices() -> None:
+    from workloads.datasets import DATASETS
+
+    message = "unknown dataset 'cifar10'; choose from " + ", ".join(DATASETS)
+    with pytest.raises(SpecError, match=re.escape(message)):
+        plan.validate(Overrides(datasets=["mnist1d", "cifar10"]))
+
+
+def test_suite_threads_is_the_default_and_the_override_wins() -> None:
+    assert {t.threads for t in plan.expand(suite(threads=1), Overrides(), default_threads=2).trials} == {1}
+    assert {t.threads for t in plan.expand(suite(threads=1), Overrides(threads=3), default_threads=2).trials} == {3}
+
+
+def test_accuracy_suite_plan() -> None:
+    s = load_suite("accuracy")
+    p = plan.expand(s, Overrides(), default_threads=2)
+    pairs = {(t.architecture, t.dataset) for t in p.trials}
+    for arch in ("logreg", "mlp_shallow", "cnn1d", "gru"):
+        assert {(arch, "mnist1d"), (arch, "mnist1d_shuffled")} <= pairs
+    assert {("mlp_shallow", "digits"), ("logreg", "digits"), ("lenet5", "digits32")} <= pairs
+    assert all(t.trains_to_accuracy and t.train.target_accuracy == s.targets[t.dataset] for t in p.trials)
+    assert {t.framework for t in p.trials} == set(FRAMEWORKS)
+    assert all(plan.data_problem(t.architecture, t.dataset, t.batch_size) for t, _ in p.skipped)
+
+
+def test_throughput_suite_plan() -> None:
+    s = load_suite("throughput")
+    p = plan.expand(s, Overrides(), default_threads=2)
+    assert not p.skipped
+    assert len(p.trials) == len(ARCHITECTURES) * len(FRAMEWORKS) * 2 * 2
+    assert {t.dataset for t in p.trials} == {"synthetic"}
+    assert not any(t.trains_to_accuracy for t in p.trials)

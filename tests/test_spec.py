@@ -397,3 +397,92 @@ def test_suite_framework_options(tmp_path: Path) -> None:
         bad.write_text(base + bad_options)
         with pytest.raises(SpecError, match=re.escape(message)):
             load_suite(str(bad))
+
+
+# --- datasets axis, targets, threads (workload zoo) ----------------------------------------------
+
+
+def test_trial_name_appends_a_real_dataset() -> None:
+    assert make(dataset="synthetic").name == "mlp_shallow-torch-train"
+    assert make(dataset="mnist1d").name == "mlp_shallow-torch-train-mnist1d"
+    assert make(mode="infer").name == "mlp_shallow-torch-infer"
+
+
+@pytest.mark.parametrize("target", [0.0, -0.5, 1.01])
+def test_target_accuracy_must_be_in_unit_interval(target: float) -> None:
+    with pytest.raises(ValidationError, match="target_accuracy"):
+        TrainSpec(target_accuracy=target)
+
+
+def test_target_accuracy_is_optional_and_part_of_the_key() -> None:
+    assert TrainSpec().target_accuracy is None
+    assert TrainSpec(target_accuracy=1.0).target_accuracy == 1.0
+    with_target = make(dataset="mnist1d", train=TrainSpec(steps=10, target_accuracy=0.5))
+    without = make(dataset="mnist1d", train=TrainSpec(steps=10))
+    assert with_target.trial_key != without.trial_key
+
+
+SUITE_BASE = 'frameworks = ["torch"]\narchitectures = ["mlp_shallow"]\nbatch_sizes = [8]\n'
+
+
+def test_suite_datasets_list_and_targets(tmp_path: Path) -> None:
+    path = write_toml(
+        tmp_path, SUITE_BASE + 'datasets = ["mnist1d", "digits"]\n[targets]\nmnist1d = 0.6\ndigits = 0.9\n'
+    )
+    suite = load_suite(str(path))
+    assert suite.datasets == ["mnist1d", "digits"]
+    assert suite.targets == {"mnist1d": 0.6, "digits": 0.9}
+
+
+def test_suite_single_dataset_key_is_a_one_element_list(tmp_path: Path) -> None:
+    assert load_suite(str(write_toml(tmp_path, SUITE_BASE + 'dataset = "mnist1d"\n'))).datasets == ["mnist1d"]
+    assert load_suite(str(write_toml(tmp_path, SUITE_BASE))).datasets == ["synthetic"]
+    assert load_suite("smoke").datasets == ["mnist1d"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ('datasets = ["mnist1d", "cifar10"]\n', "unknown dataset 'cifar10'; " + "choose from " + ", ".join(DATASETS)),
+        ("datasets = []\n", "datasets is empty"),
+        ('dataset = "mnist1d"\ndatasets = ["digits"]\n', "either dataset or datasets"),
+        ("[targets]\nmnist1d = 0.0\n", "must be in (0, 1]"),
+        ("[targets]\nmnist1d = 1.5\n", "must be in (0, 1]"),
+        ("[targets]\nmnist2d = 0.5\n", "unknown dataset 'mnist2d'"),
+        ("[targets]\nsynthetic = 0.5\n", "unknown dataset 'synthetic'"),
+        ("threads = 0\n", "threads"),
+    ],
+    ids=["unknown", "empty", "both-keys", "target-0", "target-1.5", "target-unknown", "target-synthetic", "threads"],
+)
+def test_bad_datasets_and_targets_are_spec_errors(tmp_path: Path, extra: str, message: str) -> None:
+    path = write_toml(tmp_path, SUITE_BASE + extra)
+    with pytest.raises(SpecError, match=re.escape(message)):
+        load_suite(str(path))
+
+
+def test_zoo_suites_load() -> None:
+    assert {"smoke", "accuracy", "throughput"} <= set(suite_names())
+    acc = load_suite("accuracy")
+    assert set(acc.frameworks) == set(FRAMEWORKS) and acc.modes == ["train"]
+    assert {"mnist1d", "mnist1d_shuffled", "digits", "digits32"} <= set(acc.datasets)
+    assert {"logreg", "mlp_shallow", "cnn1d", "gru", "lenet5"} <= set(acc.architectures)
+    assert set(acc.targets) == set(acc.datasets)  # every dataset has its documented target
+    assert acc.train.steps > 0 and acc.train.eval_every > 0
+    tput = load_suite("throughput")
+    assert set(tput.architectures) == set(ARCHITECTURES) and set(tput.frameworks) == set(FRAMEWORKS)
+    assert tput.datasets == ["synthetic"] and set(tput.modes) == {"train", "infer"} and len(tput.batch_sizes) == 2
+
+
+def test_trial_result_history_steps_round_trip() -> None:
+    s = make(dataset="mnist1d", train=TrainSpec(steps=4, eval_every=2))
+    r = TrialResult(
+        trial_key=s.trial_key,
+        spec=s,
+        status="ok",
+        history={"loss": [2.0, 1.5, 1.2, 1.0], "val_accuracy": [0.3, 0.5]},
+        history_steps={"val_accuracy": [2, 4]},
+    )
+    assert TrialResult.from_json(r.to_json()).history_steps == {"val_accuracy": [2, 4]}
+    legacy = r.model_dump(mode="json")
+    del legacy["history_steps"]  # journals written before history_steps existed still load
+    assert TrialResult.model_validate(legacy).history_steps == {}

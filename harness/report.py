@@ -15,10 +15,23 @@ def _num(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
+def _to_target(r: TrialResult) -> str:
+    t = r.metrics.get("time_to_target_s")
+    if t is not None:
+        return f"{t:.2f}"
+    reached_none = r.status == "ok" and r.spec.train.target_accuracy is not None and "val_accuracy" in r.metrics
+    return "not reached" if reached_none else "-"
+
+
 def comparison_table(results: Iterable[TrialResult], title: str = "") -> Table:
-    """One row per (architecture, framework, mode[, batch size, device])."""
-    table = Table(title=title or None, header_style="bold", show_lines=False)
-    for col, justify in [
+    """One row per (architecture, framework, mode[, dataset, batch size, device]).
+
+    The accuracy columns (dataset, val acc, target, s to target) appear when some trial trained to
+    accuracy; "s to target" is the training time until the held-out accuracy first reached the target.
+    """
+    results = list(results)
+    trained = any("val_accuracy" in r.metrics or r.spec.trains_to_accuracy for r in results)
+    columns = [
         ("architecture", "left"),
         ("framework", "left"),
         ("mode", "left"),
@@ -32,18 +45,29 @@ def comparison_table(results: Iterable[TrialResult], title: str = "") -> Table:
         ("peak RSS MB", "right"),
         ("GFLOP/s", "right"),
         ("% peak", "right"),
-        ("val acc", "right"),
-        ("status", "left"),
-    ]:
+    ]
+    if trained:
+        columns[3:3] = [("dataset", "left")]
+        columns += [("val acc", "right"), ("target", "right"), ("s to target", "right")]
+    table = Table(title=title or None, header_style="bold", show_lines=False)
+    for col, justify in [*columns, ("status", "left")]:
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     ordered = sorted(
-        results, key=lambda r: (r.spec.architecture, r.spec.mode, r.spec.batch_size, r.spec.device, r.spec.framework)
+        results,
+        key=lambda r: (
+            r.spec.architecture,
+            r.spec.mode,
+            r.spec.dataset,
+            r.spec.batch_size,
+            r.spec.device,
+            r.spec.framework,
+        ),
     )
     for r in ordered:
         m, s = r.metrics, r.spec
         frac = m.get("peak_fraction")
         status = r.status if r.status == "ok" else f"{r.status}: {r.reason[:60]}"
-        table.add_row(
+        cells = [
             s.architecture,
             s.framework,
             s.mode,
@@ -57,9 +81,11 @@ def comparison_table(results: Iterable[TrialResult], title: str = "") -> Table:
             _num(m.get("peak_host_rss_mb"), ".0f"),
             _num(m.get("achieved_gflops"), ".1f"),
             _num(None if frac is None else 100 * frac, ".1f"),
-            _num(m.get("val_accuracy"), ".3f"),
-            f"[{STATUS_STYLE.get(r.status, 'red')}]{status}[/]",
-        )
+        ]
+        if trained:
+            cells[3:3] = [s.dataset]
+            cells += [_num(m.get("val_accuracy"), ".3f"), _num(s.train.target_accuracy, ".2f"), _to_target(r)]
+        table.add_row(*cells, f"[{STATUS_STYLE.get(r.status, 'red')}]{status}[/]")
     return table
 
 

@@ -1,7 +1,8 @@
 """Results journal (durable, on disk) and MLflow logging; the driver is the only writer.
 
 Every result is appended to ``<runs>/<batch_id>/journal.jsonl`` first, then logged to MLflow: one
-parent run per batch, one child run per trial named ``{architecture}-{framework}-{mode}``. Logging
+parent run per batch, one child run per trial named ``{architecture}-{framework}-{mode}`` (plus
+``-{dataset}`` when it trains on a real dataset). Training curves are step metrics. Logging
 is idempotent (a child run is found by its ``batch_id`` + ``trial_key`` tags), so ``harness sync``
 can replay a journal into MLflow without duplicates.
 """
@@ -121,6 +122,30 @@ def _finite(metrics: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)}
 
 
+def _metrics(result: TrialResult, timestamp_ms: int) -> list[Any]:
+    """Scalar metrics at step 0 and history series as step metrics (x axis: the training step).
+
+    A scalar that is also a stepped series (``val_accuracy``: the final evaluation is the series'
+    last point) is logged only as the series, so MLflow's latest value of the key is the final one.
+    A series without steps that shares a scalar's name (journals from before ``history_steps``) is
+    logged as ``{key}_curve`` so it cannot shadow the scalar.
+    """
+    from mlflow.entities import Metric
+
+    out: list[Metric] = []
+    stepped: set[str] = set()
+    for key, series in result.history.items():
+        steps = result.history_steps.get(key)
+        if steps is not None and len(steps) == len(series):
+            stepped.add(key)
+        else:
+            steps = list(range(len(series)))
+            key = f"{key}_curve" if key in result.metrics else key
+        out += [Metric(key, v, timestamp_ms, step) for v, step in zip(series, steps, strict=True) if math.isfinite(v)]
+    out += [Metric(k, v, timestamp_ms, 0) for k, v in _finite(result.metrics).items() if k not in stepped]
+    return out
+
+
 class Tracker:
     """MLflow writer for one tracking URI (SQLite file, or a tracking server)."""
 
@@ -158,7 +183,7 @@ class Tracker:
 
     def log_result(self, parent_id: str, batch_id: str, result: TrialResult) -> str:
         """One child run for the result; returns the existing one if it was logged before."""
-        from mlflow.entities import Metric, Param, RunTag
+        from mlflow.entities import Param, RunTag
 
         key, attempt = result.trial_key, result.attempt
         found = self._find(f"tags.batch_id = '{batch_id}' and tags.trial_key = '{key}' and tags.attempt = '{attempt}'")
@@ -189,6 +214,8 @@ class Tracker:
             "optimizer": s.train.optimizer,
             "learning_rate": s.train.learning_rate,
             "train_steps": s.train.steps,
+            "eval_every": s.train.eval_every,
+            "target_accuracy": s.train.target_accuracy if s.train.target_accuracy is not None else "none",
             "seed": s.seed,
         }
         if s.options:
@@ -203,13 +230,7 @@ class Tracker:
             "git_commit": str(result.environment.get("git_commit", "")),
             "reason": result.reason[:5000],
         }
-        metrics = [Metric(k, v, start_ms, 0) for k, v in _finite(result.metrics).items()]
-        for key, series in result.history.items():
-            metrics += [
-                Metric(key if key != "val_accuracy" else "val_accuracy_curve", v, start_ms, i)
-                for i, v in enumerate(series)
-                if math.isfinite(v)
-            ]
+        metrics = _metrics(result, start_ms)
         for i in range(0, max(len(metrics), 1), 1000):
             self.client.log_batch(
                 run_id,

@@ -93,11 +93,18 @@ def run_trial(request: Json) -> Json:
     import_s = time.perf_counter() - t0
 
     arch = get(spec["architecture"])
-    params = arch.init_variables(spec["seed"])
-    x, y = datasets.synthetic(arch.input_shape, arch.num_classes, spec["batch_size"], spec["seed"] + 1)
     train = spec["train"]
-    accuracy_run = spec["mode"] == "train" and spec["dataset"] != datasets.SYNTHETIC and train["steps"] > 0
-    data = datasets.load(spec["dataset"], request["dataset_path"]) if accuracy_run else None
+    data = None
+    if spec["dataset"] != datasets.SYNTHETIC:  # sized for the dataset's samples (the planner checked it can be)
+        info = datasets.INFO[spec["dataset"]]
+        arch = arch.for_data(info.sample_shape, info.dtype, info.vocab_size)
+        if spec["mode"] == "train" and train["steps"] > 0:
+            data = _fit(datasets.load(spec["dataset"], request["dataset_path"]), arch.input_shape)
+    params = arch.init_variables(spec["seed"])
+    # Timing batch: synthetic, in the (resized) architecture's input shape; int ids for token models.
+    x, y = datasets.synthetic(
+        arch.input_shape, arch.num_classes, spec["batch_size"], spec["seed"] + 1, vocab_size=arch.vocab_size
+    )
     baseline_mb = current_rss_mb()
 
     options = BuildOptions(
@@ -168,8 +175,9 @@ def run_trial(request: Json) -> Json:
         "peak_fraction": flops * throughput / 1e9 / peak_gflops,
     }
 
+    history_steps: dict[str, list[int]] = {}
     if data is not None and status == "ok":
-        acc_metrics, history = _train_to_accuracy(adapter, params, data, spec)
+        acc_metrics, history, history_steps = _train_to_accuracy(adapter, params, data, spec)
         metrics |= acc_metrics
         if not math.isfinite(acc_metrics["final_loss"]):
             status, reason = "diverged", f"training loss became {acc_metrics['final_loss']} on {spec['dataset']}"
@@ -186,59 +194,113 @@ def run_trial(request: Json) -> Json:
         "metrics": metrics,
         "samples": samples,
         "history": history,
+        "history_steps": history_steps,
         "compile_mode": adapter.compile_mode,
         "framework_version": adapter.framework_version(),
         "environment": _environment(adapter.runtime_info(), threads, np.__version__),
     }
 
 
-def _train_to_accuracy(
-    adapter: Any, params: Any, data: Any, spec: Json
-) -> tuple[dict[str, float], dict[str, list[float]]]:
-    """Fixed step budget from the canonical weights, same data order in every framework."""
+def _fit(data: Any, input_shape: tuple[int, ...]) -> Any:
+    """The dataset with its samples in the architecture's input shape (1 channel repeated to C)."""
+    from dataclasses import replace
+
+    from workloads.datasets import fit_channels
+
+    if tuple(data.x_train.shape[1:]) == tuple(input_shape):
+        return data
+    channels = input_shape[0]
+    return replace(data, x_train=fit_channels(data.x_train, channels), x_val=fit_channels(data.x_val, channels))
+
+
+Metrics = dict[str, float]
+Series = dict[str, list[float]]
+Steps = dict[str, list[int]]
+
+
+def _train_to_accuracy(adapter: Any, params: Any, data: Any, spec: Json) -> tuple[Metrics, Series, Steps]:
+    """Train for the step budget from the canonical weights; evaluate on the side, untimed.
+
+    Identical in every framework: the initial weights, optimiser, learning rate, batch size and the
+    data order (``numpy.random.default_rng(seed)``: a permutation of the training split per epoch,
+    the incomplete last batch of an epoch dropped). Evaluation after every ``eval_every`` steps and
+    after the last one: accuracy and mean cross-entropy (numpy, float64, from the logits) on the
+    whole held-out split and accuracy on the whole training split, in inference mode. Only training
+    steps are timed (``sync()`` before each clock read), so ``train_time_s`` and
+    ``time_to_target_s`` (training time at the first evaluation reaching ``target_accuracy``; absent
+    when none does) exclude evaluation. History: ``loss`` at every step (step ``i``: the batch loss of
+    the weights after ``i`` updates) and ``val_loss``, ``val_accuracy``, ``train_accuracy`` at each
+    evaluation's step (``history_steps``); the last evaluation is the final value.
+    """
     import numpy as np
 
     adapter.load_params(params)
     train, bs = spec["train"], spec["batch_size"]
+    steps, every, target = train["steps"], train["eval_every"] or train["steps"], train.get("target_accuracy")
     n = len(data.x_train)
     if bs > n:
         raise ValueError(f"batch size {bs} exceeds the {n} training samples of {spec['dataset']}")
     rng = np.random.default_rng(spec["seed"])
     order, pos = rng.permutation(n), 0
-    losses: list[Any] = []
-    val_curve: list[float] = []
-    t0 = time.perf_counter()
-    for step in range(train["steps"]):
-        if pos + bs > n:
-            order, pos = rng.permutation(n), 0
-        idx = order[pos : pos + bs]
-        pos += bs
-        losses.append(adapter.train_step(adapter.to_device(data.x_train[idx]), adapter.to_device(data.y_train[idx])))
-        if train["eval_every"] and (step + 1) % train["eval_every"] == 0:
-            val_curve.append(_accuracy(adapter, data.x_val, data.y_val))
-    adapter.sync()
-    train_time_s = time.perf_counter() - t0
-    loss = [float(adapter.to_numpy(v)) for v in losses]
-    train_acc = _accuracy(adapter, data.x_train, data.y_train)
-    val_acc = _accuracy(adapter, data.x_val, data.y_val)
-    metrics = {
-        "train_accuracy": train_acc,
-        "val_accuracy": val_acc,
-        "train_val_gap": train_acc - val_acc,
+    loss: list[float] = []
+    history: Series = {"val_loss": [], "val_accuracy": [], "train_accuracy": []}
+    eval_steps: list[int] = []
+    metrics: Metrics = {}
+    train_time_s, step = 0.0, 0
+    while step < steps:
+        pending: list[Any] = []
+        adapter.sync()
+        t0 = time.perf_counter()
+        for _ in range(min(every, steps - step)):
+            if pos + bs > n:
+                order, pos = rng.permutation(n), 0
+            idx = order[pos : pos + bs]
+            pos += bs
+            pending.append(
+                adapter.train_step(adapter.to_device(data.x_train[idx]), adapter.to_device(data.y_train[idx]))
+            )
+        adapter.sync()
+        train_time_s += time.perf_counter() - t0
+        step += len(pending)
+        # untimed from here: read the losses back, evaluate
+        loss += [float(adapter.to_numpy(v)) for v in pending]
+        val_acc, val_loss = _evaluate(adapter, data.x_val, data.y_val)
+        train_acc, _ = _evaluate(adapter, data.x_train, data.y_train)
+        for key, value in (("val_loss", val_loss), ("val_accuracy", val_acc), ("train_accuracy", train_acc)):
+            history[key].append(value)
+        eval_steps.append(step)
+        if target is not None and "time_to_target_s" not in metrics and val_acc >= target:
+            metrics |= {"time_to_target_s": train_time_s, "steps_to_target": float(step)}
+        if not all(math.isfinite(v) for v in loss[-len(pending) :]):
+            break  # diverged: the rest of the budget would only repeat NaNs
+    metrics |= {
+        "train_accuracy": history["train_accuracy"][-1],
+        "val_accuracy": history["val_accuracy"][-1],
+        "val_loss": history["val_loss"][-1],
+        "train_val_gap": history["train_accuracy"][-1] - history["val_accuracy"][-1],
         "final_loss": loss[-1],
         "train_steps": float(len(loss)),
         "train_time_s": train_time_s,
+        "evaluations": float(len(eval_steps)),
     }
-    history = {"loss": loss} | ({"val_accuracy": val_curve} if val_curve else {})
-    return metrics, history
+    if target is not None:
+        metrics["target_accuracy"] = float(target)
+    return metrics, {"loss": loss} | history, dict.fromkeys(history, eval_steps)
 
 
-def _accuracy(adapter: Any, x: Any, y: Any, batch: int = 500) -> float:
-    correct = 0
+def _evaluate(adapter: Any, x: Any, y: Any, batch: int = 500) -> tuple[float, float]:
+    """Accuracy and mean softmax cross-entropy of the model on ``(x, y)``, in inference mode."""
+    import numpy as np
+
+    correct, loss_sum = 0, 0.0
     for i in range(0, len(x), batch):
-        logits = adapter.to_numpy(adapter.infer(adapter.to_device(x[i : i + batch])))
-        correct += int((logits.argmax(axis=-1) == y[i : i + batch]).sum())
-    return correct / len(x)
+        logits = adapter.to_numpy(adapter.infer(adapter.to_device(x[i : i + batch]))).astype(np.float64)
+        labels = y[i : i + batch]
+        z = logits - logits.max(axis=-1, keepdims=True)
+        log_p = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+        loss_sum -= float(log_p[np.arange(len(labels)), labels].sum())
+        correct += int((logits.argmax(axis=-1) == labels).sum())
+    return correct / len(x), loss_sum / len(x)
 
 
 def _environment(runtime: Json, threads: int, numpy_version: str) -> Json:

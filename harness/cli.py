@@ -29,11 +29,15 @@ OK_STATUSES = ("ok", "unsupported")
 FAULTS_ENV = "HARNESS_INJECT_FAULTS"  # test hook: "arch-fw-mode=crash|hang|raise,..."
 
 
-def _csv(value: str | None) -> list[str] | None:
-    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+def _csv(value: str | Sequence[str] | None) -> list[str] | None:
+    """Comma lists, possibly given several times (``--dataset a,b --dataset c``), as one list."""
+    if not value:
+        return None
+    parts = [value] if isinstance(value, str) else value
+    return [v.strip() for part in parts for v in part.split(",") if v.strip()] or None
 
 
-def _ints(value: str | None) -> list[int] | None:
+def _ints(value: str | Sequence[str] | None) -> list[int] | None:
     items = _csv(value)
     if items is None:
         return None
@@ -64,6 +68,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         modes=_csv(args.mode),
         batch_sizes=_ints(args.batch_size),
         devices=_csv(args.device),
+        datasets=_csv(args.dataset),
         compile=args.compile,
         threads=args.threads,
         timeout_s=args.timeout,
@@ -159,8 +164,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             def on_result(result: TrialResult) -> None:
                 record(result)
                 tput = result.metrics.get("throughput_samples_per_s")
+                acc = result.metrics.get("val_accuracy")
                 style = report.STATUS_STYLE.get(result.status, "red")
                 detail = f"{tput:,.0f} samples/s" if tput else result.reason[:80]
+                detail += f", val acc {acc:.3f}" if acc is not None else ""
                 progress.console.print(
                     f"  [{style}]{result.status:>11}[/] {result.spec.name} bs={result.spec.batch_size}  {detail}"
                 )
@@ -233,8 +240,12 @@ def cmd_list(args: argparse.Namespace) -> int:
         suites.add_column(col)
     for name in suite_names():
         s = load_suite(name)
-        cells = len(s.frameworks) * len(s.architectures) * len(s.modes) * len(s.devices) * len(s.batch_sizes)
-        suites.add_row(name, str(cells), s.description)
+        try:
+            p = plan.expand(s, plan.Overrides(), default_threads=1)
+            cells = f"{len(p.trials)}" + (f" (+{len(p.skipped)} skipped)" if p.skipped else "")
+        except SpecError as e:
+            cells = f"none: {e}"
+        suites.add_row(name, cells, s.description)
     for t in (fw, arch, ds, suites):
         console.print(t)
     return 0
@@ -344,13 +355,22 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "suite", metavar="SUITE_OR_FILE", help=f"suite name ({', '.join(suite_names())}) or path to a suite .toml"
     )
-    r.add_argument("--framework", help="comma-separated frameworks (default: the suite's)")
-    r.add_argument("--arch", help="comma-separated architectures (default: the suite's)")
-    r.add_argument("--mode", help="comma-separated modes: train, infer")
-    r.add_argument("--batch-size", help="comma-separated batch sizes")
-    r.add_argument("--device", help="comma-separated devices: cpu, gpu, tpu")
+
+    def axis(flag: str, help: str) -> None:  # repeatable, each a comma list
+        r.add_argument(flag, action="append", metavar="A,B", help=help)
+
+    axis("--framework", "frameworks (default: the suite's)")
+    axis("--arch", "architectures (default: the suite's)")
+    axis("--mode", "modes: train, infer")
+    axis("--batch-size", "batch sizes")
+    axis("--device", "devices: cpu, gpu, tpu")
+    axis("--dataset", "datasets train cells run on (default: the suite's); infer cells always use synthetic data")
     r.add_argument("--compile", help="auto (each framework's fast path where it pays), on, off (eager)")
-    r.add_argument("--threads", type=int, help="threads and cores per trial (default: all cores of this machine)")
+    r.add_argument(
+        "--threads",
+        type=int,
+        help="threads and cores per trial (default: the suite's threads, else all cores of this machine)",
+    )
     r.add_argument("--timeout", type=float, help="seconds before a trial is killed (default: the suite's)")
     r.add_argument("--dry-run", action="store_true", help="print the expanded matrix and skipped cells; run nothing")
     r.add_argument("--resume", metavar="BATCH_ID", help="continue a batch, skipping trials already finished")

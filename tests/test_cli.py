@@ -13,6 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import REPO
+from workloads.architectures import get
 
 TINY = str(REPO / "tests" / "suites" / "tiny.toml")
 PARAMS = {"architecture", "framework", "framework_version", "mode", "scenario", "device", "batch_size",
@@ -91,14 +92,14 @@ def test_mlflow_runs_params_metrics_tags(tiny_run: Run) -> None:
     children = [r for r in runs if r.data.tags.get("harness_kind") == "trial"]
     assert len(parents) == 1 and len(children) == 4
     names = {r.info.run_name for r in children}
-    assert names == {f"mlp_shallow-{fw}-{mode}" for fw in ("torch", "jax") for mode in ("train", "infer")}
+    assert names == {f"mlp_shallow-{fw}-{mode}" for fw in ("torch", "jax") for mode in ("train-mnist1d", "infer")}
     for r in children:
         assert r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         assert set(r.data.params) >= PARAMS
         assert r.data.params["framework"] in ("torch", "jax")
         assert set(r.data.metrics) >= METRICS, METRICS - set(r.data.metrics)
         assert r.data.metrics["throughput_samples_per_s"] > 0
-        assert r.data.metrics["param_count"] == 13066
+        assert r.data.metrics["param_count"] == get("mlp_shallow").param_count()  # 1x40 -> 100 -> 10: 5110
         assert {"trial_key", "batch_id", "status"} <= set(r.data.tags)
         assert r.data.tags["status"] == "ok"
         artifacts = {a.path for a in client.list_artifacts(r.info.run_id)}
@@ -108,6 +109,8 @@ def test_mlflow_runs_params_metrics_tags(tiny_run: Run) -> None:
             assert r.data.metrics["val_accuracy"] > 0.2  # 10 classes: chance is 0.1
             loss = client.get_metric_history(r.info.run_id, "loss")
             assert [m.step for m in loss] == list(range(40))
+            for key in ("val_accuracy", "val_loss", "train_accuracy"):  # evaluated every 20 steps
+                assert [m.step for m in client.get_metric_history(r.info.run_id, key)] == [20, 40], key
 
 
 def test_same_weights_same_accuracy_across_frameworks(tiny_run: Run) -> None:
@@ -142,7 +145,7 @@ def test_resume_skips_finished_trials(tiny_run: Run) -> None:
 
 
 def test_crash_and_hang_end_with_status_and_batch_finishes(tmp_path: Path) -> None:
-    faults = "mlp_shallow-jax-train=crash,mlp_shallow-torch-infer=hang,mlp_shallow-jax-infer=raise"
+    faults = "mlp_shallow-jax-train-mnist1d=crash,mlp_shallow-torch-infer=hang,mlp_shallow-jax-infer=raise"
     run = harness(tmp_path, "run", TINY, "--timeout", "30", env={"HARNESS_INJECT_FAULTS": faults})
     assert run.proc.returncode == 1  # some trials failed, the batch still completed
     status = {f"{r['spec']['framework']}-{r['spec']['mode']}": r for r in run.journal()}  # type: ignore[index]
@@ -166,6 +169,11 @@ def test_crash_and_hang_end_with_status_and_batch_finishes(tmp_path: Path) -> No
         (["run", "smoke", "--batch-size", "0"], "batch size must be a positive integer"),
         (["run", "smoke", "--batch-size", "x"], "batch sizes must be integers"),
         (["run", "smoke", "--device", "npu"], "unknown device 'npu'; choose from cpu, gpu, tpu"),
+        (["run", "smoke", "--dataset", "mnist1d,cifar10"], "unknown dataset 'cifar10'; choose from synthetic, mnist1d"),
+        (
+            ["run", "smoke", "--arch", "lenet5", "--mode", "train", "--dataset", "mnist1d", "--dataset", "digits"],
+            "no selected architecture can train on the selected datasets: mnist1d: lenet5 cannot take samples",
+        ),
         (["run", "nosuchsuite"], "unknown suite 'nosuchsuite'; choose from"),
         (["run", "smoke", "--resume", "nope"], "no batch 'nope'"),
         (["compare", "nope"], "no batch 'nope'"),
@@ -202,6 +210,18 @@ def test_dry_run_shows_matrix_and_skips(tmp_path: Path) -> None:
     assert "2 trials to run, 2 skipped" in out
     assert "torch does not support device 'tpu'" in out
     assert "nothing was run" in out
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_dry_run_with_datasets_shows_incompatible_pairs(tmp_path: Path) -> None:
+    args = ["--arch", "mlp_shallow,lenet5", "--framework", "torch", "--mode", "train", "--dry-run"]
+    run = harness(tmp_path, "run", TINY, "--dataset", "mnist1d", "--dataset", "digits32", *args, timeout=60)
+    assert run.proc.returncode == 0, run.proc.stderr
+    out = run.proc.stdout
+    assert "3 trials to run, 1 skipped" in out
+    for name in ("mlp_shallow-torch-train-mnist1d", "mlp_shallow-torch-train-digits32", "lenet5-torch-train-digits32"):
+        assert name in out
+    assert "mnist1d: lenet5 cannot take samples of shape (1, 40)" in out
     assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
 
 

@@ -20,7 +20,7 @@ def cluster() -> Iterator[str]:
 
     c = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 2, "num_gpus": 1})
     yield str(c.address)
-    c.shutdown()
+    c.shutdown()  # type: ignore[no-untyped-call]
 
 
 def test_gpu_trial_is_scheduled_on_the_gpu_node(cluster: str, tmp_path: Path) -> None:

@@ -1,14 +1,15 @@
-"""JAX adapter: a pure forward function over a parameter dict, ``jax.jit`` by default.
+"""JAX adapter: a pure forward over a parameter pytree and a batch-norm state pytree, ``jax.jit`` by default.
 
 Activations are channel-last inside (NWC / NHWC, XLA's preferred convolution layout on CPU and
 GPU): ``to_device`` moves the channel axis and the adapter converts kernels OI[H]W <-> [H]WIO on
-load and export. Flatten goes back to channel-first first, so dense layers see the canonical order.
+load and export; every other variable keeps its canonical layout (``adapters/jax_layers.py`` builds
+the layers). Trainable parameters and batch-norm running statistics are separate pytrees: the
+training step differentiates and updates the first only and threads the second through the forward.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -16,70 +17,51 @@ import jax.numpy as jnp
 import numpy as np
 
 from adapters.base import ADAM_BETAS, ADAM_EPS, Adapter, BuildOptions, check_params
+from adapters.jax_layers import Params, forward_fn
 from adapters.layout import to_canonical_kernel, to_channel_last, to_native_kernel
-from workloads.architectures import Architecture, Conv, Dense, Flatten
+from workloads.architectures import Architecture
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
-Params = dict[str, jax.Array]
-_ACT: dict[str, Callable[[jax.Array], jax.Array]] = {"relu": jax.nn.relu, "tanh": jnp.tanh}
-_DIMS = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC")}
-
-
-def _forward_fn(arch: Architecture) -> Callable[[Params, jax.Array], jax.Array]:
-    def forward(params: Params, x: jax.Array) -> jax.Array:
-        for i, layer in enumerate(arch.layers):
-            if isinstance(layer, Dense):
-                x = x @ params[f"{i}.kernel"] + params[f"{i}.bias"]
-            elif isinstance(layer, Conv):
-                x = jax.lax.conv_general_dilated(
-                    x,
-                    params[f"{i}.kernel"],
-                    window_strides=layer.stride,
-                    padding=[(p, p) for p in layer.padding],
-                    dimension_numbers=_DIMS[layer.spatial_dims],
-                )
-                x = x + params[f"{i}.bias"]
-            elif isinstance(layer, Flatten):
-                x = jnp.moveaxis(x, -1, 1).reshape(x.shape[0], -1)  # channel-first order
-            if isinstance(layer, Dense | Conv) and layer.activation != "none":
-                x = _ACT[layer.activation](x)
-        return x
-
-    return forward
+TrainStep = tuple[Params, Params, dict[str, Any], jax.Array]
 
 
 class JaxAdapter(Adapter):
     name = "jax"
-    params: Params
+    params: Params  # trainable
+    state: Params  # batch-norm running statistics
     opt_state: dict[str, Any]
 
     def __init__(self, arch: Architecture, params: dict[str, np.ndarray], options: BuildOptions):
         super().__init__(arch, params, options)
         self.device = jax.devices(options.device)[0]
         self._jit = options.compile != "off"
-        forward = _forward_fn(arch)
+        forward = forward_fn(arch)
         lr, momentum, optimizer = options.learning_rate, options.momentum, options.optimizer
         b1, b2 = ADAM_BETAS
 
-        def loss_fn(p: Params, x: jax.Array, y: jax.Array) -> jax.Array:
-            logp = jax.nn.log_softmax(forward(p, x), axis=-1)
-            return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=-1))
+        def loss_fn(p: Params, state: Params, x: jax.Array, y: jax.Array) -> tuple[jax.Array, Params]:
+            logits, new_state = forward(p, state, x, True)
+            logp = jax.nn.log_softmax(logits, axis=-1)
+            return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=-1)), new_state
 
-        def train(p: Params, state: dict[str, Any], x: jax.Array, y: jax.Array) -> tuple[Params, Any, jax.Array]:
-            loss, g = jax.value_and_grad(loss_fn)(p, x, y)
+        def train(p: Params, state: Params, opt: dict[str, Any], x: jax.Array, y: jax.Array) -> TrainStep:
+            (loss, new_state), g = jax.value_and_grad(loss_fn, has_aux=True)(p, state, x, y)
             if optimizer == "sgd":
-                v = {k: momentum * state["v"][k] + g[k] for k in p}
-                return {k: p[k] - lr * v[k] for k in p}, {"v": v}, loss
-            t = state["t"] + 1
-            m = {k: b1 * state["m"][k] + (1 - b1) * g[k] for k in p}
-            s = {k: b2 * state["s"][k] + (1 - b2) * g[k] * g[k] for k in p}
+                v = {k: momentum * opt["v"][k] + g[k] for k in p}
+                return {k: p[k] - lr * v[k] for k in p}, new_state, {"v": v}, loss
+            t = opt["t"] + 1
+            m = {k: b1 * opt["m"][k] + (1 - b1) * g[k] for k in p}
+            s = {k: b2 * opt["s"][k] + (1 - b2) * g[k] * g[k] for k in p}
             c1, c2 = 1 - b1**t, 1 - b2**t
             new = {k: p[k] - lr * (m[k] / c1) / (jnp.sqrt(s[k] / c2) + ADAM_EPS) for k in p}
-            return new, {"t": t, "m": m, "s": s}, loss
+            return new, new_state, {"t": t, "m": m, "s": s}, loss
 
-        self._train = jax.jit(train, donate_argnums=(0, 1)) if self._jit else train
-        self._infer = jax.jit(forward) if self._jit else forward
+        def infer(p: Params, state: Params, x: jax.Array) -> jax.Array:
+            return forward(p, state, x, False)[0]
+
+        self._train = jax.jit(train, donate_argnums=(0, 1, 2)) if self._jit else train
+        self._infer = jax.jit(infer) if self._jit else infer
         self._last: Any = None
         self.load_params(params)
 
@@ -92,19 +74,20 @@ class JaxAdapter(Adapter):
         return str(jax.__version__)
 
     def to_device(self, x: np.ndarray) -> jax.Array:
-        return jax.device_put(to_channel_last(x), self.device)
+        return jax.device_put(to_channel_last(x), self.device)  # int token ids stay int
 
     def train_step(self, x: jax.Array, y: jax.Array) -> jax.Array:
-        self.params, self.opt_state, loss = self._train(self.params, self.opt_state, x, y)
+        assert self.options.trainable, "built with trainable=False"
+        self.params, self.state, self.opt_state, loss = self._train(self.params, self.state, self.opt_state, x, y)
         self._last = loss
         return loss
 
     def infer(self, x: jax.Array) -> jax.Array:
-        self._last = self._infer(self.params, x)
+        self._last = self._infer(self.params, self.state, x)
         return self._last
 
     def _pending(self) -> list[jax.Array]:
-        return jax.tree_util.tree_leaves((self.params, self.opt_state, self._last))
+        return jax.tree_util.tree_leaves((self.params, self.state, self.opt_state, self._last))
 
     def sync(self) -> None:
         jax.block_until_ready(self._pending())
@@ -117,21 +100,28 @@ class JaxAdapter(Adapter):
 
     def load_params(self, params: dict[str, np.ndarray]) -> None:
         check_params(self.arch, params)
-        self.params = {k: jax.device_put(to_native_kernel(v), self.device) for k, v in params.items()}
+
+        def put(keys: dict[str, Any]) -> Params:
+            return {k: jax.device_put(to_native_kernel(params[k]), self.device) for k in keys}
+
+        self.params, self.state = put(self.arch.param_layout()), put(self.arch.state_layout())
 
         def zeros() -> Params:  # fresh buffers per slot: jit donates them
             return {k: jnp.zeros_like(v) for k, v in self.params.items()}
 
-        if self.options.optimizer == "sgd":
+        if not self.options.trainable:
+            self.opt_state = {}
+        elif self.options.optimizer == "sgd":
             self.opt_state = {"v": zeros()}
         else:
             self.opt_state = {"t": jnp.zeros((), jnp.int32), "m": zeros(), "s": zeros()}
 
     def export_params(self) -> dict[str, np.ndarray]:
-        return {k: to_canonical_kernel(np.asarray(v)) for k, v in self.params.items()}
+        values = self.params | self.state
+        return {k: to_canonical_kernel(np.asarray(values[k], np.float32)) for k in self.arch.variable_layout()}
 
     def native_param_count(self) -> int:
-        return sum(int(v.size) for v in self.params.values())
+        return sum(int(v.size) for v in jax.tree_util.tree_leaves(self.params))
 
     def device_memory_peak_mb(self) -> float | None:
         stats = self.device.memory_stats() if self.device.platform != "cpu" else None

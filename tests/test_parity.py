@@ -12,6 +12,17 @@ Adam is the exception for weights: its update m / (sqrt(v) + eps) is about +-lr 
 gradient's size, so a gradient that is pure rounding noise (an exact cancellation computed in a
 different order) moves a weight by up to lr in a direction that differs between frameworks. For
 Adam we require the tight tolerance on all but 0.1% of the weights and |diff| <= steps * lr on all.
+The attention key bias ``bk`` is the extreme case: its true gradient is identically zero (adding the
+same vector to every key shifts each softmax row by a constant), so its whole Adam update is noise;
+it is held to the ``steps * lr`` bound only.
+
+Batch norm (ResNet-20) loosens what follows a training step, and only that: its backward pass
+subtracts the batch means of the incoming gradient, a cancellation that leaves float32 gradients of
+the early layers about 1e-3 relative from the float64 truth in every framework (measured: torch
+3e-3, MXNet and JAX alike). After a step, weights then differ by lr x that (measured <= 5e-5), so
+batch-norm models get atol 1e-4 on trained weights and running statistics after several steps, and
+5e-4 of the logits' scale on eval logits after training (measured 1.5e-4). The forward pass and the
+first step's running statistics (computed from the shared initial weights) keep the tight tolerance.
 """
 
 from __future__ import annotations
@@ -30,8 +41,10 @@ from tests.parity_probe import TRAINING
 from workloads.architectures import ARCHITECTURES
 
 RTOL, ATOL = 1e-4, 1e-5
+BN_WEIGHT_ATOL, BN_LOGIT_SCALE = 1e-4, 5e-4  # after training steps, batch-norm models only (see above)
 PAIRS = list(itertools.combinations(FRAMEWORKS, 2))
 ARCHS = list(ARCHITECTURES)
+BN_ARCHS = [a for a in ARCHS if ARCHITECTURES[a].state_layout()]
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +75,7 @@ def test_param_count_and_exact_roundtrip(probes: dict[str, dict[str, np.ndarray]
 @pytest.mark.parametrize(("fw_a", "fw_b"), PAIRS)
 def test_forward_parity(probes: dict[str, dict[str, np.ndarray]], fw_a: str, fw_b: str, arch: str) -> None:
     a, b = probes[fw_a][f"{arch}/logits"], probes[fw_b][f"{arch}/logits"]
-    assert np.abs(a).max() > 0.1  # not trivially zero
+    assert np.abs(a).max() > 0.01  # not trivially zero
     np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL)
 
 
@@ -76,15 +89,18 @@ def test_training_parity(
     pa, pb = probes[fw_a], probes[fw_b]
     np.testing.assert_allclose(pa[f"{arch}/{optimizer}/loss"], pb[f"{arch}/{optimizer}/loss"], rtol=RTOL)
     params = ARCHITECTURES[arch].init_variables(13)
+    atol = BN_WEIGHT_ATOL if arch in BN_ARCHS else ATOL
     moved = 0.0
     for key in params:
         wa, wb = pa[f"{arch}/{optimizer}/w/{key}"], pb[f"{arch}/{optimizer}/w/{key}"]
-        if optimizer == "adam":
-            close = np.isclose(wa, wb, rtol=RTOL, atol=ATOL)
+        if optimizer == "adam" and key.endswith(".bk"):
+            assert np.abs(wa - wb).max() <= steps * lr
+        elif optimizer == "adam":
+            close = np.isclose(wa, wb, rtol=RTOL, atol=atol)
             assert close.mean() >= 0.999, f"{key}: {close.size - close.sum()} weights differ"
             assert np.abs(wa - wb).max() <= steps * lr
         else:
-            np.testing.assert_allclose(wa, wb, rtol=RTOL, atol=ATOL, err_msg=key)
+            np.testing.assert_allclose(wa, wb, rtol=RTOL, atol=atol, err_msg=key)
         moved = max(moved, float(np.abs(wa - params[key]).max()))
     assert moved > 1e-4  # the step really changed the weights
 
@@ -95,10 +111,8 @@ def test_eval_after_training_parity(probes: dict[str, dict[str, np.ndarray]], fw
     """Inference after an SGD step: the trained weights and, for batch norm, the updated running statistics."""
     a, b = probes[fw_a][f"{arch}/sgd/logits_after"], probes[fw_b][f"{arch}/sgd/logits_after"]
     assert not np.array_equal(a, probes[fw_a][f"{arch}/logits"])  # training changed what inference computes
-    np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL)
-
-
-BN_ARCHS = [a for a in ARCHS if ARCHITECTURES[a].state_layout()]
+    atol = BN_LOGIT_SCALE * float(np.abs(a).max()) if arch in BN_ARCHS else ATOL
+    np.testing.assert_allclose(a, b, rtol=RTOL, atol=atol)
 
 
 @pytest.mark.parametrize("optimizer", list(TRAINING))
@@ -109,10 +123,12 @@ def test_batchnorm_running_stats_agree(
 ) -> None:
     """Running mean and (unbiased) variance move identically in every framework while training."""
     initial = ARCHITECTURES[arch].init_variables(13)
+    steps, _ = TRAINING[optimizer]
+    atol = ATOL if steps == 1 else BN_WEIGHT_ATOL  # later steps see weights already trained (see above)
     for key in ARCHITECTURES[arch].state_layout():
         wa, wb = probes[fw_a][f"{arch}/{optimizer}/w/{key}"], probes[fw_b][f"{arch}/{optimizer}/w/{key}"]
         assert not np.array_equal(wa, initial[key]), f"{key} never updated"
-        np.testing.assert_allclose(wa, wb, rtol=RTOL, atol=ATOL, err_msg=key)
+        np.testing.assert_allclose(wa, wb, rtol=RTOL, atol=atol, err_msg=key)
 
 
 def test_zoo_has_batchnorm() -> None:

@@ -5,6 +5,9 @@ uncorrected second moment. The forward pass, the loss and both optimisers are co
 TF ops, so the computation is the canonical one. XLA compilation is forced (``jit_compile=True``):
 on CPU, TF would otherwise run the graph op by op. Activations are channel-last inside (TF's CPU
 convolutions only take NWC/NHWC); conv kernels are converted OI[H]W <-> [H]WIO on load and export.
+The layers live in :mod:`adapters.tensorflow_layers`. Batch-norm running statistics are
+non-trainable variables: loaded and exported with the weights, updated by the training step's
+forward pass, never seen by the gradient or the optimiser.
 """
 
 from __future__ import annotations
@@ -20,9 +23,8 @@ import tensorflow as tf
 
 from adapters.base import ADAM_BETAS, ADAM_EPS, Adapter, BuildOptions, check_params
 from adapters.layout import to_canonical_kernel, to_channel_last, to_native_kernel
-from workloads.architectures import Architecture, Conv, Dense, Flatten
-
-_ACT: dict[str, Callable[[tf.Tensor], tf.Tensor]] = {"relu": tf.nn.relu, "tanh": tf.math.tanh}
+from adapters.tensorflow_layers import build_forward
+from workloads.architectures import Architecture
 
 
 def _configure(threads: int) -> None:
@@ -40,37 +42,29 @@ class TensorflowAdapter(Adapter):
 
     def __init__(self, arch: Architecture, params: dict[str, np.ndarray], options: BuildOptions):
         super().__init__(arch, params, options)
+        check_params(arch, params)
         _configure(options.threads)
         self.device = {"cpu": "/CPU:0", "gpu": "/GPU:0", "tpu": "/TPU:0"}[options.device]
         self._jit = options.compile != "off"
         with tf.device(self.device):
-            self.vars = {k: tf.Variable(to_native_kernel(v), name=k.replace(".", "_")) for k, v in params.items()}
+            trainable = arch.param_layout()  # the rest, batch-norm running statistics, is state
+            self.vars = {
+                k: tf.Variable(to_native_kernel(v), trainable=k in trainable, name=k.replace(".", "_"))
+                for k, v in params.items()
+            }
             self._slots = self._make_slots() if options.trainable else {}
-        order = list(self.vars)
+        order = [k for k, v in self.vars.items() if v.trainable]
         variables = [self.vars[k] for k in order]
         lr, momentum, optimizer = options.learning_rate, options.momentum, options.optimizer
         b1, b2 = ADAM_BETAS
-
-        def forward(x: tf.Tensor) -> tf.Tensor:
-            for i, layer in enumerate(arch.layers):
-                if isinstance(layer, Dense):
-                    x = tf.matmul(x, self.vars[f"{i}.kernel"]) + self.vars[f"{i}.bias"]
-                elif isinstance(layer, Conv):
-                    pad = [[0, 0], *[[p, p] for p in layer.padding], [0, 0]]
-                    x = tf.nn.convolution(tf.pad(x, pad), self.vars[f"{i}.kernel"], layer.stride, "VALID")
-                    x = x + self.vars[f"{i}.bias"]
-                elif isinstance(layer, Flatten):
-                    rank = len(x.shape)
-                    x = tf.reshape(tf.transpose(x, [0, rank - 1, *range(1, rank - 1)]), [tf.shape(x)[0], -1])
-                if isinstance(layer, Dense | Conv) and layer.activation != "none":
-                    x = _ACT[layer.activation](x)
-            return x
+        forward = build_forward(self.vars, arch.layers, arch.input_shape)
 
         def train(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
             with tf.GradientTape() as tape:
-                logits = forward(x)
+                logits = forward(x, True)
                 loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits))
-            grads = dict(zip(order, tape.gradient(loss, variables), strict=True))
+            # the embedding table's gradient comes as IndexedSlices: made dense, as the update touches every row
+            grads = {k: tf.convert_to_tensor(g) for k, g in zip(order, tape.gradient(loss, variables), strict=True)}
             s = self._slots
             if optimizer == "sgd":
                 for k in order:
@@ -88,11 +82,11 @@ class TensorflowAdapter(Adapter):
 
         wrap: Callable[[Any], Any] = (lambda f: tf.function(f, jit_compile=True)) if self._jit else (lambda f: f)
         self._train = wrap(train)
-        self._infer = wrap(forward)
+        self._infer = wrap(lambda x: forward(x, False))
         self._synced = True
 
     def _make_slots(self) -> dict[str, tf.Variable]:
-        zeros = {k: np.zeros(v.shape, np.float32) for k, v in self.vars.items()}
+        zeros = {k: np.zeros(v.shape, np.float32) for k, v in self.vars.items() if v.trainable}
         if self.options.optimizer == "sgd":
             return {f"v.{k}": tf.Variable(z) for k, z in zeros.items()}
         slots = {"t": tf.Variable(0.0)}

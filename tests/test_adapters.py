@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import subprocess
 import sys
@@ -42,6 +43,23 @@ def perturbed_state(arch: Architecture, seed: int) -> dict[str, np.ndarray]:
     return variables
 
 
+@functools.cache
+def reference_eval(arch_name: str) -> tuple[np.ndarray, np.ndarray]:
+    """A batch and its float64 reference logits in eval mode (shared by every framework's test)."""
+    arch = ARCHITECTURES[arch_name]
+    x, _ = synthetic(arch.input_shape, arch.num_classes, 8, seed=9, vocab_size=arch.vocab_size)
+    return x, forward(arch, perturbed_state(arch, seed=8), x, training=False)[0]
+
+
+@functools.cache
+def reference_train(arch_name: str) -> tuple[np.ndarray, np.ndarray, float, dict[str, np.ndarray]]:
+    """A training batch, its reference loss in training mode and the running statistics after it."""
+    arch = ARCHITECTURES[arch_name]
+    x, y = synthetic(arch.input_shape, arch.num_classes, 32, seed=3, vocab_size=arch.vocab_size)
+    logits, state = forward(arch, perturbed_state(arch, seed=10), x, training=True)
+    return x, y, cross_entropy(logits, y), state
+
+
 def assert_close_to_reference(got: np.ndarray, expected: np.ndarray) -> None:
     """float32 against float64: relative 1e-4, absolute 1e-5 of the logits' scale (see test_parity)."""
     assert got.shape == expected.shape
@@ -66,29 +84,17 @@ class TestConformance:
             assert exported[key].dtype == np.float32
             np.testing.assert_array_equal(exported[key], value, err_msg=key)
 
-    def test_infer_matches_numpy_reference(self, fw: str, arch_name: str) -> None:
-        """Eval mode against the float64 reference, with non-trivial running statistics."""
+    def test_infer_matches_numpy_reference_fast_and_eager(self, fw: str, arch_name: str) -> None:
+        """Eval mode, in the default (fast) and the eager build, against the float64 reference."""
         arch = ARCHITECTURES[arch_name]
         variables = perturbed_state(arch, seed=8)
-        adapter = load_adapter(fw)(arch, variables, BuildOptions(threads=2, trainable=False))
-        x, _ = synthetic(arch.input_shape, arch.num_classes, 8, seed=9, vocab_size=arch.vocab_size)
-        expected, _ = forward(arch, variables, x, training=False)
-        got = adapter.to_numpy(adapter.infer(adapter.to_device(x)))
-        assert_close_to_reference(got, expected)
-
-    def test_train_step_matches_numpy_reference(self, fw: str, arch_name: str) -> None:
-        """Training mode: the loss before the update and the updated batch-norm running statistics."""
-        arch = ARCHITECTURES[arch_name]
-        variables = perturbed_state(arch, seed=10)
-        adapter = load_adapter(fw)(arch, variables, BuildOptions(threads=2))
-        x, y = synthetic(arch.input_shape, arch.num_classes, 8, seed=11, vocab_size=arch.vocab_size)
-        logits, state = forward(arch, variables, x, training=True)
-        loss = float(adapter.to_numpy(adapter.train_step(adapter.to_device(x), adapter.to_device(y))))
-        assert loss == pytest.approx(cross_entropy(logits, y), rel=1e-4)
-        exported = adapter.export_params()
-        for key, value in state.items():
-            assert not np.array_equal(value, variables[key])
-            np.testing.assert_allclose(exported[key], value, rtol=1e-4, atol=1e-5, err_msg=key)
+        x, expected = reference_eval(arch_name)
+        for compile_ in ("auto", "off"):
+            options = BuildOptions(threads=2, trainable=False, compile=compile_)
+            adapter = load_adapter(fw)(arch, variables, options)
+            assert adapter.compile_mode in FRAMEWORKS[fw].compile_modes
+            assert (adapter.compile_mode == "eager") == (compile_ == "off")
+            assert_close_to_reference(adapter.to_numpy(adapter.infer(adapter.to_device(x))), expected)
 
     def test_rejects_wrong_params(self, fw: str, arch_name: str) -> None:
         arch = ARCHITECTURES[arch_name]
@@ -99,39 +105,32 @@ class TestConformance:
             adapter.load_params(params)
 
     @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-    def test_training_lowers_loss(self, fw: str, arch_name: str, optimizer: str) -> None:
-        """Twenty steps on one fixed batch bring the loss well down (the model can fit it)."""
+    def test_training(self, fw: str, arch_name: str, optimizer: str) -> None:
+        """One build per optimiser (a compile each for XLA/jit) checks, on one fixed batch:
+
+        the first loss (training mode) and the updated running statistics against the reference;
+        twenty steps bring the loss well down (the model can fit the batch); load_params resets
+        weights, state and optimiser (the first loss comes back).
+        """
         arch = ARCHITECTURES[arch_name]
+        variables = perturbed_state(arch, seed=10)
         lr = FIT_LR.get((arch_name, optimizer), 0.05 if optimizer == "sgd" else 5e-3)
-        adapter = build(fw, arch, optimizer=optimizer, learning_rate=lr)
-        x, y = synthetic(arch.input_shape, arch.num_classes, 32, seed=3, vocab_size=arch.vocab_size)
+        options = BuildOptions(threads=2, optimizer=optimizer, learning_rate=lr)  # type: ignore[arg-type]
+        adapter = load_adapter(fw)(arch, variables, options)
+        x, y, expected_loss, expected_state = reference_train(arch_name)
         xd, yd = adapter.to_device(x), adapter.to_device(y)
-        losses = [float(adapter.to_numpy(adapter.train_step(xd, yd))) for _ in range(20)]
+        losses = [float(adapter.to_numpy(adapter.train_step(xd, yd)))]
+        assert losses[0] == pytest.approx(expected_loss, rel=1e-4)
+        exported = adapter.export_params()
+        for key, value in expected_state.items():
+            assert not np.array_equal(value, variables[key])
+            np.testing.assert_allclose(exported[key], value, rtol=1e-4, atol=1e-5, err_msg=key)
+        losses += [float(adapter.to_numpy(adapter.train_step(xd, yd))) for _ in range(19)]
         assert np.isfinite(losses).all()
         assert min(losses[-5:]) < 0.8 * losses[0], losses
-
-    def test_load_params_resets_training(self, fw: str, arch_name: str) -> None:
-        arch = ARCHITECTURES[arch_name]
-        adapter = build(fw, arch)
-        x, y = synthetic(arch.input_shape, arch.num_classes, 16, seed=4, vocab_size=arch.vocab_size)
-        xd, yd = adapter.to_device(x), adapter.to_device(y)
-        first = float(adapter.to_numpy(adapter.train_step(xd, yd)))
-        adapter.train_step(xd, yd)
-        adapter.load_params(arch.init_variables(0))
+        adapter.load_params(variables)
         again = float(adapter.to_numpy(adapter.train_step(xd, yd)))
-        assert again == pytest.approx(first, rel=1e-6)
-
-    def test_infer_shape_and_eager_mode(self, fw: str, arch_name: str) -> None:
-        arch = ARCHITECTURES[arch_name]
-        x, _ = synthetic(arch.input_shape, arch.num_classes, 8, seed=5, vocab_size=arch.vocab_size)
-        fast = build(fw, arch, trainable=False)
-        eager = build(fw, arch, compile="off", trainable=False)
-        assert eager.compile_mode == "eager"
-        assert fast.compile_mode in FRAMEWORKS[fw].compile_modes
-        a = fast.to_numpy(fast.infer(fast.to_device(x)))
-        b = eager.to_numpy(eager.infer(eager.to_device(x)))
-        assert a.shape == (8, arch.num_classes)
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+        assert again == pytest.approx(losses[0], rel=1e-6)
 
 
 @pytest.mark.parametrize("fw", FWS)

@@ -189,7 +189,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 130
     finally:
         schedule.shutdown()
-    console.print(report.comparison_table(results, f"batch {batch.batch_id} ({suite.name})"))
+    for table in report.tables(results, f"batch {batch.batch_id} ({suite.name})"):
+        console.print(table)
     console.print(f"journal: {batch.journal}\nMLflow: {report.mlflow_ui_command(uri)}")
     return 0 if ok else 1
 
@@ -315,7 +316,8 @@ def _batch_results(args: argparse.Namespace) -> tuple[str, list[TrialResult]]:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     batch_id, results = _batch_results(args)
-    console.print(report.comparison_table(results, f"batch {batch_id}"))
+    for table in report.tables(results, f"batch {batch_id}"):
+        console.print(table)
     return 0
 
 

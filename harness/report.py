@@ -20,14 +20,15 @@ def _to_target(r: TrialResult) -> str:
     if t is not None:
         return f"{t:.2f}"
     reached_none = r.status == "ok" and r.spec.train.target_accuracy is not None and "val_accuracy" in r.metrics
-    return "not reached" if reached_none else "-"
+    return "never" if reached_none else "-"
 
 
 def comparison_table(results: Iterable[TrialResult], title: str = "") -> Table:
     """One row per (architecture, framework, mode[, dataset, batch size, device]).
 
     The accuracy columns (dataset, val acc, target, s to target) appear when some trial trained to
-    accuracy; "s to target" is the training time until the held-out accuracy first reached the target.
+    accuracy; "s to target" is the training time until the held-out accuracy first reached the
+    target ("never": not within the step budget).
     """
     results = list(results)
     trained = any("val_accuracy" in r.metrics or r.spec.trains_to_accuracy for r in results)
@@ -87,6 +88,25 @@ def comparison_table(results: Iterable[TrialResult], title: str = "") -> Table:
             cells += [_num(m.get("val_accuracy"), ".3f"), _num(s.train.target_accuracy, ".2f"), _to_target(r)]
         table.add_row(*cells, f"[{STATUS_STYLE.get(r.status, 'red')}]{status}[/]")
     return table
+
+
+def skipped_table(results: Iterable[TrialResult]) -> Table:
+    """The cells that did not run (``unsupported``), one line each with the reason."""
+    rows = sorted((r for r in results if r.status == "unsupported"), key=lambda r: r.spec.name)
+    table = Table(title=f"{len(rows)} cells not run (unsupported)", header_style="bold")
+    table.add_column("trial")
+    table.add_column("reason")
+    for r in rows:
+        table.add_row(r.spec.name, r.reason)
+    return table
+
+
+def tables(results: Iterable[TrialResult], title: str = "") -> list[Table]:
+    """What ``run`` and ``compare`` print: the comparison of the cells that ran, then the skipped cells."""
+    results = list(results)
+    ran = [r for r in results if r.status != "unsupported"]
+    out = [comparison_table(ran, title)] if ran or len(ran) == len(results) else []
+    return out + ([skipped_table(results)] if len(ran) < len(results) else [])
 
 
 def mlflow_ui_command(uri: str) -> str:

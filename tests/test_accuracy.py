@@ -128,7 +128,7 @@ def test_compare_table_shows_accuracy_and_time_to_target() -> None:
     console.print(report.comparison_table([result(0.9, {"val_accuracy": 0.625})]))
     out = console.export_text()
     assert "val acc" in out and "s to target" in out and "mnist1d" in out
-    assert "0.625" in out and "1.25" in out and "not reached" in out
+    assert "0.625" in out and "1.25" in out and "never" in out
 
 
 # --- all four frameworks through the CLI ---------------------------------------------------------

@@ -17,7 +17,7 @@ from adapters.base import BuildOptions
 from workloads.architectures import ARCHITECTURES
 from workloads.datasets import synthetic
 
-TRAINING = {"sgd": (1, 0.1), "adam": (3, 1e-3)}  # optimizer -> (steps, learning rate)
+TRAINING = {"sgd": (3, 0.02), "adam": (3, 1e-3)}  # optimizer -> (steps, learning rate)
 
 
 def probe(framework: str) -> dict[str, np.ndarray]:

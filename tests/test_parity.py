@@ -5,24 +5,29 @@ the results are compared here, every pair of frameworks, every architecture.
 
 Tolerance: float32 has a unit roundoff of 6e-8; a dot product of length K accumulated in a
 different order (BLAS blocking, XLA fusion, oneDNN) differs by up to about K * 6e-8 relative. The
-widest reduction here is K = 640 (cnn_small's dense input), so 4e-5 relative; logits are O(1-10),
-hence rtol = 1e-4 and atol = 1e-5, with headroom for a few stacked layers.
+widest reductions are K = 576 (ResNet-20: 64 channels x 3x3) and K = 480 (the GRU's head), so 3e-5
+relative; logits are O(1-10), hence rtol = 1e-4 and atol = 1e-5, with headroom for stacked layers.
 
 Adam is the exception for weights: its update m / (sqrt(v) + eps) is about +-lr whatever the
 gradient's size, so a gradient that is pure rounding noise (an exact cancellation computed in a
 different order) moves a weight by up to lr in a direction that differs between frameworks. For
-Adam we require the tight tolerance on all but 0.1% of the weights and |diff| <= steps * lr on all.
+Adam we require the tight tolerance on all but 0.1% of the model's weights and |diff| <= steps * lr on all.
 The attention key bias ``bk`` is the extreme case: its true gradient is identically zero (adding the
 same vector to every key shifts each softmax row by a constant), so its whole Adam update is noise;
 it is held to the ``steps * lr`` bound only.
 
-Batch norm (ResNet-20) loosens what follows a training step, and only that: its backward pass
+Batch norm (ResNet-20) loosens what follows training steps, and only that: its backward pass
 subtracts the batch means of the incoming gradient, a cancellation that leaves float32 gradients of
 the early layers about 1e-3 relative from the float64 truth in every framework (measured: torch
-3e-3, MXNet and JAX alike). After a step, weights then differ by lr x that (measured <= 5e-5), so
-batch-norm models get atol 1e-4 on trained weights and running statistics after several steps, and
-5e-4 of the logits' scale on eval logits after training (measured 1.5e-4). The forward pass and the
-first step's running statistics (computed from the shared initial weights) keep the tight tolerance.
+3e-3, MXNet and JAX alike). After three SGD steps (lr 0.02) weights differ by up to 1.1e-4 and eval
+logits by 1.3e-3 of their scale (measured), so batch-norm models get atol 3e-4 on trained weights and
+running statistics, and 3e-3 of the logits' scale on eval logits after training. Adam makes it worse
+in the way described above: batch norm makes each convolution's loss invariant to the scale of its
+kernel, so many kernel gradients are near zero and Adam moves those weights by +-lr on noise. That is
+not even repeatable within one framework (multi-threaded reductions sum in a varying order): over
+two runs, 0.04% and then 12% of the weights differed. For batch-norm models under Adam we check the
+losses only (rtol 1e-3; measured 1.6e-4 after three steps). The forward pass keeps the tight
+tolerance.
 """
 
 from __future__ import annotations
@@ -41,7 +46,8 @@ from tests.parity_probe import TRAINING
 from workloads.architectures import ARCHITECTURES
 
 RTOL, ATOL = 1e-4, 1e-5
-BN_WEIGHT_ATOL, BN_LOGIT_SCALE = 1e-4, 5e-4  # after training steps, batch-norm models only (see above)
+BN_WEIGHT_ATOL, BN_LOGIT_SCALE = 3e-4, 3e-3  # after training steps, batch-norm models only (see above)
+BN_ADAM_RTOL = 1e-3  # batch norm under Adam: losses only (see above)
 PAIRS = list(itertools.combinations(FRAMEWORKS, 2))
 ARCHS = list(ARCHITECTURES)
 BN_ARCHS = [a for a in ARCHS if ARCHITECTURES[a].state_layout()]
@@ -87,21 +93,26 @@ def test_training_parity(
 ) -> None:
     steps, lr = TRAINING[optimizer]
     pa, pb = probes[fw_a], probes[fw_b]
-    np.testing.assert_allclose(pa[f"{arch}/{optimizer}/loss"], pb[f"{arch}/{optimizer}/loss"], rtol=RTOL)
+    bn = arch in BN_ARCHS
+    loss_rtol = BN_ADAM_RTOL if bn and optimizer == "adam" else RTOL
+    np.testing.assert_allclose(pa[f"{arch}/{optimizer}/loss"], pb[f"{arch}/{optimizer}/loss"], rtol=loss_rtol)
     params = ARCHITECTURES[arch].init_variables(13)
-    atol = BN_WEIGHT_ATOL if arch in BN_ARCHS else ATOL
-    moved = 0.0
+    atol = BN_WEIGHT_ATOL if bn else ATOL
+    moved, close, total = 0.0, 0, 0
     for key in params:
         wa, wb = pa[f"{arch}/{optimizer}/w/{key}"], pb[f"{arch}/{optimizer}/w/{key}"]
-        if optimizer == "adam" and key.endswith(".bk"):
-            assert np.abs(wa - wb).max() <= steps * lr
+        if optimizer == "adam" and bn:
+            pass  # noise-driven, even between two runs of one framework (see above): the losses are checked
         elif optimizer == "adam":
-            close = np.isclose(wa, wb, rtol=RTOL, atol=atol)
-            assert close.mean() >= 0.999, f"{key}: {close.size - close.sum()} weights differ"
-            assert np.abs(wa - wb).max() <= steps * lr
+            assert np.abs(wa - wb).max() <= steps * lr, key
+            if not key.endswith(".bk"):
+                close += int(np.isclose(wa, wb, rtol=RTOL, atol=atol).sum())
+                total += wa.size
         else:
             np.testing.assert_allclose(wa, wb, rtol=RTOL, atol=atol, err_msg=key)
         moved = max(moved, float(np.abs(wa - params[key]).max()))
+    if optimizer == "adam" and not bn:
+        assert close / total >= 0.999, f"{total - close} of {total} weights differ"
     assert moved > 1e-4  # the step really changed the weights
 
 
@@ -115,7 +126,7 @@ def test_eval_after_training_parity(probes: dict[str, dict[str, np.ndarray]], fw
     np.testing.assert_allclose(a, b, rtol=RTOL, atol=atol)
 
 
-@pytest.mark.parametrize("optimizer", list(TRAINING))
+@pytest.mark.parametrize("optimizer", ["sgd"])
 @pytest.mark.parametrize("arch", BN_ARCHS)
 @pytest.mark.parametrize(("fw_a", "fw_b"), PAIRS)
 def test_batchnorm_running_stats_agree(

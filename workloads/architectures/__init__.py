@@ -61,7 +61,7 @@ def _mlp(name: str, description: str, hidden: list[int], reference: str = "") ->
 
 
 def _mlp_residual(width: int, blocks: int) -> Architecture:
-    block = Residual((Dense(width), Dense(width, activation="none", init_rule="he")), activation="relu")
+    block = Residual((Dense(width), Dense(width, activation="none")), activation="relu")
     return Architecture(
         "mlp_residual",
         f"dense {width} then {blocks} residual blocks of two dense {width} layers (relu(x + f(x))): "

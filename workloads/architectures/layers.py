@@ -389,22 +389,6 @@ class Residual:
         return body
 
 
-Layer: TypeAlias = (
-    Dense
-    | Conv
-    | Flatten
-    | Pool
-    | GlobalAvgPool
-    | BatchNorm
-    | LayerNorm
-    | PadShortcut
-    | ToSequence
-    | Recurrent
-    | Embedding
-    | TransformerBlock
-    | TokenMeanPool
-    | Residual
-)
 Leaf: TypeAlias = (
     Dense
     | Conv
@@ -420,6 +404,7 @@ Leaf: TypeAlias = (
     | TransformerBlock
     | TokenMeanPool
 )
+Layer: TypeAlias = Leaf | Residual
 
 
 def _chain_shapes(layers: tuple[Layer, ...], in_shape: Shape) -> list[Shape]:

@@ -115,7 +115,10 @@ class TrialSpec(Frozen):
         return self.mode == "train" and self.dataset != SYNTHETIC and self.train.steps > 0
 
     def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        data = self.model_dump(mode="json")
+        if data["train"]["target_accuracy"] is None:  # unset: the key stays what it was before targets existed
+            del data["train"]["target_accuracy"]
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     @property
     def trial_key(self) -> str:

@@ -414,6 +414,17 @@ def test_target_accuracy_must_be_in_unit_interval(target: float) -> None:
         TrainSpec(target_accuracy=target)
 
 
+def test_unset_target_keeps_the_keys_of_earlier_journals() -> None:
+    import hashlib
+    import json
+
+    spec = make(dataset="mnist1d", train=TrainSpec(steps=10))
+    earlier = spec.model_dump(mode="json")
+    del earlier["train"]["target_accuracy"]  # the spec as it was before targets existed
+    text = json.dumps(earlier, sort_keys=True, separators=(",", ":"))
+    assert spec.trial_key == hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def test_target_accuracy_is_optional_and_part_of_the_key() -> None:
     assert TrainSpec().target_accuracy is None
     assert TrainSpec(target_accuracy=1.0).target_accuracy == 1.0

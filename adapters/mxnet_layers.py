@@ -15,22 +15,31 @@ direction), gate orders GRU ``(r, z, n)`` with the reset gate applied after ``W_
 momentum is the weight of the *old* running value (``1 - momentum`` of the contract) and its running
 variance update uses the *biased* batch variance; the adapter corrects for that (see
 :class:`adapters.mxnet_adapter.MxnetAdapter`).
+
+Shape shared with the other ``*_layers`` modules (see ``workloads.architectures.layers``):
+``ACTIVATIONS``, ``BUILDERS`` (one builder ``(path, layer, shape, ctx) -> block`` per leaf type,
+recording its bindings in ``ctx``), the build context ``_Ctx`` and ``build(arch)`` through ``compose``.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 from mxnet import gluon
 from mxnet.gluon import nn
+from mxnet.gluon.contrib.nn import Identity
 
-from workloads.architectures import Architecture, Layer
+from workloads.architectures import Architecture
 from workloads.architectures.layers import (
+    LAYER_NORM_EPS,
+    Activation,
     BatchNorm,
+    BindingComposer,
+    Builder,
     Conv,
     Dense,
     Embedding,
@@ -45,6 +54,8 @@ from workloads.architectures.layers import (
     TokenMeanPool,
     ToSequence,
     TransformerBlock,
+    compose,
+    variable_kinds,
 )
 
 Block = Any  # gluon.HybridBlock (MXNet ships no type hints)
@@ -61,50 +72,67 @@ class Binding:
 
 Bindings = dict[str, Binding]  # canonical kind ("kernel", "running_var", "w_ih_rev") -> binding
 
+ACTIVATIONS: dict[Activation, Callable[[], Block]] = {
+    "relu": partial(nn.Activation, "relu"),
+    "tanh": partial(nn.Activation, "tanh"),
+    "gelu": nn.GELU,  # LeakyReLU(act_type="gelu"), the erf form
+    "none": Identity,
+}
 
-def _activation(name: str) -> list[Block]:
-    """The blocks that apply a layer's activation (none for ``"none"``)."""
-    if name == "none":
-        return []
-    return [nn.GELU() if name == "gelu" else nn.Activation(name)]  # GELU: LeakyReLU(act_type="gelu")
-
-
-def _apply_activation(F: Any, x: Any, name: str) -> Any:
-    if name == "gelu":
-        return F.LeakyReLU(x, act_type="gelu")
-    return x if name == "none" else F.Activation(x, act_type=name)
-
-
-def _affine(block: Block, transposed: bool = False) -> Bindings:
-    """Kernel and (when the block has one) bias bindings of a Dense/Conv block."""
-    out = {"kernel": Binding(block.weight, transposed)}
-    return out | ({"bias": Binding(block.bias)} if block.bias is not None else {})
+# The parameter of Dense/Conv/BatchNorm/LayerNorm blocks that holds each canonical kind.
+_NATIVE = {
+    "kernel": "weight",
+    "bias": "bias",
+    "gamma": "gamma",
+    "beta": "beta",
+    "running_mean": "running_mean",
+    "running_var": "running_var",
+}
 
 
-def _scale_shift(block: Block) -> Bindings:
-    """``gamma``/``beta`` bindings of a BatchNorm/LayerNorm block."""
-    return {"gamma": Binding(block.gamma), "beta": Binding(block.beta)}
+def _sequential(*blocks: Block) -> Block:
+    seq = nn.HybridSequential()
+    seq.add(*blocks)
+    return seq
+
+
+def _with_activation(block: Block, activation: Activation) -> Block:
+    return block if activation == "none" else _sequential(block, ACTIVATIONS[activation]())
+
+
+def _native(block: Block, kinds: tuple[str, ...], transposed: bool = False) -> Bindings:
+    """Bindings of ``kinds`` to their parameter of ``block`` (``transposed``: the kernel is its transpose)."""
+    return {kind: Binding(getattr(block, _NATIVE[kind]), transposed and kind == "kernel") for kind in kinds}
+
+
+class _Ctx(BindingComposer[Block, Binding]):
+    """Build context: the bindings recorded so far; pieces chain in ``HybridSequential``."""
+
+    def sequence(self, parts: list[Block]) -> Block:
+        return _sequential(*parts)
+
+    def residual(self, layer: Residual, body: Block, shortcut: Block) -> Block:
+        return _Residual(body, shortcut, ACTIVATIONS[layer.activation]())
 
 
 class _Residual(gluon.HybridBlock):  # type: ignore[misc]
     """``act(body(x) + shortcut(x))``; an empty shortcut ``HybridSequential`` is the identity."""
 
-    def __init__(self, body: Block, shortcut: Block, activation: str):
+    def __init__(self, body: Block, shortcut: Block, act: Block):
         super().__init__()
-        self.body, self.shortcut, self._act = body, shortcut, activation
+        self.body, self.shortcut, self.act = body, shortcut, act
 
     def hybrid_forward(self, F: Any, x: Any) -> Any:
-        return _apply_activation(F, self.body(x) + self.shortcut(x), self._act)
+        return self.act(self.body(x) + self.shortcut(x))
 
 
 class _PadShortcut(gluon.HybridBlock):  # type: ignore[misc]
     """Option-A shortcut: strided subsampling, then zero channels before and after."""
 
-    def __init__(self, layer: PadShortcut, in_shape: Shape):
+    def __init__(self, layer: PadShortcut, shape: Shape):
         super().__init__()
-        self._ndim, self._stride = len(in_shape) + 1, layer.stride
-        extra = layer.filters - in_shape[0]
-        self._pad = (extra // 2, extra - extra // 2)
+        self._ndim, self._stride = len(shape) + 1, layer.stride
+        self._pad = layer.channel_padding(shape[0])
 
     def hybrid_forward(self, F: Any, x: Any) -> Any:
         ends = (None,) * self._ndim
@@ -149,12 +177,12 @@ class _TransformerBlock(gluon.HybridBlock):  # type: ignore[misc]
 
     def __init__(self, layer: TransformerBlock, width: int):
         super().__init__()
-        self._heads, self._scale = layer.heads, 1.0 / math.sqrt(width // layer.heads)
+        self._heads, self._scale = layer.heads, layer.attention_scale(width)
         with self.name_scope():
-            self.ln1 = nn.LayerNorm(epsilon=1e-5, in_channels=width)
+            self.ln1 = nn.LayerNorm(epsilon=LAYER_NORM_EPS, in_channels=width)
             self.qkv = nn.Dense(3 * width, flatten=False, in_units=width)
             self.out = nn.Dense(width, flatten=False, in_units=width)
-            self.ln2 = nn.LayerNorm(epsilon=1e-5, in_channels=width)
+            self.ln2 = nn.LayerNorm(epsilon=LAYER_NORM_EPS, in_channels=width)
             self.fc1 = nn.Dense(layer.mlp_dim, flatten=False, in_units=width)
             self.fc2 = nn.Dense(width, flatten=False, in_units=layer.mlp_dim)
 
@@ -170,98 +198,105 @@ class _TransformerBlock(gluon.HybridBlock):  # type: ignore[misc]
         return x + self.fc2(F.LeakyReLU(self.fc1(self.ln2(x)), act_type="gelu"))
 
 
-# Builders: one per leaf kind, (layer, input sample shape) -> (blocks in order, bindings by kind).
-Built = tuple[list[Block], Bindings]
+# Builders: (path, layer, input sample shape, ctx) -> native block; its bindings go to ``ctx``.
 
 
-def _dense(layer: Dense, in_shape: Shape) -> Built:
-    block = nn.Dense(layer.units, use_bias=layer.bias, flatten=False, in_units=in_shape[0])
-    return [block, *_activation(layer.activation)], _affine(block, transposed=True)
+def _dense(path: str, layer: Dense, shape: Shape, ctx: _Ctx) -> Block:
+    block = nn.Dense(layer.units, use_bias=layer.bias, flatten=False, in_units=shape[0])
+    ctx.bind(path, _native(block, variable_kinds(layer, shape), transposed=True))
+    return _with_activation(block, layer.activation)
 
 
-def _conv(layer: Conv, in_shape: Shape) -> Built:
+def _conv(path: str, layer: Conv, shape: Shape, ctx: _Ctx) -> Block:
     conv = {1: nn.Conv1D, 2: nn.Conv2D}[layer.spatial_dims]
     block = conv(
-        layer.filters, layer.kernel, layer.stride, layer.padding, use_bias=layer.bias, in_channels=in_shape[0],
+        layer.filters, layer.kernel, layer.stride, layer.padding, use_bias=layer.bias, in_channels=shape[0],
         layout={1: "NCW", 2: "NCHW"}[layer.spatial_dims],
     )  # fmt: skip
-    return [block, *_activation(layer.activation)], _affine(block)
+    ctx.bind(path, _native(block, variable_kinds(layer, shape)))
+    return _with_activation(block, layer.activation)
 
 
-def _flatten(layer: Flatten, in_shape: Shape) -> Built:
-    return [nn.Flatten()], {}
+def _flatten(path: str, layer: Flatten, shape: Shape, ctx: _Ctx) -> Block:
+    return nn.Flatten()
 
 
-def _pool(layer: Pool, in_shape: Shape) -> Built:
+def _pool(path: str, layer: Pool, shape: Shape, ctx: _Ctx) -> Block:
     pools = {"max": (nn.MaxPool1D, nn.MaxPool2D), "avg": (nn.AvgPool1D, nn.AvgPool2D)}[layer.kind]
-    return [pools[len(layer.window) - 1](layer.window, layer.stride, 0)], {}
+    return pools[len(layer.window) - 1](layer.window, layer.stride, 0)
 
 
-def _global_avg_pool(layer: GlobalAvgPool, in_shape: Shape) -> Built:
-    pool = {2: nn.GlobalAvgPool1D, 3: nn.GlobalAvgPool2D}[len(in_shape)]
-    return [pool(), nn.Flatten()], {}
+def _global_avg_pool(path: str, layer: GlobalAvgPool, shape: Shape, ctx: _Ctx) -> Block:
+    pool = {2: nn.GlobalAvgPool1D, 3: nn.GlobalAvgPool2D}[len(shape)]
+    return _sequential(pool(), nn.Flatten())
 
 
-def _batch_norm(layer: BatchNorm, in_shape: Shape) -> Built:
-    block = nn.BatchNorm(axis=1, momentum=1.0 - layer.momentum, epsilon=layer.eps, in_channels=in_shape[0])
-    stats = {"running_mean": Binding(block.running_mean), "running_var": Binding(block.running_var)}
-    return [block, *_activation(layer.activation)], _scale_shift(block) | stats
+def _batch_norm(path: str, layer: BatchNorm, shape: Shape, ctx: _Ctx) -> Block:
+    block = nn.BatchNorm(axis=1, momentum=1.0 - layer.momentum, epsilon=layer.eps, in_channels=shape[0])
+    ctx.bind(path, _native(block, variable_kinds(layer, shape)))
+    return _with_activation(block, layer.activation)
 
 
-def _layer_norm(layer: LayerNorm, in_shape: Shape) -> Built:
-    block = nn.LayerNorm(axis=-1, epsilon=layer.eps, in_channels=in_shape[-1])
-    return [block], _scale_shift(block)
+def _layer_norm(path: str, layer: LayerNorm, shape: Shape, ctx: _Ctx) -> Block:
+    block = nn.LayerNorm(axis=-1, epsilon=layer.eps, in_channels=shape[-1])
+    ctx.bind(path, _native(block, variable_kinds(layer, shape)))
+    return block
 
 
-def _pad_shortcut(layer: PadShortcut, in_shape: Shape) -> Built:
-    return [_PadShortcut(layer, in_shape)], {}
+def _pad_shortcut(path: str, layer: PadShortcut, shape: Shape, ctx: _Ctx) -> Block:
+    return _PadShortcut(layer, shape)
 
 
-def _to_sequence(layer: ToSequence, in_shape: Shape) -> Built:
-    return [nn.HybridLambda(lambda F, x: F.swapaxes(x, 1, 2))], {}
+def _to_sequence(path: str, layer: ToSequence, shape: Shape, ctx: _Ctx) -> Block:
+    return nn.HybridLambda(lambda F, x: F.swapaxes(x, 1, 2))
 
 
 _RNN_NAMES = (("w_ih", "i2h_weight"), ("w_hh", "h2h_weight"), ("b_ih", "i2h_bias"), ("b_hh", "h2h_bias"))
 
 
-def _recurrent(layer: Recurrent, in_shape: Shape) -> Built:
+def _recurrent(path: str, layer: Recurrent, shape: Shape, ctx: _Ctx) -> Block:
     cell = {"gru": gluon.rnn.GRU, "lstm": gluon.rnn.LSTM}[layer.cell]
-    rnn = cell(layer.hidden, layout="NTC", bidirectional=layer.bidirectional, input_size=in_shape[1])
-    bindings = {
-        f"{canonical}{suffix}": Binding(getattr(rnn, f"{prefix}0_{native}"))
-        for suffix, prefix in zip(layer.directions, "lr", strict=False)
-        for canonical, native in _RNN_NAMES
-    }
-    block = rnn if layer.sequences else _FinalStates(rnn, layer.hidden, layer.bidirectional)
-    return [block], bindings
+    rnn = cell(layer.hidden, layout="NTC", bidirectional=layer.bidirectional, input_size=shape[1])
+    ctx.bind(
+        path,
+        {
+            f"{canonical}{suffix}": Binding(getattr(rnn, f"{prefix}0_{native}"))
+            for suffix, prefix in zip(layer.directions, "lr", strict=False)
+            for canonical, native in _RNN_NAMES
+        },
+    )
+    return rnn if layer.sequences else _FinalStates(rnn, layer.hidden, layer.bidirectional)
 
 
-def _embedding(layer: Embedding, in_shape: Shape) -> Built:
+def _embedding(path: str, layer: Embedding, shape: Shape, ctx: _Ctx) -> Block:
     if not layer.positions:
         block = nn.Embedding(layer.vocab, layer.dim)
-        return [block], {"table": Binding(block.weight)}
-    pos = _PositionalEmbedding(layer, in_shape[0])
-    return [pos], {"table": Binding(pos.table.weight), "positions": Binding(pos.positions)}
+        ctx.bind(path, {"table": Binding(block.weight)})
+        return block
+    pos = _PositionalEmbedding(layer, shape[0])
+    ctx.bind(path, {"table": Binding(pos.table.weight), "positions": Binding(pos.positions)})
+    return pos
 
 
-def _transformer(layer: TransformerBlock, in_shape: Shape) -> Built:
-    block, d = _TransformerBlock(layer, in_shape[1]), in_shape[1]
+def _transformer_block(path: str, layer: TransformerBlock, shape: Shape, ctx: _Ctx) -> Block:
+    block, d = _TransformerBlock(layer, shape[1]), shape[1]
     bindings: Bindings = {}
     for j, w in enumerate("qkv"):
         rows = slice(j * d, (j + 1) * d)
         bindings |= {f"w{w}": Binding(block.qkv.weight, True, rows), f"b{w}": Binding(block.qkv.bias, rows=rows)}
     for prefix, sub in (("ln1.", block.ln1), ("ln2.", block.ln2)):
-        bindings |= {prefix + k: v for k, v in _scale_shift(sub).items()}
+        bindings |= {prefix + k: v for k, v in _native(sub, ("gamma", "beta")).items()}
     for weight, bias, sub in (("wo", "bo", block.out), ("w1", "b1", block.fc1), ("w2", "b2", block.fc2)):
         bindings |= {weight: Binding(sub.weight, True), bias: Binding(sub.bias)}
-    return [block], bindings
+    ctx.bind(path, bindings)
+    return block
 
 
-def _token_mean_pool(layer: TokenMeanPool, in_shape: Shape) -> Built:
-    return [nn.HybridLambda(lambda F, x: F.mean(x, axis=1))], {}
+def _token_mean_pool(path: str, layer: TokenMeanPool, shape: Shape, ctx: _Ctx) -> Block:
+    return nn.HybridLambda(lambda F, x: F.mean(x, axis=1))
 
 
-_BUILDERS: dict[type, Callable[[Any, Shape], Built]] = {
+BUILDERS: dict[type, Builder[Block]] = {
     Dense: _dense,
     Conv: _conv,
     Flatten: _flatten,
@@ -273,34 +308,16 @@ _BUILDERS: dict[type, Callable[[Any, Shape], Built]] = {
     ToSequence: _to_sequence,
     Recurrent: _recurrent,
     Embedding: _embedding,
-    TransformerBlock: _transformer,
+    TransformerBlock: _transformer_block,
     TokenMeanPool: _token_mean_pool,
 }
 
 
-def _sequential(layers: tuple[Layer, ...], in_shape: Shape, prefix: str) -> tuple[Block, Bindings]:
-    seq, bindings = nn.HybridSequential(), Bindings()
-    for i, layer in enumerate(layers):
-        path = f"{prefix}{i}"
-        if isinstance(layer, Residual):
-            body, body_bindings = _sequential(layer.body, in_shape, f"{path}.body.")
-            shortcut, shortcut_bindings = _sequential(layer.shortcut, in_shape, f"{path}.shortcut.")
-            seq.add(_Residual(body, shortcut, layer.activation))
-            bindings |= body_bindings | shortcut_bindings
-        else:
-            blocks, leaf = _BUILDERS[type(layer)](layer, in_shape)
-            seq.add(*blocks)
-            bindings |= {f"{path}.{kind}": b for kind, b in leaf.items()}
-        in_shape = layer.out_shape(in_shape)
-    return seq, bindings
-
-
 def build(arch: Architecture) -> tuple[Block, Bindings]:
-    """The Gluon net for ``arch`` and the binding of every canonical variable (``"4.body.1.gamma"``)."""
-    net, bindings = _sequential(arch.layers, arch.input_shape, "")
-    if set(bindings) != set(arch.variable_layout()):
-        raise AssertionError(f"mxnet build of {arch.name} binds {sorted(bindings)}")
-    return net, bindings
+    """The Gluon net and canonical variable name -> binding (``"4.body.1.gamma"``), in layout order."""
+    ctx = _Ctx()
+    net = compose(arch, BUILDERS, ctx)
+    return net, ctx.in_layout_order(arch, "mxnet")
 
 
 def to_native(bindings: Bindings, variables: dict[str, np.ndarray]) -> list[tuple[Any, np.ndarray]]:

@@ -5,6 +5,10 @@ an ``nn.Sequential`` per body and shortcut) and a binding per canonical variable
 attribute holding it, and whether the canonical array is the transpose of the native one (dense
 kernels are ``(in, out)``, ``nn.Linear.weight`` is ``(out, in)``). Batch-norm running statistics are
 module buffers, so they are bound like parameters but never reach the optimiser.
+
+Shape shared with the other ``*_layers`` modules (see ``workloads.architectures.layers``):
+``ACTIVATIONS``, ``BUILDERS`` (one builder ``(path, layer, shape, ctx) -> nn.Module`` per leaf type,
+recording its bindings in ``ctx``), the build context ``_Ctx`` and ``build(arch)`` through ``compose``.
 """
 
 from __future__ import annotations
@@ -16,16 +20,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workloads.architectures import Architecture, Layer
+from workloads.architectures import Architecture
 from workloads.architectures.layers import (
+    LAYER_NORM_EPS,
+    Activation,
     BatchNorm,
+    BindingComposer,
+    Builder,
     Conv,
     Dense,
     Embedding,
     Flatten,
     GlobalAvgPool,
     LayerNorm,
-    Leaf,
     PadShortcut,
     Pool,
     Recurrent,
@@ -34,6 +41,8 @@ from workloads.architectures.layers import (
     TokenMeanPool,
     ToSequence,
     TransformerBlock,
+    compose,
+    variable_kinds,
 )
 
 
@@ -52,19 +61,50 @@ class Binding:
 
 Bindings = dict[str, Binding]  # canonical kind ("kernel", "running_mean", "w_ih_rev") -> binding
 
+ACTIVATIONS: dict[Activation, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "gelu": nn.GELU,
+    "none": nn.Identity,
+}
 
-_ACT: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
+# The attribute of Linear/Conv/BatchNorm/LayerNorm modules that holds each canonical kind.
+_NATIVE = {
+    "kernel": "weight",
+    "bias": "bias",
+    "gamma": "weight",
+    "beta": "bias",
+    "running_mean": "running_mean",
+    "running_var": "running_var",
+}
 
 
-def _with_activation(module: nn.Module, activation: str) -> nn.Module:
-    return module if activation == "none" else nn.Sequential(module, _ACT[activation]())
+def _with_activation(module: nn.Module, activation: Activation) -> nn.Module:
+    return module if activation == "none" else nn.Sequential(module, ACTIVATIONS[activation]())
 
 
-def _affine(module: nn.Module, weight: str = "kernel", transposed: bool = False) -> Bindings:
-    """Weight and (when the module has one) bias bindings of a Linear/Conv/norm module."""
-    out = {weight: Binding(module, "weight", transposed)}
-    bias = "beta" if weight == "gamma" else "bias"
-    return out | ({bias: Binding(module, "bias")} if getattr(module, "bias", None) is not None else {})
+def _native(module: nn.Module, kinds: tuple[str, ...], transposed: bool = False) -> Bindings:
+    """Bindings of ``kinds`` to their attribute of ``module`` (``transposed``: the kernel is its transpose)."""
+    return {kind: Binding(module, _NATIVE[kind], transposed and kind == "kernel") for kind in kinds}
+
+
+class _Ctx(BindingComposer[nn.Module, Binding]):
+    """Build context: the bindings recorded so far; pieces chain in ``nn.Sequential``."""
+
+    def sequence(self, parts: list[nn.Module]) -> nn.Module:
+        return nn.Sequential(*parts)
+
+    def residual(self, layer: Residual, body: nn.Module, shortcut: nn.Module) -> nn.Module:
+        return _Residual(body, shortcut, ACTIVATIONS[layer.activation]())
+
+
+class _Residual(nn.Module):
+    def __init__(self, body: nn.Module, shortcut: nn.Module, act: nn.Module):
+        super().__init__()
+        self.body, self.shortcut, self.act = body, shortcut, act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.body(x) + self.shortcut(x))  # an empty shortcut Sequential is the identity
 
 
 class _Lambda(nn.Module):
@@ -82,13 +122,12 @@ class _Lambda(nn.Module):
 
 
 class _PadShortcut(nn.Module):
-    """ResNet option A: ``x[:, :, ::s, ::s]``, zero channels ``(filters - C) // 2`` before, the rest after."""
+    """ResNet option A: ``x[:, :, ::s, ::s]``, then zero channels before and after."""
 
-    def __init__(self, channels: int, filters: int, stride: int, spatial_dims: int):
+    def __init__(self, layer: PadShortcut, shape: Shape):
         super().__init__()
-        self.stride, self.spatial_dims = stride, spatial_dims
-        before = (filters - channels) // 2
-        self.pad = [0, 0] * spatial_dims + [before, filters - channels - before]
+        self.stride, self.spatial_dims = layer.stride, len(shape) - 1
+        self.pad = [0, 0] * self.spatial_dims + list(layer.channel_padding(shape[0]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.stride
@@ -130,8 +169,8 @@ class _TransformerBlock(nn.Module):
 
     def __init__(self, layer: TransformerBlock, width: int):
         super().__init__()
-        self.heads = layer.heads
-        self.ln1, self.ln2 = nn.LayerNorm(width, eps=1e-5), nn.LayerNorm(width, eps=1e-5)
+        self.heads, self.scale = layer.heads, layer.attention_scale(width)
+        self.ln1, self.ln2 = nn.LayerNorm(width, eps=LAYER_NORM_EPS), nn.LayerNorm(width, eps=LAYER_NORM_EPS)
         self.wq, self.wk, self.wv, self.wo = (nn.Linear(width, width) for _ in range(4))
         self.w1, self.w2 = nn.Linear(width, layer.mlp_dim), nn.Linear(layer.mlp_dim, width)
 
@@ -141,138 +180,126 @@ class _TransformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.ln1(x)
-        a = F.scaled_dot_product_attention(self._split(self.wq(h)), self._split(self.wk(h)), self._split(self.wv(h)))
+        q, k, v = self._split(self.wq(h)), self._split(self.wk(h)), self._split(self.wv(h))
+        a = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         x = x + self.wo(a.transpose(1, 2).reshape(x.shape))
         return x + self.w2(F.gelu(self.w1(self.ln2(x)), approximate="none"))
 
     def bindings(self) -> Bindings:
         out: Bindings = {}
         for ln in ("ln1", "ln2"):
-            out |= {f"{ln}.{k}": b for k, b in _affine(getattr(self, ln), "gamma").items()}
+            out |= {f"{ln}.{k}": b for k, b in _native(getattr(self, ln), ("gamma", "beta")).items()}
         for w in ("q", "k", "v", "o", "1", "2"):
             linear = getattr(self, f"w{w}")
             out |= {f"w{w}": Binding(linear, "weight", transposed=True), f"b{w}": Binding(linear, "bias")}
         return out
 
 
-class _Residual(nn.Module):
-    def __init__(self, body: nn.Sequential, shortcut: nn.Sequential, activation: str):
-        super().__init__()
-        self.body, self.shortcut = body, shortcut
-        self.act = _ACT[activation]() if activation != "none" else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.body(x) + self.shortcut(x))  # an empty shortcut Sequential is the identity
+# Builders: (path, layer, input sample shape, ctx) -> native module; its bindings go to ``ctx``.
 
 
-# Builders: (layer, input sample shape) -> (native module, bindings of its canonical variables).
-
-
-def _dense(layer: Dense, shape: Shape) -> tuple[nn.Module, Bindings]:
+def _dense(path: str, layer: Dense, shape: Shape, ctx: _Ctx) -> nn.Module:
     linear = nn.Linear(shape[0], layer.units, bias=layer.bias)
-    return _with_activation(linear, layer.activation), _affine(linear, transposed=True)
+    ctx.bind(path, _native(linear, variable_kinds(layer, shape), transposed=True))
+    return _with_activation(linear, layer.activation)
 
 
-def _conv(layer: Conv, shape: Shape) -> tuple[nn.Module, Bindings]:
+def _conv(path: str, layer: Conv, shape: Shape, ctx: _Ctx) -> nn.Module:
     cls = {1: nn.Conv1d, 2: nn.Conv2d}[layer.spatial_dims]
     conv = cls(shape[0], layer.filters, layer.kernel, layer.stride, layer.padding, bias=layer.bias)  # type: ignore[arg-type]
-    return _with_activation(conv, layer.activation), _affine(conv)
+    ctx.bind(path, _native(conv, variable_kinds(layer, shape)))
+    return _with_activation(conv, layer.activation)
 
 
-def _pool(layer: Pool, shape: Shape) -> tuple[nn.Module, Bindings]:
+def _flatten(path: str, layer: Flatten, shape: Shape, ctx: _Ctx) -> nn.Module:
+    return nn.Flatten()
+
+
+def _pool(path: str, layer: Pool, shape: Shape, ctx: _Ctx) -> nn.Module:
     cls = {
         ("max", 1): nn.MaxPool1d,
         ("max", 2): nn.MaxPool2d,
         ("avg", 1): nn.AvgPool1d,
         ("avg", 2): nn.AvgPool2d,
     }[layer.kind, len(layer.window)]
-    return cls(layer.window, layer.stride), {}
+    return cls(layer.window, layer.stride)
 
 
-def _batch_norm(layer: BatchNorm, shape: Shape) -> tuple[nn.Module, Bindings]:
+def _global_avg_pool(path: str, layer: GlobalAvgPool, shape: Shape, ctx: _Ctx) -> nn.Module:
+    dims = tuple(range(2, len(shape) + 1))
+    return _Lambda(lambda x: x.mean(dims), f"mean over dims {dims}")
+
+
+def _batch_norm(path: str, layer: BatchNorm, shape: Shape, ctx: _Ctx) -> nn.Module:
     cls = nn.BatchNorm2d if len(shape) == 3 else nn.BatchNorm1d  # (C,) and (C, L) samples: BatchNorm1d
     bn = cls(shape[0], eps=layer.eps, momentum=layer.momentum)
-    stats = {k: Binding(bn, k) for k in ("running_mean", "running_var")}
-    return _with_activation(bn, layer.activation), _affine(bn, "gamma") | stats
+    ctx.bind(path, _native(bn, variable_kinds(layer, shape)))
+    return _with_activation(bn, layer.activation)
 
 
-def _layer_norm(layer: LayerNorm, shape: Shape) -> tuple[nn.Module, Bindings]:
+def _layer_norm(path: str, layer: LayerNorm, shape: Shape, ctx: _Ctx) -> nn.Module:
     ln = nn.LayerNorm(shape[-1], eps=layer.eps)
-    return ln, _affine(ln, "gamma")
+    ctx.bind(path, _native(ln, variable_kinds(layer, shape)))
+    return ln
 
 
-def _recurrent(layer: Recurrent, shape: Shape) -> tuple[nn.Module, Bindings]:
+def _pad_shortcut(path: str, layer: PadShortcut, shape: Shape, ctx: _Ctx) -> nn.Module:
+    return _PadShortcut(layer, shape)
+
+
+def _to_sequence(path: str, layer: ToSequence, shape: Shape, ctx: _Ctx) -> nn.Module:
+    return _Lambda(lambda x: x.transpose(1, 2), "(N, C, L) -> (N, L, C)")
+
+
+def _recurrent(path: str, layer: Recurrent, shape: Shape, ctx: _Ctx) -> nn.Module:
     module = _Recurrent(layer, shape[1])
-    bindings = {
-        f"{kind}{d}": Binding(module.rnn, f"{'weight' if kind[0] == 'w' else 'bias'}_{kind[2:]}_l0{native}")
-        for d, native in zip(layer.directions, ("", "_reverse"), strict=False)
-        for kind in ("w_ih", "w_hh", "b_ih", "b_hh")
-    }
-    return module, bindings
-
-
-def _embedding(layer: Embedding, shape: Shape) -> tuple[nn.Module, Bindings]:
-    module = _Embedding(layer, shape[0])
-    return module, {"table": Binding(module.table, "weight")} | (
-        {"positions": Binding(module, "positions")} if layer.positions else {}
+    ctx.bind(
+        path,
+        {
+            f"{kind}{d}": Binding(module.rnn, f"{'weight' if kind[0] == 'w' else 'bias'}_{kind[2:]}_l0{native}")
+            for d, native in zip(layer.directions, ("", "_reverse"), strict=False)
+            for kind in ("w_ih", "w_hh", "b_ih", "b_hh")
+        },
     )
+    return module
 
 
-def _leaf(layer: Leaf, shape: Shape) -> tuple[nn.Module, Bindings]:
-    match layer:
-        case Dense():
-            return _dense(layer, shape)
-        case Conv():
-            return _conv(layer, shape)
-        case Flatten():
-            return nn.Flatten(), {}
-        case Pool():
-            return _pool(layer, shape)
-        case GlobalAvgPool():
-            dims = tuple(range(2, len(shape) + 1))
-            return _Lambda(lambda x: x.mean(dims), f"mean over dims {dims}"), {}
-        case BatchNorm():
-            return _batch_norm(layer, shape)
-        case LayerNorm():
-            return _layer_norm(layer, shape)
-        case PadShortcut():
-            return _PadShortcut(shape[0], layer.filters, layer.stride, len(shape) - 1), {}
-        case ToSequence():
-            return _Lambda(lambda x: x.transpose(1, 2), "(N, C, L) -> (N, L, C)"), {}
-        case Recurrent():
-            return _recurrent(layer, shape)
-        case Embedding():
-            return _embedding(layer, shape)
-        case TransformerBlock():
-            block = _TransformerBlock(layer, shape[1])
-            return block, block.bindings()
-        case TokenMeanPool():
-            return _Lambda(lambda x: x.mean(1), "mean over positions"), {}
-    raise TypeError(f"torch adapter cannot build {layer}")
+def _embedding(path: str, layer: Embedding, shape: Shape, ctx: _Ctx) -> nn.Module:
+    module = _Embedding(layer, shape[0])
+    positions = {"positions": Binding(module, "positions")} if layer.positions else {}
+    ctx.bind(path, {"table": Binding(module.table, "weight")} | positions)
+    return module
 
 
-def _sequential(layers: tuple[Layer, ...], shape: Shape, prefix: str) -> tuple[nn.Sequential, dict[str, Binding]]:
-    modules: list[nn.Module] = []
-    bindings: dict[str, Binding] = {}
-    for i, layer in enumerate(layers):
-        path = f"{prefix}{i}"
-        if isinstance(layer, Residual):
-            body, b = _sequential(layer.body, shape, f"{path}.body.")
-            shortcut, s = _sequential(layer.shortcut, shape, f"{path}.shortcut.")
-            module: nn.Module = _Residual(body, shortcut, layer.activation)
-            bindings |= b | s
-        else:
-            module, leaf = _leaf(layer, shape)
-            bindings |= {f"{path}.{kind}": binding for kind, binding in leaf.items()}
-        modules.append(module)
-        shape = layer.out_shape(shape)
-    return nn.Sequential(*modules), bindings
+def _transformer_block(path: str, layer: TransformerBlock, shape: Shape, ctx: _Ctx) -> nn.Module:
+    block = _TransformerBlock(layer, shape[1])
+    ctx.bind(path, block.bindings())
+    return block
 
 
-def build(arch: Architecture) -> tuple[nn.Sequential, dict[str, Binding]]:
+def _token_mean_pool(path: str, layer: TokenMeanPool, shape: Shape, ctx: _Ctx) -> nn.Module:
+    return _Lambda(lambda x: x.mean(1), "mean over positions")
+
+
+BUILDERS: dict[type, Builder[nn.Module]] = {
+    Dense: _dense,
+    Conv: _conv,
+    Flatten: _flatten,
+    Pool: _pool,
+    GlobalAvgPool: _global_avg_pool,
+    BatchNorm: _batch_norm,
+    LayerNorm: _layer_norm,
+    PadShortcut: _pad_shortcut,
+    ToSequence: _to_sequence,
+    Recurrent: _recurrent,
+    Embedding: _embedding,
+    TransformerBlock: _transformer_block,
+    TokenMeanPool: _token_mean_pool,
+}
+
+
+def build(arch: Architecture) -> tuple[nn.Module, dict[str, Binding]]:
     """The native model and canonical variable name -> binding, in ``arch.variable_layout()`` order."""
-    model, bindings = _sequential(arch.layers, arch.input_shape, "")
-    layout = arch.variable_layout()
-    if set(bindings) != set(layout):
-        raise AssertionError(f"torch build of {arch.name} binds {sorted(bindings)}, layout has {sorted(layout)}")
-    return model, {name: bindings[name] for name in layout}
+    ctx = _Ctx()
+    model = compose(arch, BUILDERS, ctx)
+    return model, ctx.in_layout_order(arch, "torch")

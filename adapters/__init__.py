@@ -6,9 +6,13 @@ The registry is plain data, so the driver can plan and validate without importin
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from adapters.base import Adapter
+
+# XLA's CPU runtime (JAX, TensorFlow's jit_compile) keeps its own Eigen pool: one flag set pins it
+_XLA_ONE_THREAD = (("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"),)
 
 
 @dataclass(frozen=True)
@@ -23,6 +27,19 @@ class FrameworkInfo:
     compile_modes: tuple[str, ...]  # the modes ``auto``/``on``/``off`` may resolve to
     why_not: tuple[tuple[str, str], ...] = ()  # (device, reason) for devices it lacks
     options: tuple[str, ...] = ()  # framework-specific build options a suite may set
+    modes: tuple[str, ...] = ("train", "infer")  # trial modes the adapter implements
+    thread_vars: tuple[str, ...] = ()  # environment variables its thread pools read at start-up
+    one_thread_flags: tuple[tuple[str, str], ...] = ()  # (variable, flags appended) when threads == 1
+    runtime_env: tuple[tuple[str, str], ...] = ()  # defaults unless the user set them (e.g. no preallocation)
+
+    def worker_env(self, threads: int, environ: Mapping[str, str]) -> dict[str, str]:
+        """Variables to set in a worker's environment (read before the framework initialises)."""
+        env = {var: str(threads) for var in self.thread_vars}
+        if threads == 1:
+            for var, flags in self.one_thread_flags:
+                env[var] = f"{environ[var]} {flags}" if environ.get(var) else flags
+        env |= {var: value for var, value in self.runtime_env if var not in environ}
+        return env
 
     def unsupported_reason(self, device: str, precision: str) -> str | None:
         if device not in self.devices:
@@ -36,7 +53,15 @@ class FrameworkInfo:
 FRAMEWORKS: dict[str, FrameworkInfo] = {
     f.name: f
     for f in (
-        FrameworkInfo("torch", "adapters.torch_adapter", "torch", ("cpu", "gpu"), ("float32",), ("eager", "inductor")),
+        FrameworkInfo(
+            "torch",
+            "adapters.torch_adapter",
+            "torch",
+            ("cpu", "gpu"),
+            ("float32",),
+            ("eager", "inductor"),
+            thread_vars=("OMP_NUM_THREADS", "MKL_NUM_THREADS"),
+        ),
         FrameworkInfo(
             "tensorflow",
             "adapters.tensorflow_adapter",
@@ -44,8 +69,20 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
             ("cpu", "gpu", "tpu"),
             ("float32",),
             ("eager", "xla"),
+            thread_vars=("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"),
+            one_thread_flags=_XLA_ONE_THREAD,
+            runtime_env=(("TF_FORCE_GPU_ALLOW_GROWTH", "true"),),  # peaks mean nothing after a grab-all
         ),
-        FrameworkInfo("jax", "adapters.jax_adapter", "jax", ("cpu", "gpu", "tpu"), ("float32",), ("eager", "jit")),
+        FrameworkInfo(
+            "jax",
+            "adapters.jax_adapter",
+            "jax",
+            ("cpu", "gpu", "tpu"),
+            ("float32",),
+            ("eager", "jit"),
+            one_thread_flags=_XLA_ONE_THREAD,
+            runtime_env=(("XLA_PYTHON_CLIENT_PREALLOCATE", "false"),),  # peaks mean nothing after a grab-all
+        ),
         FrameworkInfo(
             "mxnet",
             "adapters.mxnet_adapter",
@@ -54,6 +91,7 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
             ("float32",),
             ("eager", "hybridize"),
             options=("static_alloc", "static_shape"),
+            thread_vars=("OMP_NUM_THREADS", "MXNET_CPU_WORKER_NTHREADS"),
             why_not=(
                 ("gpu", "MXNet's last GPU wheels (1.9.1, CUDA <= 11.7) predate CUDA 11.8 and current drivers"),
                 ("tpu", "MXNet has no TPU backend"),

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -33,19 +33,31 @@ ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 
 
-@dataclass(frozen=True)
-class BuildOptions:
+@dataclass(frozen=True, kw_only=True)
+class Optimization:
+    """How a model learns; the trial contract's ``TrainSpec`` extends it (one definition of these fields)."""
+
+    optimizer: Optimizer = "sgd"
+    learning_rate: float = field(default=0.05, metadata={"gt": 0})
+    momentum: float = field(default=0.9, metadata={"ge": 0, "lt": 1})
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuildOptions(Optimization):
     """How to build a model: where, in which precision, compiled or not, and how it learns."""
 
     device: Device = "cpu"
     precision: str = "float32"
     compile: CompileChoice = "auto"
-    optimizer: Optimizer = "sgd"
-    learning_rate: float = 0.05
-    momentum: float = 0.9
     threads: int = 1
     trainable: bool = True  # False: inference only, no optimiser state is built
     extra: Mapping[str, Any] = field(default_factory=dict)  # framework options (FrameworkInfo.options)
+
+    @classmethod
+    def for_training(cls, optimization: Optimization, **build: Any) -> BuildOptions:
+        """Build options that learn as ``optimization`` says (a trial's ``TrainSpec`` is one)."""
+        learning = {f.name: getattr(optimization, f.name) for f in fields(Optimization)}
+        return cls(**learning, **build)
 
 
 class Adapter(ABC):

@@ -31,16 +31,17 @@ from typing import Any
 
 import numpy as np
 
-from harness import schedule
+from harness import batch
+from harness import metrics as M
+from harness.contract import MeasureSpec, TrialResult, TrialSpec
 from harness.envs import interpreter
 from harness.launch import worker_env
-from harness.spec import MeasureSpec, TrialResult, TrialSpec
 
 HERE = Path(__file__).resolve().parent
 SECTIONS = ("overhead", "fast", "smoke", "zoo")
 
 
-def _harness_trial(fw: str, batch: int, threads: int, seconds: float) -> TrialResult:
+def _harness_trial(runner: batch.Untracked, fw: str, batch: int, threads: int, seconds: float) -> TrialResult:
     spec = TrialSpec(
         architecture="mlp_deep",
         framework=fw,
@@ -49,8 +50,7 @@ def _harness_trial(fw: str, batch: int, threads: int, seconds: float) -> TrialRe
         threads=threads,
         measure=MeasureSpec(warmup_steps=10, min_steps=50, min_time_s=seconds, window_steps=10),
     )
-    out: list[TrialResult] = []
-    schedule.run_all([spec], out.append)
+    out = runner.run([spec])
     if out[0].status != "ok":
         raise RuntimeError(f"{fw} trial failed: {out[0].reason}\n{out[0].stderr_tail}")
     return out[0]
@@ -70,18 +70,17 @@ def _hand_loop(fw: str, batch: int, threads: int, seconds: float) -> float:
     return float(json.loads(proc.stdout.strip().splitlines()[-1])["samples_per_s"])
 
 
-def overhead(frameworks: list[str], repeats: int, batch: int, threads: int, seconds: float) -> dict[str, Any]:
-    schedule.connect(None)
+def overhead(frameworks: list[str], repeats: int, batch_size: int, threads: int, seconds: float) -> dict[str, Any]:
     rows: dict[str, Any] = {}
-    try:
+    with batch.Untracked() as runner:
         for fw in frameworks:
             reported, mean_based, hand = [], [], []
             for i in range(repeats):
-                r = _harness_trial(fw, batch, threads, seconds)
-                reported.append(r.metrics["throughput_samples_per_s"])
-                window = np.asarray(r.samples["train_window_s"])
-                mean_based.append(batch * 10 * len(window) / window.sum())
-                hand.append(_hand_loop(fw, batch, threads, seconds))
+                r = _harness_trial(runner, fw, batch_size, threads, seconds)
+                reported.append(r.metrics[M.THROUGHPUT])
+                window = np.asarray(r.samples[M.TRAIN_WINDOW_S])
+                mean_based.append(batch_size * 10 * len(window) / window.sum())
+                hand.append(_hand_loop(fw, batch_size, threads, seconds))
                 print(f"  {fw} repeat {i + 1}: harness {reported[-1]:,.0f}  hand loop {hand[-1]:,.0f} samples/s")
             rep = np.asarray(reported)
             rows[fw] = {
@@ -92,8 +91,6 @@ def overhead(frameworks: list[str], repeats: int, batch: int, threads: int, seco
                 "ratio_mean_based": float(np.median(mean_based) / np.median(hand)),
                 "cv": float(rep.std(ddof=1) / rep.mean()),
             }
-    finally:
-        schedule.shutdown()
     return rows
 
 
@@ -119,21 +116,16 @@ def fast_vs_eager(frameworks: list[str], batch: int, threads: int, seconds: floa
 
     def keep(r: TrialResult) -> None:
         results[(r.spec.framework, r.spec.architecture, r.spec.mode, r.spec.compile)] = r
-        print(
-            f"  {r.spec.name} compile={r.spec.compile}: {r.status} {r.metrics.get('throughput_samples_per_s', 0):,.0f}"
-        )
+        print(f"  {r.spec.name} compile={r.spec.compile}: {r.status} {r.metrics.get(M.THROUGHPUT, 0):,.0f}")
 
-    schedule.connect(None)
-    try:
-        schedule.run_all(specs, keep)
-    finally:
-        schedule.shutdown()
+    with batch.Untracked() as runner:
+        runner.run(specs, keep)
     rows = []
     for fw in frameworks:
         for arch in ("mlp_deep", "cnn1d"):
             for mode in ("train", "infer"):
                 fast, eager = results[(fw, arch, mode, "on")], results[(fw, arch, mode, "off")]
-                tf, te = (r.metrics.get("throughput_samples_per_s") for r in (fast, eager))
+                tf, te = (r.metrics.get(M.THROUGHPUT) for r in (fast, eager))
                 rows.append({
                     "framework": fw, "architecture": arch, "mode": mode,
                     "fast_mode": fast.compile_mode, "fast_samples_per_s": tf,
@@ -167,19 +159,16 @@ def zoo_throughput(frameworks: list[str], batch: int, threads: int, seconds: flo
         m = r.metrics
         rows.append({
             "architecture": r.spec.architecture, "framework": r.spec.framework, "status": r.status,
-            "compile_mode": r.compile_mode, "samples_per_s": m.get("throughput_samples_per_s"),
+            "compile_mode": r.compile_mode, "samples_per_s": m.get(M.THROUGHPUT),
             "step_time_cv": m.get("step_time_cv"), "compile_s": m.get("compile_s"),
             "gflops_per_sample": m.get("flops_per_sample", 0) / 1e9, "achieved_gflops": m.get("achieved_gflops"),
             "peak_fraction": m.get("peak_fraction"), "node_peak_gflops": m.get("node_peak_gflops"),
             "reason": r.reason,
         })  # fmt: skip
-        print(f"  {r.spec.name}: {r.status} {m.get('throughput_samples_per_s', 0):,.0f} samples/s")
+        print(f"  {r.spec.name}: {r.status} {m.get(M.THROUGHPUT, 0):,.0f} samples/s")
 
-    schedule.connect(None)
-    try:
-        schedule.run_all(specs, keep)
-    finally:
-        schedule.shutdown()
+    with batch.Untracked() as runner:
+        runner.run(specs, keep)
     order = {(s.architecture, s.framework): i for i, s in enumerate(specs)}
     return sorted(rows, key=lambda r: order[(r["architecture"], r["framework"])])
 

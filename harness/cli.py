@@ -1,8 +1,10 @@
-"""``harness run | list | doctor | compare | sync``: the command line.
+"""``harness run | list | doctor | compare | sync``: the command line (parses and prints only).
 
-Bad input (unknown names, non-positive sizes, malformed suites, devices no node has) is reported in
-one line with the valid choices, exit code 2, and nothing runs. ``run`` exits 1 when any trial
-ended other than ``ok`` or ``unsupported``.
+The batch lifecycle is :mod:`harness.batch`. Bad input (unknown names, non-positive sizes, malformed
+suites, devices no node has, an MLflow store or Ray cluster that does not answer) is reported in one
+line with the valid choices or the fix, exit code 2, and nothing runs. ``run`` exits 1 when any
+trial ended other than ``ok`` or ``unsupported``, 3 when the results could not all be logged to
+MLflow (they are in the journal: ``harness sync`` replays them), 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -10,22 +12,21 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from harness import envs, plan, report, track
-from harness.spec import SpecError, TrialResult, load_suite, suite_names
+from harness import batch, envs, journal, plan, report, track
+from harness.contract import TrialResult
+from harness.spec import SpecError, load_suite, suite_names
 
 _WIDTH = None if sys.stdout.isatty() else 200  # pipes and CI logs get full tables
 console = Console(highlight=False, width=_WIDTH)
 err_console = Console(stderr=True, highlight=False, width=_WIDTH)
-OK_STATUSES = ("ok", "unsupported")
+EXIT_UNTRACKED = 3  # the batch ran, but MLflow failed: the journal has every result (`harness sync`)
 FAULTS_ENV = "HARNESS_INJECT_FAULTS"  # test hook: "arch-fw-mode=crash|hang|raise,..."
 
 
@@ -56,10 +57,6 @@ def _faults() -> dict[str, str]:
     return {k: v for k, v in pairs}
 
 
-def _failed(results: Sequence[TrialResult]) -> bool:
-    return any(r.status not in OK_STATUSES for r in results)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite)
     overrides = plan.Overrides(
@@ -72,127 +69,72 @@ def cmd_run(args: argparse.Namespace) -> int:
         compile=args.compile,
         threads=args.threads,
         timeout_s=args.timeout,
+        memory_limit_mb=args.memory_limit,
     )
     plan.validate(overrides)
-    runs = _runs_dir(args)
-    batch = track.Batch(runs, args.resume or track.new_batch_id())
-    meta: dict[str, Any] = {}
-    if args.resume:
-        if not batch.exists():
-            known = ", ".join(p.parent.name for p in sorted(runs.glob("*/batch.json"))) or "none"
-            raise SpecError(f"no batch {args.resume!r} in {runs}/; batches there: {known}")
-        meta = batch.meta()
-    uri = args.tracking_uri or meta.get("tracking_uri") or track.default_tracking_uri()
     frameworks = overrides.frameworks or suite.frameworks
     unavailable = {fw: f"{st.problem}; {st.fix}" for fw in frameworks if not (st := envs.probe(fw)).ok}
     the_plan = plan.expand(suite, overrides, args.threads or len(os.sched_getaffinity(0)), unavailable)
-
     if args.dry_run:
         _print_plan(the_plan)
         return 0
     if not the_plan.trials and not the_plan.skipped:
         raise SpecError("the selection is empty: nothing to run")
 
-    from harness import schedule
-
-    console.print(
-        f"[bold]batch {batch.batch_id}[/]: suite {suite.name}, {len(the_plan.trials)} trials, "
-        f"{len(the_plan.skipped)} unsupported; Ray {'at ' + args.address if args.address else 'embedded'}"
+    progress = Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        refresh_per_second=2,
     )
-    schedule.connect(args.address)
-    try:
-        problems = schedule.unschedulable(the_plan.trials)
-        if problems:
-            raise SpecError("; ".join(problems))
-        commit = track.git_commit()
-        meta = meta or {
-            "batch_id": batch.batch_id,
-            "suite": suite.name,
-            "created_at": time.time(),
-            "argv": sys.argv,
-            "tracking_uri": uri,
-            "git_commit": commit,
-        }
-        batch.write_meta(meta)
-        tracker = track.Tracker(uri)
-        parent = tracker.parent_run(batch.batch_id, suite.name, meta)
-        previous = {r.trial_key: r for r in batch.results()}
-        finished = batch.finished_keys()
-        todo = [s for s in the_plan.trials if s.trial_key not in finished]
-        if finished:
-            console.print(f"resuming: {len(the_plan.trials) - len(todo)} trials already finished, {len(todo)} to run")
+    bar = progress.add_task("running trials", total=None, visible=False)
 
-        # With an embedded Ray the driver shares the cores with the trials: MLflow writes wait until
-        # the trials are done. On a cluster they go in as results arrive. The journal is always first.
-        live = bool(args.address)
-        unlogged: list[TrialResult] = []
-
-        def log(results: list[TrialResult]) -> None:
-            try:
-                for r in results:
-                    tracker.log_result(parent, batch.batch_id, r)
-            except Exception as e:  # the journal has them; `harness sync` replays it later
-                err_console.print(f"[yellow]MLflow logging failed ({e}); run `harness sync {batch.batch_id}` later[/]")
-
-        def record(result: TrialResult) -> None:
-            prior = previous.get(result.trial_key)
-            result.attempt = prior.attempt + 1 if prior and prior.status not in track.FINAL else 1
-            result.environment.setdefault("git_commit", commit)
-            batch.append(result)
-            if live:
-                log([result])
-            else:
-                unlogged.append(result)
-
-        for spec, reason in the_plan.skipped:
-            if spec.trial_key not in finished:
-                record(
-                    TrialResult(
-                        trial_key=spec.trial_key, spec=spec, status="unsupported", reason=reason, started_at=time.time()
-                    )
-                )
-        with Progress(
-            TextColumn("[progress.description]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            refresh_per_second=2,
-        ) as progress:
-            bar = progress.add_task("running trials", total=len(todo))
-
-            def on_result(result: TrialResult) -> None:
-                record(result)
-                tput = result.metrics.get("throughput_samples_per_s")
-                acc = result.metrics.get("val_accuracy")
-                style = report.STATUS_STYLE.get(result.status, "red")
-                detail = f"{tput:,.0f} samples/s" if tput else result.reason[:80]
-                detail += f", val acc {acc:.3f}" if acc is not None else ""
-                progress.console.print(
-                    f"  [{style}]{result.status:>11}[/] {result.spec.name} bs={result.spec.batch_size}  {detail}"
-                )
-                progress.advance(bar)
-
-            try:
-                schedule.run_all(todo, on_result, _faults())
-            finally:
-                if unlogged:
-                    progress.console.print(f"logging {len(unlogged)} results to MLflow ({uri})")
-                    log(unlogged)
-        results = batch.results()
-        ok = not _failed(results)
-        tracker.finish_parent(parent, ok)
-    except KeyboardInterrupt:
-        err_console.print(
-            f"\ninterrupted: finished trials are in {batch.journal}; continue with --resume {batch.batch_id}"
+    def started(b: journal.Batch, todo: int, finished: int) -> None:
+        console.print(
+            f"[bold]batch {b.batch_id}[/]: suite {suite.name}, {len(the_plan.trials)} trials, "
+            f"{len(the_plan.skipped)} unsupported; Ray {'at ' + args.address if args.address else 'embedded'}"
         )
+        if finished:
+            console.print(f"resuming: {finished} trials already finished, {todo} to run")
+        progress.update(bar, total=todo, visible=True)
+
+    def on_result(r: TrialResult) -> None:
+        progress.console.print(f"  {report.result_line(r)}")
+        progress.advance(bar)
+
+    def logging(count: int, uri: str) -> None:
+        progress.console.print(f"logging {count} results to MLflow ({uri})")
+
+    try:
+        with progress:
+            outcome = batch.run(
+                the_plan,
+                runs_dir=_runs_dir(args),
+                resume=args.resume,
+                tracking_uri=args.tracking_uri,
+                address=args.address,
+                faults=_faults(),
+                events=batch.Events(started=started, result=on_result, logging=logging),
+            )
+    except KeyboardInterrupt:
+        err_console.print("\ninterrupted: finished trials are in the batch journal; continue with --resume BATCH_ID")
         return 130
-    finally:
-        schedule.shutdown()
-    for table in report.tables(results, f"batch {batch.batch_id} ({suite.name})"):
+    for table in report.tables(outcome.results, f"batch {outcome.batch.batch_id} ({suite.name})"):
         console.print(table)
-    console.print(f"journal: {batch.journal}\nMLflow: {report.mlflow_ui_command(uri)}")
-    return 0 if ok else 1
+    console.print(f"journal: {outcome.batch.journal}\nMLflow: {report.mlflow_ui_command(outcome.uri)}")
+    return _exit_code(outcome)
+
+
+def _exit_code(outcome: batch.BatchOutcome) -> int:
+    if outcome.tracking_error:
+        err_console.print(
+            f"[red]MLflow logging failed[/] ({outcome.tracking_error}); every result is in {outcome.batch.journal}. "
+            f"Replay them into MLflow with: {outcome.sync_command}"
+        )
+        return EXIT_UNTRACKED
+    return 0 if outcome.ok else 1
 
 
 def _print_plan(p: plan.Plan) -> None:
@@ -278,20 +220,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         schedule.shutdown()
     uri = args.tracking_uri or track.default_tracking_uri()
     try:
-        if uri.startswith("sqlite:///"):
-            folder = Path(uri.removeprefix("sqlite:///")).parent
-            if not os.access(folder, os.W_OK):
-                raise PermissionError(f"{folder} is not writable")
-        track.Tracker(uri)
+        track.check_store(uri)
         checks.append((f"MLflow store {uri} is writable", None, None))
-    except Exception as e:
-        checks.append(
-            (
-                f"MLflow store {uri}",
-                f"{type(e).__name__}: {e}"[:300],
-                "pass a writable --tracking-uri or start the tracking server",
-            )
-        )
+    except SpecError as e:
+        checks.append((f"MLflow store {uri}", str(e), "start the tracking server or pass a writable --tracking-uri"))
     table = Table(title="harness doctor", header_style="bold")
     for col in ("check", "result", "what to do"):
         table.add_column(col)
@@ -303,9 +235,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def _batch_results(args: argparse.Namespace) -> tuple[str, list[TrialResult]]:
     runs = _runs_dir(args)
-    batch = track.Batch(runs, args.batch_id) if args.batch_id else track.latest_batch(runs)
-    if batch and batch.journal.exists():
-        return batch.batch_id, batch.results()
+    found = journal.Batch(runs, args.batch_id) if args.batch_id else journal.latest_batch(runs)
+    if found and found.journal.exists():
+        return found.batch_id, found.results()
     if not args.batch_id:
         raise SpecError(f"no batches in {runs}/ yet; run `harness run smoke` first or give a BATCH_ID")
     results = track.Tracker(args.tracking_uri or track.default_tracking_uri()).batch_results(args.batch_id)
@@ -322,18 +254,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    batch = track.Batch(_runs_dir(args), args.batch_id)
-    if not batch.exists():
-        raise SpecError(f"no batch {args.batch_id!r} in {batch.root}/")
-    meta = batch.meta()
-    uri = args.tracking_uri or meta.get("tracking_uri") or track.default_tracking_uri()
-    tracker = track.Tracker(uri)
-    parent = tracker.parent_run(batch.batch_id, meta.get("suite", "?"), meta)
-    results = batch.results()
-    for r in results:
-        tracker.log_result(parent, batch.batch_id, r)
-    tracker.finish_parent(parent, not _failed(results))
-    console.print(f"synced {len(results)} results of batch {batch.batch_id} to {uri}")
+    outcome, count = batch.sync(_runs_dir(args), args.batch_id, args.tracking_uri)
+    if outcome.tracking_error:
+        return _exit_code(outcome)
+    total = sum(1 for _ in outcome.batch.entries())
+    console.print(
+        f"synced batch {outcome.batch.batch_id} to {outcome.uri}: {count} results logged, {total - count} already there"
+    )
     return 0
 
 
@@ -374,6 +301,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="threads and cores per trial (default: the suite's threads, else all cores of this machine)",
     )
     r.add_argument("--timeout", type=float, help="seconds before a trial is killed (default: the suite's)")
+    r.add_argument(
+        "--memory-limit",
+        type=int,
+        metavar="MB",
+        help="memory cap per trial, its whole process group (default: the suite's memory_limit_mb, else the "
+        "node's memory divided by the trials that fit on it at once); over it the trial ends as oom",
+    )
     r.add_argument("--dry-run", action="store_true", help="print the expanded matrix and skipped cells; run nothing")
     r.add_argument("--resume", metavar="BATCH_ID", help="continue a batch, skipping trials already finished")
     r.add_argument(

@@ -1,16 +1,16 @@
 """Run one trial in a fresh subprocess of its framework's interpreter.
 
-The worker gets its own session (process group), so a timeout kills it and everything it spawned
-(compiler workers included). Thread counts are set in the environment before any library loads, and
-the CPU set is applied by the worker before it imports anything heavy. A crash, a signal or a
-timeout becomes a :class:`TrialResult` with the status, the reason and the stderr tail.
+The worker gets its own session (process group), so a timeout or the memory cap kills it and
+everything it spawned (compiler workers included). Thread counts are set in the environment before
+any library loads, and the CPU set is applied by the worker before it imports anything heavy. A
+crash, a signal, a timeout or the memory cap becomes a :class:`TrialResult` with the status, the
+reason and the stderr tail.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import signal
 import subprocess
@@ -20,36 +20,23 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from adapters import FRAMEWORKS
+from harness import metrics as M
+from harness.contract import Status, TrialRequest, TrialResult, TrialSpec
 from harness.envs import PROJECT_ROOT, interpreter
-from harness.spec import TrialResult, TrialSpec
+from harness.memcap import MemoryCap, default_limit_mb
 
 STDERR_TAIL_CHARS = 4000
-
-
-def thread_env(threads: int) -> dict[str, str]:
-    """The same thread count for every framework's pools, set before the framework initialises."""
-    n = str(threads)
-    env = {
-        "OMP_NUM_THREADS": n,
-        "MKL_NUM_THREADS": n,
-        "OPENBLAS_NUM_THREADS": n,
-        "TF_NUM_INTRAOP_THREADS": n,
-        "TF_NUM_INTEROP_THREADS": n,
-        "MXNET_CPU_WORKER_NTHREADS": n,
-    }
-    if threads == 1:
-        env["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-    return env
+# numpy's BLAS (the GEMM peak calibration runs in every worker) and OpenMP pools, whatever the framework
+BLAS_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 def worker_env(spec: TrialSpec) -> dict[str, str]:
+    """The worker's environment: thread counts (BLAS and the framework's own, from its
+    ``FrameworkInfo``) set before any library loads, and the project on the path."""
     env = dict(os.environ)
-    env.update(thread_env(spec.threads))
-    if "XLA_FLAGS" in os.environ and spec.threads == 1:
-        env["XLA_FLAGS"] = f"{os.environ['XLA_FLAGS']} {env['XLA_FLAGS']}"
-    # JAX/TF must not grab all device memory up front: peaks would be meaningless.
-    env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    env.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
+    env.update(dict.fromkeys(BLAS_THREAD_VARS, str(spec.threads)))
+    env.update(FRAMEWORKS[spec.framework].worker_env(spec.threads, os.environ))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
     env["PYTHONUNBUFFERED"] = "1"
     return env
@@ -109,26 +96,33 @@ def launch(
     """Run ``spec`` in a fresh worker process and return its result, whatever happened to it."""
     started = time.time()
     python = python or interpreter(spec.framework)
-    request = {
-        "spec": spec.model_dump(mode="json"),
-        "trial_key": spec.trial_key,
-        "cpus": cpus,
-        "dataset_path": dataset_path,
-        "cache_dir": cache_dir,
-        "fault": fault,
-        "parent_pid": os.getpid(),
-    }
+    request = TrialRequest(
+        spec=spec,
+        cpus=cpus,
+        dataset_path=dataset_path,
+        cache_dir=cache_dir,
+        fault=fault,  # type: ignore[arg-type]
+        parent_pid=os.getpid(),
+    )
+    cap = MemoryCap(spec.memory_limit_mb or default_limit_mb(spec.threads))
     with tempfile.TemporaryDirectory(prefix="harness-trial-") as tmp:
         req_path, out_path, log_path = Path(tmp, "request.json"), Path(tmp, "result.json"), Path(tmp, "stderr.log")
-        req_path.write_text(json.dumps(request))
+        req_path.write_text(request.to_json())
         cmd = [python, "-m", "harness.worker", "--request", str(req_path), "--out", str(out_path)]
         with open(log_path, "w") as log:
             try:
                 proc = subprocess.Popen(
-                    cmd, stdout=log, stderr=subprocess.STDOUT, env=worker_env(spec), start_new_session=True, cwd=tmp
+                    cmd,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=worker_env(spec),
+                    start_new_session=True,
+                    cwd=tmp,
+                    preexec_fn=cap.preexec if cap.in_cgroup else None,
                 )
-            except OSError as e:
+            except (OSError, subprocess.SubprocessError) as e:
                 return _result(spec, "failed", f"cannot start {python}: {e}", started)
+            cap.watch(proc.pid)
             timed_out = False
             try:
                 proc.wait(timeout=spec.timeout_s)
@@ -137,39 +131,37 @@ def launch(
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)  # the worker and anything it left behind
             proc.wait()
+            cap.finish()
         tail = log_path.read_text(errors="replace")[-STDERR_TAIL_CHARS:]
+        if cap.tripped:
+            return _result(spec, "oom", cap.reason(), started, tail)
         if timed_out:
-            return _result(
-                spec,
-                "timeout",
-                f"no result after the {spec.timeout_s:g} s timeout; process group killed",
-                started,
-                tail,
-            )
+            reason = f"no result after the {spec.timeout_s:g} s timeout; process group killed"
+            return _result(spec, "timeout", reason, started, tail)
         if out_path.exists():
-            data = json.loads(out_path.read_text())
-            data["spec"] = spec.model_dump(mode="json")
-            data.setdefault("stderr_tail", tail if data.get("status") != "ok" else "")
-            return TrialResult.model_validate(data)
+            result = TrialResult.from_json(out_path.read_text())
+            if result.status != "ok" and not result.stderr_tail:
+                result.stderr_tail = tail
+            result.metrics.setdefault(M.PEAK_GROUP_RSS_MB, cap.peak_mb)
+            return result
         if proc.returncode < 0:
-            name = _signal_name(proc.returncode)
             if proc.returncode == -signal.SIGKILL:
-                return _result(
-                    spec, "oom", "killed by SIGKILL (most likely the kernel's out-of-memory killer)", started, tail
+                reason = (
+                    "killed by SIGKILL from outside the harness, possibly the kernel's OOM killer "
+                    f"(peak {cap.peak_mb:,.0f} MB of the {cap.limit_mb} MB limit)"
                 )
-            return _result(spec, "crash", f"worker died from {name}", started, tail)
+                return _result(spec, "crash", reason, started, tail)
+            return _result(spec, "crash", f"worker died from {_signal_name(proc.returncode)}", started, tail)
         return _result(spec, "failed", f"worker exited with code {proc.returncode} and no result", started, tail)
 
 
-def _result(spec: TrialSpec, status: str, reason: str, started: float, tail: str = "") -> TrialResult:
-    return TrialResult.model_validate(
-        {
-            "trial_key": spec.trial_key,
-            "spec": spec,
-            "status": status,
-            "reason": reason,
-            "stderr_tail": tail,
-            "started_at": started,
-            "wall_s": time.time() - started,
-        }
+def _result(spec: TrialSpec, status: Status, reason: str, started: float, tail: str = "") -> TrialResult:
+    return TrialResult(
+        trial_key=spec.trial_key,
+        spec=spec,
+        status=status,
+        reason=reason,
+        stderr_tail=tail,
+        started_at=started,
+        wall_s=time.time() - started,
     )

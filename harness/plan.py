@@ -7,10 +7,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from pydantic import ValidationError
-
 from adapters import FRAMEWORKS
-from harness.spec import COMPILE, DEVICES, MODES, SpecError, SuiteSpec, TrainSpec, TrialSpec, first_error
+from harness.contract import COMPILE, DEVICES, MODES, ContractError, TrainSpec, TrialSpec
+from harness.spec import SpecError, SuiteSpec
 from workloads.architectures import ARCHITECTURES, get
 from workloads.datasets import DATASETS, INFO, SYNTHETIC
 
@@ -30,6 +29,7 @@ class Overrides:
     compile: str | None = None
     threads: int | None = None
     timeout_s: float | None = None
+    memory_limit_mb: int | None = None
 
 
 @dataclass
@@ -61,6 +61,8 @@ def validate(o: Overrides) -> None:
         raise SpecError(f"threads must be a positive integer, got {o.threads}")
     if o.timeout_s is not None and o.timeout_s <= 0:
         raise SpecError(f"timeout must be positive, got {o.timeout_s}")
+    if o.memory_limit_mb is not None and o.memory_limit_mb <= 0:
+        raise SpecError(f"memory limit must be a positive number of MB, got {o.memory_limit_mb}")
 
 
 def _unique(values: Sequence[T]) -> list[T]:
@@ -110,26 +112,29 @@ def expand(suite: SuiteSpec, o: Overrides, default_threads: int, unavailable: Ma
         dataset = dataset if mode == "train" else SYNTHETIC
         train = TrainSpec()
         if mode == "train":
-            train = suite.train.model_copy(update={"target_accuracy": suite.targets.get(dataset)})
+            train = suite.train.replace(target_accuracy=suite.targets.get(dataset))
         try:
-            spec = TrialSpec(
-                architecture=arch,
-                framework=fw,
-                mode=mode,
-                device=device,
-                batch_size=batch,
-                precision=suite.precision,
-                compile=o.compile or suite.compile,
-                dataset=dataset,
-                threads=o.threads or suite.threads or default_threads,
-                seed=suite.seed,
-                timeout_s=o.timeout_s or suite.timeout_s,
-                train=train,
-                measure=suite.measure,
-                options=suite.options.get(fw, {}),
+            spec = TrialSpec.from_dict(
+                {
+                    "architecture": arch,
+                    "framework": fw,
+                    "mode": mode,
+                    "device": device,
+                    "batch_size": batch,
+                    "precision": suite.precision,
+                    "compile": o.compile or suite.compile,
+                    "dataset": dataset,
+                    "threads": o.threads or suite.threads or default_threads,
+                    "seed": suite.seed,
+                    "timeout_s": o.timeout_s or suite.timeout_s,
+                    "memory_limit_mb": o.memory_limit_mb or suite.memory_limit_mb,
+                    "train": train,
+                    "measure": suite.measure,
+                    "options": suite.options.get(fw, {}),
+                }
             )
-        except ValidationError as e:
-            raise SpecError(first_error(e)) from None
+        except ContractError as e:
+            raise SpecError(str(e)) from None
         if spec.trial_key in seen:  # an infer cell, already planned for another dataset
             continue
         seen.add(spec.trial_key)

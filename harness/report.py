@@ -6,7 +6,8 @@ from collections.abc import Iterable
 
 from rich.table import Table
 
-from harness.spec import TrialResult
+from harness import metrics as M
+from harness.contract import TrialResult
 
 STATUS_STYLE = {"ok": "green", "unsupported": "yellow", "diverged": "magenta"}
 
@@ -16,10 +17,10 @@ def _num(value: float | None, fmt: str) -> str:
 
 
 def _to_target(r: TrialResult) -> str:
-    t = r.metrics.get("time_to_target_s")
+    t = r.metrics.get(M.TIME_TO_TARGET_S)
     if t is not None:
         return f"{t:.2f}"
-    reached_none = r.status == "ok" and r.spec.train.target_accuracy is not None and "val_accuracy" in r.metrics
+    reached_none = r.status == "ok" and r.spec.train.target_accuracy is not None and M.VAL_ACCURACY in r.metrics
     return "never" if reached_none else "-"
 
 
@@ -31,7 +32,7 @@ def comparison_table(results: Iterable[TrialResult], title: str = "") -> Table:
     target ("never": not within the step budget).
     """
     results = list(results)
-    trained = any("val_accuracy" in r.metrics or r.spec.trains_to_accuracy for r in results)
+    trained = any(M.VAL_ACCURACY in r.metrics or r.spec.trains_to_accuracy for r in results)
     columns = [
         ("architecture", "left"),
         ("framework", "left"),
@@ -66,7 +67,7 @@ def comparison_table(results: Iterable[TrialResult], title: str = "") -> Table:
     )
     for r in ordered:
         m, s = r.metrics, r.spec
-        frac = m.get("peak_fraction")
+        frac = m.get(M.PEAK_FRACTION)
         status = r.status if r.status == "ok" else f"{r.status}: {r.reason[:60]}"
         cells = [
             s.architecture,
@@ -75,17 +76,17 @@ def comparison_table(results: Iterable[TrialResult], title: str = "") -> Table:
             s.device,
             str(s.batch_size),
             r.compile_mode or "-",
-            _num(m.get("throughput_samples_per_s"), ",.0f"),
-            _num(m.get("latency_ms_p50"), ".3f"),
-            _num(m.get("latency_ms_p99"), ".3f"),
-            _num(m.get("compile_s"), ".2f"),
-            _num(m.get("peak_host_rss_mb"), ".0f"),
-            _num(m.get("achieved_gflops"), ".1f"),
+            _num(m.get(M.THROUGHPUT), ",.0f"),
+            _num(m.get(M.percentile_keys(M.LATENCY)[50]), ".3f"),
+            _num(m.get(M.percentile_keys(M.LATENCY)[99]), ".3f"),
+            _num(m.get(M.COMPILE_S), ".2f"),
+            _num(m.get(M.PEAK_HOST_RSS_MB), ".0f"),
+            _num(m.get(M.ACHIEVED_GFLOPS), ".1f"),
             _num(None if frac is None else 100 * frac, ".1f"),
         ]
         if trained:
             cells[3:3] = [s.dataset]
-            cells += [_num(m.get("val_accuracy"), ".3f"), _num(s.train.target_accuracy, ".2f"), _to_target(r)]
+            cells += [_num(m.get(M.VAL_ACCURACY), ".3f"), _num(s.train.target_accuracy, ".2f"), _to_target(r)]
         table.add_row(*cells, f"[{STATUS_STYLE.get(r.status, 'red')}]{status}[/]")
     return table
 
@@ -107,6 +108,15 @@ def tables(results: Iterable[TrialResult], title: str = "") -> list[Table]:
     ran = [r for r in results if r.status != "unsupported"]
     out = [comparison_table(ran, title)] if ran or len(ran) == len(results) else []
     return out + ([skipped_table(results)] if len(ran) < len(results) else [])
+
+
+def result_line(r: TrialResult) -> str:
+    """One progress line per finished trial (rich markup)."""
+    tput, acc = r.metrics.get(M.THROUGHPUT), r.metrics.get(M.VAL_ACCURACY)
+    detail = f"{tput:,.0f} samples/s" if tput else r.reason[:80]
+    detail += f", val acc {acc:.3f}" if acc is not None else ""
+    style = STATUS_STYLE.get(r.status, "red")
+    return f"[{style}]{r.status:>11}[/] {r.spec.name} bs={r.spec.batch_size}  {detail}"
 
 
 def mlflow_ui_command(uri: str) -> str:

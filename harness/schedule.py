@@ -10,20 +10,56 @@ trial asks Ray for ``threads`` CPUs and then leases that many distinct cores of 
 from __future__ import annotations
 
 import os
+import socket
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 import ray
 
+from harness.contract import TrialResult, TrialSpec
 from harness.launch import launch, lease_cores
-from harness.spec import TrialResult, TrialSpec
+from harness.spec import SpecError
 from workloads import datasets
 
 DEVICE_RESOURCE = {"gpu": "GPU", "tpu": "TPU"}
 
 
+CONNECT_TIMEOUT_S = 30.0
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of a GCS (``host:port``) or Ray Client (``ray://host:port``) address; None for
+    addresses Ray resolves itself (``auto``, ``local``)."""
+    rest = address.removeprefix("ray://")
+    host, sep, port = rest.rpartition(":")
+    if not sep:
+        if address in ("auto", "local"):
+            return None
+        raise SpecError(f"Ray address {address!r} is not host:port, ray://host:port or auto")
+    try:
+        return host.strip("[]") or "127.0.0.1", int(port)
+    except ValueError:
+        raise SpecError(f"Ray address {address!r} has no valid port") from None
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail in one line, fast, when nothing listens at a cluster address (Ray itself retries for minutes)."""
+    target = _host_port(address)
+    if target is None:
+        return
+    try:
+        socket.create_connection(target, timeout=timeout_s).close()
+    except OSError as e:
+        raise SpecError(
+            f"cannot reach the Ray cluster at {address} ({e.strerror or e}); start it with `ray start --head` "
+            "or check --address / RAY_ADDRESS (omit both for an embedded local Ray)"
+        ) from None
+
+
 def connect(address: str | None) -> None:
+    """Join the cluster at ``address`` (checked first, bounded) or start an embedded local Ray."""
     if ray.is_initialized():
         return
     # Ray starts task workers at nice 15; trial processes inherit it and then lose the CPU to any
@@ -31,7 +67,8 @@ def connect(address: str | None) -> None:
     os.environ.setdefault("RAY_worker_niceness", "0")
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "error"}
     if address:
-        ray.init(address=address, **kwargs)
+        check_reachable(address)
+        _bounded(lambda: ray.init(address=address, **kwargs), CONNECT_TIMEOUT_S, address)
     else:
         # "local": always a fresh embedded instance, never a cluster that happens to run on this machine
         ray.init(address="local", num_cpus=len(os.sched_getaffinity(0)), **kwargs)
@@ -40,6 +77,25 @@ def connect(address: str | None) -> None:
 
 def _noop() -> None:
     return None
+
+
+def _bounded(init: Callable[[], object], timeout_s: float, address: str) -> None:
+    """``ray.init`` in a daemon thread with a deadline: something listens but is not a Ray cluster."""
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            init()
+        except BaseException as e:
+            failure.append(e)
+
+    thread = threading.Thread(target=run, daemon=True, name="ray-connect")
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise SpecError(f"no Ray cluster answered at {address} within {timeout_s:g} s; check --address / RAY_ADDRESS")
+    if failure:
+        raise SpecError(f"cannot join the Ray cluster at {address}: {str(failure[0]).splitlines()[0][:300]}")
 
 
 def shutdown() -> None:
@@ -82,7 +138,7 @@ def _materialize(name: str, sha256: str, arrays_ref: list[Any]) -> str:
 
 
 def _run_trial(spec_json: str, dataset: tuple[str, str, list[Any]] | None, fault: str | None) -> str:
-    spec = TrialSpec.model_validate_json(spec_json)
+    spec = TrialSpec.from_json(spec_json)
     path = _materialize(*dataset) if dataset else None
     cache = str(datasets.cache_dir().parent)
     with lease_cores(spec.threads) as cpus:
@@ -106,7 +162,7 @@ def run_all(
     pending: dict[Any, TrialSpec] = {}
     for spec in specs:
         ds = shared.get(spec.dataset) if spec.trains_to_accuracy else None
-        ref = task.options(**resources(spec)).remote(spec.model_dump_json(), ds, faults.get(spec.name))
+        ref = task.options(**resources(spec)).remote(spec.to_json(), ds, faults.get(spec.name))
         pending[ref] = spec
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)

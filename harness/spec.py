@@ -1,13 +1,13 @@
-"""Trial, suite and result specs: typed, validated, JSON round-trip (driver side, pydantic).
+"""Suite files and command-line input, validated into the trial contract (driver side, pydantic).
 
-A :class:`TrialSpec` is one cell of the matrix; its ``trial_key`` is the SHA-256 of its canonical
-JSON, so the same cell has the same key in every batch (resume and de-duplication rely on it).
+The trial itself (:class:`~harness.contract.TrialSpec`, its ``TrainSpec`` and ``MeasureSpec``, and
+:class:`~harness.contract.TrialResult`) is defined once in :mod:`harness.contract`, which the
+worker shares; this module validates what users write (suite TOML files) into it, with one-line
+errors that name the valid choices.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -15,18 +15,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from adapters import FRAMEWORKS
+from harness.contract import PRECISIONS, ContractError, Device, MeasureSpec, Mode, TrainSpec
 from workloads.architectures import ARCHITECTURES
 from workloads.datasets import DATASETS, SYNTHETIC
-
-Mode = Literal["train", "infer"]
-Device = Literal["cpu", "gpu", "tpu"]
-Status = Literal["ok", "failed", "timeout", "oom", "crash", "unsupported", "diverged"]
-MODES: tuple[str, ...] = ("train", "infer")
-DEVICES: tuple[str, ...] = ("cpu", "gpu", "tpu")
-PRECISIONS: tuple[str, ...] = ("float32",)
-COMPILE: tuple[str, ...] = ("auto", "on", "off")
-
-SCENARIOS = {"train": "train", "infer": "offline+single_stream"}
 
 
 def _choice(kind: str, value: str, choices: Any) -> str:
@@ -37,92 +28,6 @@ def _choice(kind: str, value: str, choices: Any) -> str:
 
 class Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class MeasureSpec(Frozen):
-    """The timing protocol's budgets (see harness.measure)."""
-
-    warmup_steps: int = Field(5, ge=0)
-    min_steps: int = Field(20, ge=1)
-    min_time_s: float = Field(1.0, ge=0)
-    window_steps: int = Field(5, ge=1, description="steps per timed window (one clock read each)")
-    latency_requests: int = Field(50, ge=1, description="minimum single-stream requests (infer)")
-
-
-class TrainSpec(Frozen):
-    """How a model learns; the same in every framework."""
-
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    learning_rate: float = Field(0.05, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    steps: int = Field(0, ge=0, description="accuracy step budget on the dataset (0: throughput only)")
-    eval_every: int = Field(0, ge=0, description="evaluate every N steps (0: only at the end)")
-    target_accuracy: float | None = Field(
-        None, gt=0, le=1, description="held-out accuracy whose first crossing gives time_to_target_s"
-    )
-
-
-class TrialSpec(Frozen):
-    """One cell: architecture x framework x mode x device x batch size, and how to run it."""
-
-    architecture: str
-    framework: str
-    mode: Mode
-    device: Device = "cpu"
-    batch_size: int = Field(..., gt=0)
-    precision: str = "float32"
-    compile: Literal["auto", "on", "off"] = "auto"
-    dataset: str = SYNTHETIC
-    threads: int = Field(..., gt=0)
-    seed: int = 0
-    timeout_s: float = Field(600.0, gt=0)
-    train: TrainSpec = TrainSpec()
-    measure: MeasureSpec = MeasureSpec()
-    options: dict[str, bool | int | float | str] = Field(default_factory=dict, description="framework build options")
-
-    @field_validator("architecture")
-    @classmethod
-    def _arch(cls, v: str) -> str:
-        return _choice("architecture", v, ARCHITECTURES)
-
-    @field_validator("framework")
-    @classmethod
-    def _fw(cls, v: str) -> str:
-        return _choice("framework", v, FRAMEWORKS)
-
-    @field_validator("precision")
-    @classmethod
-    def _prec(cls, v: str) -> str:
-        return _choice("precision", v, PRECISIONS)
-
-    @field_validator("dataset")
-    @classmethod
-    def _ds(cls, v: str) -> str:
-        return _choice("dataset", v, DATASETS)
-
-    @property
-    def scenario(self) -> str:
-        return SCENARIOS[self.mode]
-
-    @property
-    def name(self) -> str:
-        """``{arch}-{fw}-{mode}``, plus ``-{dataset}`` for cells on a real dataset (unique per suite)."""
-        base = f"{self.architecture}-{self.framework}-{self.mode}"
-        return base if self.dataset == SYNTHETIC else f"{base}-{self.dataset}"
-
-    @property
-    def trains_to_accuracy(self) -> bool:
-        return self.mode == "train" and self.dataset != SYNTHETIC and self.train.steps > 0
-
-    def canonical_json(self) -> str:
-        data = self.model_dump(mode="json")
-        if data["train"]["target_accuracy"] is None:  # unset: the key stays what it was before targets existed
-            del data["train"]["target_accuracy"]
-        return json.dumps(data, sort_keys=True, separators=(",", ":"))
-
-    @property
-    def trial_key(self) -> str:
-        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
 
 
 class SuiteSpec(Frozen):
@@ -144,11 +49,26 @@ class SuiteSpec(Frozen):
     threads: int | None = Field(None, gt=0, description="cores per trial (default: all of the driver's; --threads)")
     seed: int = 0
     timeout_s: float = Field(600.0, gt=0)
+    memory_limit_mb: int | None = Field(
+        None, gt=0, description="per-trial memory cap (default: the node's memory / trials that fit on it)"
+    )
     train: TrainSpec = TrainSpec()
     measure: MeasureSpec = MeasureSpec()
     options: dict[str, dict[str, bool | int | float | str]] = Field(
         default_factory=dict, description="per framework: build options it declares, e.g. [options.mxnet]"
     )
+
+    @field_validator("train", "measure", mode="before")
+    @classmethod
+    def _contract(cls, v: Any, info: Any) -> Any:
+        """The contract's own decoder and validation (the same the worker runs)."""
+        record = TrainSpec if info.field_name == "train" else MeasureSpec
+        if isinstance(v, dict):
+            try:
+                return record.from_dict(v)
+            except ContractError as e:
+                raise ValueError(str(e)) from None
+        return v
 
     @field_validator("options")
     @classmethod
@@ -256,36 +176,3 @@ def load_suite(name_or_path: str) -> SuiteSpec:
         return SuiteSpec.model_validate(data)
     except ValidationError as e:
         raise SpecError(f"suite file {str(path)!r}: {first_error(e)}") from None
-
-
-class TrialResult(BaseModel):
-    """What a trial produced: status, metrics, raw samples and the environment it ran in."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    trial_key: str
-    spec: TrialSpec
-    status: Status
-    reason: str = ""
-    metrics: dict[str, float] = {}
-    samples: dict[str, list[float]] = Field(default_factory=dict, description="raw timings, seconds")
-    history: dict[str, list[float]] = Field(
-        default_factory=dict, description="series: loss (every step), val_loss, val_accuracy, train_accuracy"
-    )
-    history_steps: dict[str, list[int]] = Field(
-        default_factory=dict, description="training step of each point of a series; absent: 0, 1, 2, ..."
-    )
-    compile_mode: str = ""
-    framework_version: str = ""
-    environment: dict[str, Any] = {}
-    stderr_tail: str = ""
-    started_at: float = 0.0
-    wall_s: float = 0.0
-    attempt: int = 1
-
-    def to_json(self) -> str:
-        return self.model_dump_json()
-
-    @classmethod
-    def from_json(cls, text: str) -> TrialResult:
-        return cls.model_validate_json(text)

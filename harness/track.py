@@ -1,10 +1,10 @@
-"""Results journal (durable, on disk) and MLflow logging; the driver is the only writer.
+"""MLflow logging; the driver is the only writer (the journal, :mod:`harness.journal`, comes first).
 
-Every result is appended to ``<runs>/<batch_id>/journal.jsonl`` first, then logged to MLflow: one
-parent run per batch, one child run per trial named ``{architecture}-{framework}-{mode}`` (plus
-``-{dataset}`` when it trains on a real dataset). Training curves are step metrics. Logging
-is idempotent (a child run is found by its ``batch_id`` + ``trial_key`` tags), so ``harness sync``
-can replay a journal into MLflow without duplicates.
+One parent run per batch, one child run per journal entry named ``{architecture}-{framework}-{mode}``
+(plus ``-{dataset}`` when it trains on a real dataset). Training curves are step metrics. Logging is
+idempotent: a child run is found by its ``batch_id`` + ``trial_key`` + ``attempt`` tags, and one left
+half-written by an interrupted driver (still ``RUNNING``) is replaced, so a journal can be replayed
+into MLflow any number of times without duplicates.
 """
 
 from __future__ import annotations
@@ -12,23 +12,25 @@ from __future__ import annotations
 import json
 import math
 import os
-import secrets
 import subprocess
 import time
-from dataclasses import dataclass
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
+from harness.contract import TrialResult
 from harness.envs import PROJECT_ROOT
-from harness.spec import TrialResult
+from harness.spec import SpecError
 
 EXPERIMENT = "harness"
-# Outcomes that are deterministic: ``--resume`` skips them. Others (crash, timeout, ...) run again.
-FINAL = ("ok", "unsupported", "diverged")
-
-
-def new_batch_id() -> str:
-    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+# MLflow's HTTP client retries for minutes by default; a store that went away should cost seconds.
+for _var, _value in (
+    ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"),
+    ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
+    ("MLFLOW_HTTP_REQUEST_TIMEOUT", "30"),
+):
+    os.environ.setdefault(_var, _value)
 
 
 def default_tracking_uri() -> str:
@@ -52,70 +54,28 @@ def git_commit() -> str:
         return "unknown"
 
 
-@dataclass
-class Batch:
-    """A batch's folder: ``batch.json`` (what was asked) and ``journal.jsonl`` (what happened)."""
-
-    root: Path
-    batch_id: str
-
-    @property
-    def dir(self) -> Path:
-        return self.root / self.batch_id
-
-    @property
-    def journal(self) -> Path:
-        return self.dir / "journal.jsonl"
-
-    @property
-    def meta_path(self) -> Path:
-        return self.dir / "batch.json"
-
-    def exists(self) -> bool:
-        return self.meta_path.exists()
-
-    def meta(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(self.meta_path.read_text())
-        return data
-
-    def write_meta(self, meta: dict[str, Any]) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.meta_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(meta, indent=2))
-        tmp.replace(self.meta_path)
-
-    def append(self, result: TrialResult) -> None:
-        """Durably append one result (flushed and fsynced before MLflow sees it)."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.journal, "a+b") as f:
-            torn = False
-            if f.seek(0, os.SEEK_END) > 0:  # a crash mid-write leaves a line without its newline
-                f.seek(-1, os.SEEK_END)
-                torn = f.read(1) != b"\n"
-            f.write((b"\n" if torn else b"") + result.to_json().encode() + b"\n")
-            f.flush()
-            os.fsync(f.fileno())
-
-    def results(self) -> list[TrialResult]:
-        """The latest result per trial key, in journal order (a torn last line is ignored)."""
-        latest: dict[str, TrialResult] = {}
-        if self.journal.exists():
-            for line in self.journal.read_text().splitlines():
-                try:
-                    r = TrialResult.from_json(line)
-                except ValueError:
-                    continue
-                latest.pop(r.trial_key, None)
-                latest[r.trial_key] = r
-        return list(latest.values())
-
-    def finished_keys(self) -> dict[str, TrialResult]:
-        return {r.trial_key: r for r in self.results() if r.status in FINAL}
-
-
-def latest_batch(root: Path) -> Batch | None:
-    batches = sorted((p for p in root.glob("*/batch.json")), key=lambda p: p.stat().st_mtime)
-    return Batch(root, batches[-1].parent.name) if batches else None
+def check_store(uri: str, timeout_s: float = 5.0) -> Tracker:
+    """A tracker for ``uri``, or a one-line :class:`SpecError` saying what failed and how to fix it."""
+    local_fix = "or use a local store (--tracking-uri sqlite:///mlflow.db)"
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
+                pass
+        except (urllib.error.URLError, OSError) as e:
+            why = getattr(e, "reason", e)
+            port = uri.rsplit(":", 1)[-1].split("/")[0]
+            start = f"`mlflow server --host 127.0.0.1 --port {port}`" if port.isdigit() else "the tracking server"
+            problem = f"cannot reach the MLflow tracking server at {uri} ({why})"
+            raise SpecError(f"{problem}; start {start} {local_fix}") from None
+    elif uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        if not os.access(folder, os.W_OK):
+            raise SpecError(f"MLflow store {uri}: folder {folder} is not writable; pass a writable --tracking-uri")
+    try:
+        return Tracker(uri)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise SpecError(f"MLflow store {uri} does not work ({type(e).__name__}: {first}); {local_fix}") from None
 
 
 def _finite(metrics: dict[str, float]) -> dict[str, float]:
@@ -186,9 +146,12 @@ class Tracker:
         from mlflow.entities import Param, RunTag
 
         key, attempt = result.trial_key, result.attempt
-        found = self._find(f"tags.batch_id = '{batch_id}' and tags.trial_key = '{key}' and tags.attempt = '{attempt}'")
-        if found:
-            return found
+        query = f"tags.batch_id = '{batch_id}' and tags.trial_key = '{key}' and tags.attempt = '{attempt}'"
+        runs = self.client.search_runs([self.experiment_id], filter_string=query, max_results=10)
+        for run in runs:
+            if run.info.status != "RUNNING":
+                return str(run.info.run_id)
+            self.client.delete_run(run.info.run_id)  # half-written by an interrupted driver
         s = result.spec
         start_ms = int((result.started_at or time.time()) * 1000)
         run = self.client.create_run(

@@ -11,8 +11,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from harness import report
-from harness.spec import TrainSpec, TrialResult, TrialSpec
-from harness.worker import _fit, _train_to_accuracy
+from harness.contract import TrainSpec, TrialResult, TrialSpec
+from harness.worker.scenarios import TrialData, train_to_accuracy
+from harness.worker.trial import _fit
 from tests.conftest import REPO
 from tests.test_cli import Run, harness
 from workloads import datasets
@@ -32,14 +33,15 @@ def _train(data: datasets.Dataset, target: float | None, steps: int = STEPS, eve
 
     arch = get("mlp_shallow")
     params = arch.init_variables(0)
-    adapter = load_adapter("torch")(arch, params, BuildOptions(optimizer="adam", learning_rate=0.01, threads=1))
-    spec = {
-        "train": {"steps": steps, "eval_every": every, "target_accuracy": target},
-        "batch_size": 100,
-        "seed": 0,
-        "dataset": "mnist1d",
-    }
-    return _train_to_accuracy(adapter, params, data, spec)
+    train = TrainSpec(optimizer="adam", learning_rate=0.01, steps=steps, eval_every=every, target_accuracy=target)
+    adapter = load_adapter("torch")(arch, params, BuildOptions.for_training(train, threads=1))
+    spec = TrialSpec(
+        architecture="mlp_shallow", framework="torch", mode="train", batch_size=100, threads=1, dataset="mnist1d",
+        train=train,
+    )  # fmt: skip
+    x, y = datasets.synthetic(arch.input_shape, arch.num_classes, 100, 1)
+    out = train_to_accuracy(adapter, spec, TrialData(arch, params, x, y, data, node_peak_gflops=1.0))
+    return out.metrics, out.history, out.history_steps
 
 
 @pytest.fixture(scope="module")

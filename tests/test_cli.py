@@ -259,7 +259,7 @@ def test_worker_dies_with_its_launcher(tmp_path: Path) -> None:
 
     script = (
         "from harness.launch import launch\n"
-        "from harness.spec import TrialSpec\n"
+        "from harness.contract import TrialSpec\n"
         "spec = TrialSpec(architecture='mlp_shallow', framework='torch', mode='infer', batch_size=8, threads=1)\n"
         "launch(spec, cpus=None, fault='hang')\n"
     )

@@ -1,4 +1,4 @@
-"""Unit tests for harness.measure: the timing protocol (with a fake clock), statistics and memory."""
+"""Unit tests for harness.worker.measure: the timing protocol (with a fake clock), statistics and memory."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import measure
-from harness.measure import Budget
+from harness.contract import MeasureSpec as Budget
+from harness.worker import measure
 
 
 class FakeRun:

@@ -11,8 +11,9 @@ import pytest
 
 from adapters import FRAMEWORKS
 from harness import plan
+from harness.contract import COMPILE, DEVICES, MODES, MeasureSpec, TrainSpec
 from harness.plan import Overrides
-from harness.spec import COMPILE, DEVICES, MODES, MeasureSpec, SpecError, SuiteSpec, TrainSpec, load_suite
+from harness.spec import SpecError, SuiteSpec, load_suite
 from workloads.architectures import ARCHITECTURES
 
 SUITE: dict[str, Any] = {
@@ -249,7 +250,7 @@ def test_each_train_cell_carries_its_datasets_target() -> None:
         ("infer", "synthetic"): None,
     }
     trained = [t for t in p.trials if t.dataset == "mnist1d"]
-    assert all(t.train.model_copy(update={"target_accuracy": None}) == s.train for t in trained)
+    assert all(t.train.replace(target_accuracy=None) == s.train for t in trained)
 
 
 def test_incompatible_architecture_dataset_pairs_are_skipped_with_the_reason() -> None:

@@ -1,4 +1,4 @@
-"""Unit tests for workloads (architectures, datasets) and the results journal (harness.track.Batch).
+"""Unit tests for workloads (architectures, datasets).
 
 Pure: numpy only, plus the mnist1d generator package for ``datasets.prepare``.
 """
@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from harness import track
-from harness.spec import TrialResult, TrialSpec
 from workloads import datasets
 from workloads.architectures import ARCHITECTURES, Architecture, Conv, Dense, Flatten, get
 
@@ -295,103 +292,3 @@ def test_prepare_unknown_dataset_lists_choices(name: str, tmp_path: Path) -> Non
     with pytest.raises(KeyError, match=re.escape("choose from " + ", ".join(datasets.GENERATORS))):
         datasets.prepare(name, tmp_path)
     assert not any(tmp_path.iterdir())
-
-
-# --- journal -------------------------------------------------------------------------------------
-
-
-def result(batch_size: int, status: str = "ok", **extra: object) -> TrialResult:
-    spec = TrialSpec(architecture="mlp_shallow", framework="torch", mode="infer", batch_size=batch_size, threads=1)
-    return TrialResult.model_validate(
-        {"trial_key": spec.trial_key, "spec": spec.model_dump(), "status": status} | extra
-    )
-
-
-@pytest.fixture
-def batch(tmp_path: Path) -> track.Batch:
-    return track.Batch(tmp_path / "runs", "20260101-000000-abcd")
-
-
-def test_empty_journal_has_no_results(batch: track.Batch) -> None:
-    assert batch.results() == []
-    assert batch.finished_keys() == {}
-    assert not batch.exists()
-
-
-def test_appended_results_are_read_back_in_order(batch: track.Batch) -> None:
-    a, b = result(8, metrics={"x": 1.0}), result(16, status="crash", reason="boom")
-    batch.append(a)
-    batch.append(b)
-    assert batch.journal == batch.dir / "journal.jsonl"
-    assert len(batch.journal.read_text().splitlines()) == 2
-    assert batch.results() == [a, b]
-
-
-def test_a_newer_result_replaces_the_older_one(batch: track.Batch) -> None:
-    old, other, new = result(8, status="crash"), result(16), result(8, status="ok", attempt=2)
-    for r in (old, other, new):
-        batch.append(r)
-    results = batch.results()
-    assert results == [other, new]  # latest per key, placed where it was last written
-    assert [r.trial_key for r in results].count(old.trial_key) == 1
-
-
-def test_a_torn_last_line_is_ignored(batch: track.Batch) -> None:
-    a, b = result(8), result(16)
-    batch.append(a)
-    batch.append(b)
-    torn = result(32).to_json()
-    with open(batch.journal, "a") as f:
-        f.write(torn[: len(torn) // 2])
-    assert batch.results() == [a, b]
-    assert set(batch.finished_keys()) == {a.trial_key, b.trial_key}
-
-
-def test_blank_and_garbage_lines_are_skipped(batch: track.Batch) -> None:
-    a = result(8)
-    batch.dir.mkdir(parents=True)
-    batch.journal.write_text("\n" + "not json\n" + a.to_json() + "\n" + '{"trial_key": "x"}\n')
-    assert batch.results() == [a]
-
-
-def test_a_result_appended_after_a_torn_line_is_kept(batch: track.Batch) -> None:
-    a, b = result(8), result(16)
-    batch.append(a)
-    torn = result(32).to_json()
-    with open(batch.journal, "a") as f:
-        f.write(torn[: len(torn) // 2])
-    batch.append(b)
-    assert batch.results() == [a, b]
-
-
-@pytest.mark.parametrize("status", ["ok", "failed", "timeout", "oom", "crash", "unsupported", "diverged"])
-def test_finished_keys_holds_only_final_statuses(batch: track.Batch, status: str) -> None:
-    r = result(8, status=status)
-    batch.append(r)
-    finished = batch.finished_keys()
-    if status in track.FINAL:
-        assert finished == {r.trial_key: r}
-    else:
-        assert finished == {}
-
-
-def test_finished_keys_follow_the_latest_result(batch: track.Batch) -> None:
-    ok_then_crash = [result(8, status="ok"), result(8, status="crash", attempt=2)]
-    crash_then_ok = [result(16, status="timeout"), result(16, status="ok", attempt=2)]
-    for r in (*ok_then_crash, *crash_then_ok):
-        batch.append(r)
-    assert set(batch.finished_keys()) == {crash_then_ok[0].trial_key}
-    assert batch.finished_keys()[crash_then_ok[0].trial_key].attempt == 2
-
-
-def test_final_statuses_are_the_deterministic_ones() -> None:
-    assert set(track.FINAL) == {"ok", "unsupported", "diverged"}
-
-
-def test_batch_meta_round_trip(batch: track.Batch) -> None:
-    meta = {"batch_id": batch.batch_id, "suite": "smoke", "argv": ["harness", "run"]}
-    batch.write_meta(meta)
-    assert batch.exists()
-    assert batch.meta() == meta
-    assert not list(batch.dir.glob("*.tmp"))
-    assert os.path.basename(batch.meta_path) == "batch.json"

@@ -1,6 +1,7 @@
 """The measurement protocol: compile time, warm-up, timed windows, statistics, memory, GEMM peak.
 
-Worker-side (numpy and the standard library only). Every clock read is preceded by ``sync()``, so
+Worker-side (numpy and the standard library only); the budgets are the contract's ``MeasureSpec``.
+Every clock read is preceded by ``sync()``, so
 asynchronous frameworks (JAX, CUDA) are timed on finished work, not on dispatch.
 
 Protocol for one scenario:
@@ -23,15 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.contract import MeasureSpec
+
 Clock = Callable[[], float]
-
-
-@dataclass(frozen=True)
-class Budget:
-    warmup_steps: int
-    min_steps: int
-    min_time_s: float
-    window_steps: int
 
 
 @dataclass(frozen=True)
@@ -50,7 +45,7 @@ class Timing:
 
 
 def run_timed(
-    step: Callable[[], object], sync: Callable[[], None], budget: Budget, clock: Clock = time.perf_counter
+    step: Callable[[], object], sync: Callable[[], None], budget: MeasureSpec, clock: Clock = time.perf_counter
 ) -> Timing:
     """Time ``step`` by the protocol above; ``sync`` is called before every clock read."""
     sync()

@@ -1,0 +1,316 @@
+"""The trial contract both sides share: a trial in, a result out (standard library only).
+
+One definition, used on both sides of the process boundary: the driver builds and validates a
+:class:`TrialSpec` (from a suite and the command line), sends a :class:`TrialRequest` as JSON to a
+worker process, and the worker decodes it into the same typed objects and writes a
+:class:`TrialResult`. Renaming a field is a type error on both sides. Validation lives here too
+(choices, bounds, types), so the worker rejects a malformed request exactly as the driver would.
+
+The worker side runs in every framework's interpreter (the MXNet one has numpy 1.23 and no pydantic),
+so this module imports only the standard library, the framework registry (plain data) and the
+workload registries (numpy).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Self, TypeVar, get_args, get_origin
+
+from adapters import FRAMEWORKS
+from adapters.base import CompileChoice as CompileChoice
+from adapters.base import Device as Device
+from adapters.base import Optimization
+from workloads.architectures import ARCHITECTURES
+from workloads.datasets import DATASETS, SYNTHETIC
+
+Mode = Literal["train", "infer"]
+Status = Literal["ok", "failed", "timeout", "oom", "crash", "unsupported", "diverged"]
+Scenario = Literal["train_throughput", "train_to_accuracy", "infer_offline", "infer_single_stream"]
+MODES: tuple[str, ...] = get_args(Mode)
+DEVICES: tuple[str, ...] = get_args(Device)
+COMPILE: tuple[str, ...] = get_args(CompileChoice)
+STATUSES: tuple[str, ...] = get_args(Status)
+PRECISIONS: tuple[str, ...] = ("float32",)
+# Outcomes that are deterministic: ``--resume`` skips them. Others (crash, timeout, ...) run again.
+FINAL: tuple[str, ...] = ("ok", "unsupported", "diverged")
+# What ``run`` counts as success (exit 0); anything else makes the batch exit 1.
+OK_STATUSES: tuple[str, ...] = ("ok", "unsupported")
+
+# The MLflow ``scenario`` param of each mode (kept from before scenarios were units).
+SCENARIO_PARAM = {"train": "train", "infer": "offline+single_stream"}
+
+
+class ContractError(ValueError):
+    """A value that breaks the contract: wrong type, unknown choice, out of bounds, unknown field."""
+
+
+# --- validation and decoding (generic over the dataclasses below) ---------------------------------
+
+
+_CHECKS: tuple[tuple[str, str, Callable[[Any, Any], bool]], ...] = (
+    ("gt", "greater than", lambda v, b: v > b),
+    ("ge", "greater than or equal to", lambda v, b: v >= b),
+    ("lt", "less than", lambda v, b: v < b),
+    ("le", "less than or equal to", lambda v, b: v <= b),
+)
+
+
+def _bounds(name: str, value: Any, meta: Mapping[str, Any]) -> None:
+    for key, words, ok in _CHECKS:
+        if key in meta and value is not None and not ok(value, meta[key]):
+            raise ContractError(f"{name}: input should be {words} {meta[key]}, got {value!r}")
+    choices = meta.get("choices")
+    if choices is not None and value is not None and value not in choices:
+        raise ContractError(f"{name}: unknown {meta.get('kind', name)} {value!r}; choose from {', '.join(choices)}")
+
+
+def _decode(tp: Any, value: Any, where: str) -> Any:
+    """``value`` (parsed JSON or already typed) as an instance of the type annotation ``tp``."""
+    origin, args = get_origin(tp), get_args(tp)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, Mapping):
+            raise ContractError(f"{where}: expected an object, got {type(value).__name__}")
+        return _from_mapping(tp, value, where)
+    if origin is Literal:
+        if value not in args:
+            raise ContractError(f"{where}: unknown value {value!r}; choose from {', '.join(map(str, args))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for option in args:
+            try:
+                return _decode(option, value, where)
+            except ContractError:
+                continue
+        raise ContractError(f"{where}: {value!r} is none of {tp}")
+    if tp is type(None):
+        if value is not None:
+            raise ContractError(f"{where}: expected null, got {value!r}")
+        return None
+    if origin in (dict, Mapping):
+        if not isinstance(value, Mapping):
+            raise ContractError(f"{where}: expected an object, got {type(value).__name__}")
+        return {_decode(args[0], k, where): _decode(args[1], v, f"{where}.{k}") for k, v in value.items()}
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise ContractError(f"{where}: expected a list, got {type(value).__name__}")
+        items = [_decode(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ContractError(f"{where}: input should be a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ContractError(f"{where}: input should be an integer, got {value!r}")
+        return value
+    if tp in (str, bool):
+        if type(value) is not tp:
+            raise ContractError(f"{where}: input should be a {tp.__name__}, got {value!r}")
+        return value
+    raise TypeError(f"{where}: the contract has no decoder for {tp}")
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
+def _from_mapping(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ContractError(f"{where + '.' if where else ''}{unknown[0]}: extra inputs are not permitted")
+    hints = _hints(cls)
+    kwargs = {k: _decode(hints[k], v, f"{where + '.' if where else ''}{k}") for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # a required field is missing
+        raise ContractError(f"{where or cls.__name__}: {e}") from None
+
+
+def _validate(obj: Any) -> None:
+    """Types and bounds of every field of a contract dataclass (run by ``__post_init__``)."""
+    hints = _hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        typed = _decode(hints[f.name], value, f.name)
+        if typed is not value:  # an int given for a float, a mapping for a nested record
+            object.__setattr__(obj, f.name, typed)
+        _bounds(f.name, value, f.metadata)
+
+
+T = TypeVar("T")
+
+
+def _range(**bounds: float) -> dict[str, float]:
+    return bounds
+
+
+def _one_of(kind: str, choices: Any) -> dict[str, Any]:
+    return {"kind": kind, "choices": tuple(choices)}
+
+
+class Record:
+    """JSON round trip and validation for the contract's dataclasses."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        return _from_mapping(cls, data)
+
+    @classmethod
+    def from_json(cls, text: str) -> Self:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ContractError(f"not valid JSON: {e}") from None
+        if not isinstance(data, dict):
+            raise ContractError(f"expected a JSON object, got {type(data).__name__}")
+        return cls.from_dict(data)
+
+    def replace(self, **changes: Any) -> Self:
+        return dataclasses.replace(self, **changes)
+
+
+# --- the trial ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class MeasureSpec(Record):
+    """The timing protocol's budgets (see :mod:`harness.worker.measure`)."""
+
+    warmup_steps: int = field(default=5, metadata=_range(ge=0))
+    min_steps: int = field(default=20, metadata=_range(ge=1))
+    min_time_s: float = field(default=1.0, metadata=_range(ge=0))
+    window_steps: int = field(default=5, metadata=_range(ge=1))  # steps per timed window (one clock read)
+    latency_requests: int = field(default=50, metadata=_range(ge=1))  # minimum single-stream requests
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainSpec(Optimization, Record):
+    """How a model learns (the optimiser fields come from :class:`adapters.base.Optimization`)."""
+
+    steps: int = field(default=0, metadata=_range(ge=0))  # accuracy step budget on the dataset (0: none)
+    eval_every: int = field(default=0, metadata=_range(ge=0))  # evaluate every N steps (0: only at the end)
+    target_accuracy: float | None = field(default=None, metadata=_range(gt=0, le=1))
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrialSpec(Record):
+    """One cell: architecture x framework x mode x device x batch size, and how to run it.
+
+    ``trial_key`` is the SHA-256 of the canonical JSON, so the same cell has the same key in every
+    batch (resume and de-duplication rely on it). Optional fields left unset stay out of the
+    canonical JSON, so journals written before they existed keep their keys.
+    """
+
+    architecture: str = field(metadata=_one_of("architecture", ARCHITECTURES))
+    framework: str = field(metadata=_one_of("framework", FRAMEWORKS))
+    mode: Mode
+    device: Device = "cpu"
+    batch_size: int = field(metadata=_range(gt=0))
+    precision: str = field(default="float32", metadata=_one_of("precision", PRECISIONS))
+    compile: CompileChoice = "auto"
+    dataset: str = field(default=SYNTHETIC, metadata=_one_of("dataset", DATASETS))
+    threads: int = field(metadata=_range(gt=0))
+    seed: int = 0
+    timeout_s: float = field(default=600.0, metadata=_range(gt=0))
+    memory_limit_mb: int | None = field(default=None, metadata=_range(gt=0))  # None: the node's share
+    train: TrainSpec = TrainSpec()
+    measure: MeasureSpec = MeasureSpec()
+    options: dict[str, bool | int | float | str] = field(default_factory=dict)  # framework build options
+
+    @property
+    def name(self) -> str:
+        """``{arch}-{fw}-{mode}``, plus ``-{dataset}`` for cells on a real dataset (unique per suite)."""
+        base = f"{self.architecture}-{self.framework}-{self.mode}"
+        return base if self.dataset == SYNTHETIC else f"{base}-{self.dataset}"
+
+    @property
+    def trains_to_accuracy(self) -> bool:
+        return self.mode == "train" and self.dataset != SYNTHETIC and self.train.steps > 0
+
+    @property
+    def scenarios(self) -> tuple[Scenario, ...]:
+        """The worker's scenario units this trial runs, in order (see :mod:`harness.worker.scenarios`)."""
+        if self.mode == "infer":
+            return ("infer_offline", "infer_single_stream")
+        return ("train_throughput", "train_to_accuracy") if self.trains_to_accuracy else ("train_throughput",)
+
+    @property
+    def scenario(self) -> str:
+        return SCENARIO_PARAM[self.mode]
+
+    def canonical_json(self) -> str:
+        data = self.to_dict()
+        if data["train"]["target_accuracy"] is None:
+            del data["train"]["target_accuracy"]
+        if data["memory_limit_mb"] is None:
+            del data["memory_limit_mb"]
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+    @functools.cached_property
+    def trial_key(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrialRequest(Record):
+    """What the launcher hands a worker process (``python -m harness.worker --request FILE``)."""
+
+    spec: TrialSpec
+    cpus: list[int] | None = None  # the CPU set to pin to (None: inherit)
+    dataset_path: str | None = None  # this node's cached copy of the trial's dataset
+    cache_dir: str | None = None  # where the GEMM peak calibration is cached
+    fault: Literal["crash", "hang", "raise", "alloc"] | None = None  # test hook, never set by default
+    parent_pid: int | None = None  # the launcher: the worker dies with it
+
+
+@dataclass(kw_only=True)
+class TrialResult(Record):
+    """What a trial produced: status, metrics, raw samples and the environment it ran in."""
+
+    trial_key: str
+    spec: TrialSpec
+    status: Status
+    reason: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    samples: dict[str, list[float]] = field(default_factory=dict)  # raw timings, seconds
+    history: dict[str, list[float]] = field(default_factory=dict)  # loss (every step), val_* (evaluations)
+    history_steps: dict[str, list[int]] = field(default_factory=dict)  # step of each point; absent: 0, 1, ...
+    compile_mode: str = ""
+    framework_version: str = ""
+    environment: dict[str, Any] = field(default_factory=dict)
+    stderr_tail: str = ""
+    started_at: float = 0.0
+    wall_s: float = 0.0
+    attempt: int = 1
+
+    @property
+    def ok(self) -> bool:
+        return self.status in OK_STATUSES

@@ -1,0 +1,59 @@
+"""Metric, sample and series names: one module that the worker, tracking, reports and benchmarks import.
+
+Units are in the names (``_s``, ``_ms``, ``_mb``, ``_per_s``). Standard library only (worker side).
+"""
+
+from __future__ import annotations
+
+# throughput and timing (every trial)
+THROUGHPUT = "throughput_samples_per_s"
+THROUGHPUT_CI_LOW = "throughput_ci_low"  # bootstrap over timing windows inside one process (jitter only)
+THROUGHPUT_CI_HIGH = "throughput_ci_high"
+STEP_TIME_CV = "step_time_cv"
+TIMED_STEPS = "timed_steps"
+COMPILE_S = "compile_s"  # first call of the timed scenario: tracing, compilation, autotuning
+COMPILE_S_SINGLE_STREAM = "compile_s_single_stream"
+IMPORT_S = "import_s"
+LATENCY = "latency_ms"  # per request (infer: single stream) or per step (train); ``_p50`` ... ``_p99``
+BATCH_LATENCY = "batch_latency_ms"  # infer: per offline batch
+PERCENTILES = (50, 90, 95, 99)
+
+# model and machine
+PARAM_COUNT = "param_count"
+FLOPS_PER_SAMPLE = "flops_per_sample"
+ACHIEVED_GFLOPS = "achieved_gflops"
+NODE_PEAK_GFLOPS = "node_peak_gflops"
+PEAK_FRACTION = "peak_fraction"
+
+# memory
+PEAK_HOST_RSS_MB = "peak_host_rss_mb"
+HOST_MEM_DELTA_MB = "host_mem_delta_mb"
+PEAK_DEVICE_MEM_MB = "peak_device_mem_mb"
+PEAK_GROUP_RSS_MB = "peak_group_rss_mb"  # the worker's whole process group, sampled by the memory cap
+
+# training to accuracy
+TRAIN_ACCURACY = "train_accuracy"
+VAL_ACCURACY = "val_accuracy"
+VAL_LOSS = "val_loss"
+TRAIN_VAL_GAP = "train_val_gap"
+FINAL_LOSS = "final_loss"
+TRAIN_STEPS = "train_steps"
+TRAIN_TIME_S = "train_time_s"
+EVALUATIONS = "evaluations"
+TARGET_ACCURACY = "target_accuracy"
+TIME_TO_TARGET_S = "time_to_target_s"
+STEPS_TO_TARGET = "steps_to_target"
+
+# history series (step metrics in MLflow)
+LOSS = "loss"  # every training step
+EVAL_SERIES = (VAL_LOSS, VAL_ACCURACY, TRAIN_ACCURACY)  # at each evaluation
+
+# raw samples (seconds)
+TRAIN_WINDOW_S = "train_window_s"
+OFFLINE_WINDOW_S = "offline_window_s"
+SINGLE_STREAM_REQUEST_S = "single_stream_request_s"
+
+
+def percentile_keys(prefix: str) -> dict[int, str]:
+    """``{50: "latency_ms_p50", ...}`` for a latency prefix."""
+    return {q: f"{prefix}_p{q}" for q in PERCENTILES}

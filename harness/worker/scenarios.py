@@ -1,0 +1,215 @@
+"""Scenarios: one unit each, one signature ``(adapter, trial, data) -> Outcome``.
+
+A trial runs the scenarios its spec names (:attr:`harness.contract.TrialSpec.scenarios`), in order,
+on one built adapter. Adding a scenario is adding one function here, one name to the contract's
+``Scenario`` literal and to :data:`SCENARIOS`. Worker side: numpy and the standard library only.
+
+- ``train_throughput``: optimiser steps on one synthetic batch, timed by the protocol.
+- ``train_to_accuracy``: from the canonical weights, the step budget on the trial's dataset with
+  untimed evaluations on the side; time to the target accuracy.
+- ``infer_offline``: batched inference, timed by the protocol.
+- ``infer_single_stream``: one sample per request, synced after every request (latency).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from adapters.base import Adapter
+from harness import metrics as M
+from harness.contract import Scenario, TrialSpec
+from harness.worker.measure import Timing, run_timed, summarize
+from workloads.architectures import Architecture
+from workloads.datasets import Dataset
+
+Series = dict[str, list[float]]
+
+
+@dataclass(frozen=True)
+class TrialData:
+    """What the scenarios work on: the (resized) architecture, its canonical weights, the timing batch."""
+
+    arch: Architecture
+    params: dict[str, np.ndarray]
+    x: np.ndarray  # synthetic timing batch, the architecture's input shape
+    y: np.ndarray
+    dataset: Dataset | None  # the real dataset, in the architecture's input shape (train_to_accuracy)
+    node_peak_gflops: float
+
+
+@dataclass
+class Outcome:
+    """A scenario's contribution to the trial's result."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    samples: Series = field(default_factory=dict)
+    history: Series = field(default_factory=dict)
+    history_steps: dict[str, list[int]] = field(default_factory=dict)
+    diverged: str | None = None  # why, when the training loss stopped being finite
+
+
+def _latency(prefix: str, step_s: np.ndarray) -> dict[str, float]:
+    s = summarize(step_s * 1000.0)
+    return {key: s[f"p{q}"] for q, key in M.percentile_keys(prefix).items()}
+
+
+def _throughput(timing: Timing, trial: TrialSpec, data: TrialData) -> dict[str, float]:
+    """Throughput (median step), its within-process interval, FLOP rate and fraction of the node's peak."""
+    stats = summarize(timing.step_s)
+    bs = trial.batch_size
+    throughput = bs / stats["median"]
+    flops = data.arch.flops_per_sample(trial.mode)
+    gflops = flops * throughput / 1e9
+    return {
+        M.THROUGHPUT: throughput,
+        M.THROUGHPUT_CI_LOW: bs / stats["ci_high"],
+        M.THROUGHPUT_CI_HIGH: bs / stats["ci_low"],
+        M.STEP_TIME_CV: stats["cv"],
+        M.TIMED_STEPS: float(timing.steps),
+        M.COMPILE_S: timing.compile_s,
+        M.FLOPS_PER_SAMPLE: float(flops),
+        M.ACHIEVED_GFLOPS: gflops,
+        M.NODE_PEAK_GFLOPS: data.node_peak_gflops,
+        M.PEAK_FRACTION: gflops / data.node_peak_gflops,
+    }
+
+
+def train_throughput(adapter: Adapter, trial: TrialSpec, data: TrialData) -> Outcome:
+    xd, yd = adapter.to_device(data.x), adapter.to_device(data.y)
+    last: list[Any] = [None]
+
+    def step() -> None:
+        last[0] = adapter.train_step(xd, yd)
+
+    timing = run_timed(step, adapter.sync, trial.measure)
+    out = Outcome(
+        metrics=_latency(M.LATENCY, timing.step_s) | _throughput(timing, trial, data),
+        samples={M.TRAIN_WINDOW_S: timing.window_s},
+    )
+    final = float(adapter.to_numpy(last[0]))
+    if not math.isfinite(final):
+        out.diverged = f"training loss became {final} on the synthetic batch"
+    return out
+
+
+def infer_offline(adapter: Adapter, trial: TrialSpec, data: TrialData) -> Outcome:
+    xd = adapter.to_device(data.x)
+    timing = run_timed(lambda: adapter.infer(xd), adapter.sync, trial.measure)
+    return Outcome(
+        metrics=_latency(M.BATCH_LATENCY, timing.step_s) | _throughput(timing, trial, data),
+        samples={M.OFFLINE_WINDOW_S: timing.window_s},
+    )
+
+
+def infer_single_stream(adapter: Adapter, trial: TrialSpec, data: TrialData) -> Outcome:
+    x1 = adapter.to_device(data.x[:1])
+    budget = trial.measure.replace(min_steps=trial.measure.latency_requests, window_steps=1)
+    timing = run_timed(lambda: adapter.infer(x1), adapter.sync, budget)
+    return Outcome(
+        metrics=_latency(M.LATENCY, timing.step_s) | {M.COMPILE_S_SINGLE_STREAM: timing.compile_s},
+        samples={M.SINGLE_STREAM_REQUEST_S: timing.window_s},
+    )
+
+
+def train_to_accuracy(adapter: Adapter, trial: TrialSpec, data: TrialData) -> Outcome:
+    """Train for the step budget from the canonical weights; evaluate on the side, untimed.
+
+    Identical in every framework: the initial weights, optimiser, learning rate, batch size and the
+    data order (``numpy.random.default_rng(seed)``: a permutation of the training split per epoch,
+    the incomplete last batch of an epoch dropped). Evaluation after every ``eval_every`` steps and
+    after the last one: accuracy and mean cross-entropy (numpy, float64, from the logits) on the
+    whole held-out split and accuracy on the whole training split, in inference mode. Only training
+    steps are timed (``sync()`` before each clock read), so ``train_time_s`` and
+    ``time_to_target_s`` (training time at the first evaluation reaching ``target_accuracy``; absent
+    when none does) exclude evaluation. History: ``loss`` at every step (step ``i``: the batch loss of
+    the weights after ``i`` updates) and ``val_loss``, ``val_accuracy``, ``train_accuracy`` at each
+    evaluation's step (``history_steps``); the last evaluation is the final value.
+    """
+    ds = data.dataset
+    if ds is None:
+        raise ValueError(f"train_to_accuracy needs a dataset; {trial.name} has none")
+    adapter.load_params(data.params)
+    bs, cfg = trial.batch_size, trial.train
+    steps, every, target = cfg.steps, cfg.eval_every or cfg.steps, cfg.target_accuracy
+    n = len(ds.x_train)
+    if bs > n:
+        raise ValueError(f"batch size {bs} exceeds the {n} training samples of {trial.dataset}")
+    rng = np.random.default_rng(trial.seed)
+    order, pos = rng.permutation(n), 0
+    loss: list[float] = []
+    history: Series = {key: [] for key in M.EVAL_SERIES}
+    eval_steps: list[int] = []
+    metrics: dict[str, float] = {}
+    train_time_s, step = 0.0, 0
+    while step < steps:
+        pending: list[Any] = []
+        adapter.sync()
+        t0 = time.perf_counter()
+        for _ in range(min(every, steps - step)):
+            if pos + bs > n:
+                order, pos = rng.permutation(n), 0
+            idx = order[pos : pos + bs]
+            pos += bs
+            pending.append(adapter.train_step(adapter.to_device(ds.x_train[idx]), adapter.to_device(ds.y_train[idx])))
+        adapter.sync()
+        train_time_s += time.perf_counter() - t0
+        step += len(pending)
+        # untimed from here: read the losses back, evaluate
+        loss += [float(adapter.to_numpy(v)) for v in pending]
+        val_acc, val_loss = evaluate(adapter, ds.x_val, ds.y_val)
+        train_acc, _ = evaluate(adapter, ds.x_train, ds.y_train)
+        for key, value in zip(M.EVAL_SERIES, (val_loss, val_acc, train_acc), strict=True):
+            history[key].append(value)
+        eval_steps.append(step)
+        if target is not None and M.TIME_TO_TARGET_S not in metrics and val_acc >= target:
+            metrics |= {M.TIME_TO_TARGET_S: train_time_s, M.STEPS_TO_TARGET: float(step)}
+        if not all(math.isfinite(v) for v in loss[-len(pending) :]):
+            break  # diverged: the rest of the budget would only repeat NaNs
+    train_acc, val_acc = history[M.TRAIN_ACCURACY][-1], history[M.VAL_ACCURACY][-1]
+    metrics |= {
+        M.TRAIN_ACCURACY: train_acc,
+        M.VAL_ACCURACY: val_acc,
+        M.VAL_LOSS: history[M.VAL_LOSS][-1],
+        M.TRAIN_VAL_GAP: train_acc - val_acc,
+        M.FINAL_LOSS: loss[-1],
+        M.TRAIN_STEPS: float(len(loss)),
+        M.TRAIN_TIME_S: train_time_s,
+        M.EVALUATIONS: float(len(eval_steps)),
+    }
+    if target is not None:
+        metrics[M.TARGET_ACCURACY] = float(target)
+    diverged = None if math.isfinite(loss[-1]) else f"training loss became {loss[-1]} on {trial.dataset}"
+    return Outcome(
+        metrics=metrics,
+        history={M.LOSS: loss} | history,
+        history_steps=dict.fromkeys(history, eval_steps),
+        diverged=diverged,
+    )
+
+
+def evaluate(adapter: Adapter, x: np.ndarray, y: np.ndarray, batch: int = 500) -> tuple[float, float]:
+    """Accuracy and mean softmax cross-entropy of the model on ``(x, y)``, in inference mode."""
+    from workloads.architectures.reference import cross_entropy
+
+    correct, loss_sum = 0, 0.0
+    for i in range(0, len(x), batch):
+        logits = adapter.to_numpy(adapter.infer(adapter.to_device(x[i : i + batch]))).astype(np.float64)
+        labels = y[i : i + batch]
+        loss_sum += cross_entropy(logits, labels) * len(labels)
+        correct += int((logits.argmax(axis=-1) == labels).sum())
+    return correct / len(x), loss_sum / len(x)
+
+
+ScenarioFn = Callable[[Adapter, TrialSpec, TrialData], Outcome]
+SCENARIOS: dict[Scenario, ScenarioFn] = {
+    "train_throughput": train_throughput,
+    "train_to_accuracy": train_to_accuracy,
+    "infer_offline": infer_offline,
+    "infer_single_stream": infer_single_stream,
+}

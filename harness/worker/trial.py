@@ -1,0 +1,132 @@
+"""One trial in this process: build the framework's model, run the trial's scenarios, measure memory.
+
+``run_trial`` only prepares the data, builds the adapter and runs the scenarios the spec names
+(:mod:`harness.worker.scenarios`); everything measured comes from those units.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from adapters import load_adapter
+from adapters.base import BuildOptions
+from harness import metrics as M
+from harness.contract import TrialRequest, TrialResult, TrialSpec
+from harness.worker.measure import current_rss_mb, gemm_peak_gflops, peak_rss_mb
+from harness.worker.scenarios import SCENARIOS, TrialData
+from workloads import datasets
+from workloads.architectures import get
+
+THREAD_ENV_KEYS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "XLA_FLAGS", "CUDA_VISIBLE_DEVICES")
+
+
+def prepare(spec: TrialSpec, dataset_path: str | None, node_peak_gflops: float) -> TrialData:
+    """The architecture (resized for the trial's dataset), canonical weights, timing batch and data."""
+    arch = get(spec.architecture)
+    data = None
+    if spec.dataset != datasets.SYNTHETIC:  # sized for the dataset's samples (the planner checked it can be)
+        info = datasets.INFO[spec.dataset]
+        arch = arch.for_data(info.sample_shape, info.dtype, info.vocab_size)
+        if spec.trains_to_accuracy:
+            if dataset_path is None:
+                raise ValueError(f"{spec.name} trains on {spec.dataset}, but the request has no dataset path")
+            data = _fit(datasets.load(spec.dataset, dataset_path), arch.input_shape)
+    # timing batch: synthetic, in the (resized) architecture's input shape; int ids for token models
+    x, y = datasets.synthetic(
+        arch.input_shape, arch.num_classes, spec.batch_size, spec.seed + 1, vocab_size=arch.vocab_size
+    )
+    return TrialData(arch, arch.init_variables(spec.seed), x, y, data, node_peak_gflops)
+
+
+def _fit(data: datasets.Dataset, input_shape: tuple[int, ...]) -> datasets.Dataset:
+    """The dataset with its samples in the architecture's input shape (1 channel repeated to C)."""
+    if tuple(data.x_train.shape[1:]) == tuple(input_shape):
+        return data
+    channels = input_shape[0]
+    fit = datasets.fit_channels
+    return replace(data, x_train=fit(data.x_train, channels), x_val=fit(data.x_val, channels))
+
+
+def run_trial(request: TrialRequest) -> TrialResult:
+    """Build the model and run the trial's scenarios; the result has status ok or diverged."""
+    spec = request.spec
+    cache_dir = Path(request.cache_dir) if request.cache_dir else None
+    peak = gemm_peak_gflops(spec.threads, cache_dir)  # before the framework loads: nothing else runs
+    t0 = time.perf_counter()
+    adapter_cls = load_adapter(spec.framework)
+    import_s = time.perf_counter() - t0
+    data = prepare(spec, request.dataset_path, peak)
+    baseline_mb = current_rss_mb()
+    options = BuildOptions.for_training(
+        spec.train,
+        device=spec.device,
+        precision=spec.precision,
+        compile=spec.compile,
+        threads=spec.threads,
+        trainable=spec.mode == "train",
+        extra=spec.options,
+    )
+    adapter = adapter_cls(data.arch, data.params, options)
+    if adapter.native_param_count() != data.arch.param_count():
+        raise RuntimeError(
+            f"{spec.framework} built {adapter.native_param_count()} parameters, spec has {data.arch.param_count()}"
+        )
+    result = TrialResult(
+        trial_key=spec.trial_key,
+        spec=spec,
+        status="ok",
+        metrics={M.PARAM_COUNT: float(data.arch.param_count()), M.IMPORT_S: import_s},
+        compile_mode=adapter.compile_mode,
+        framework_version=adapter.framework_version(),
+    )
+    for name in spec.scenarios:
+        out = SCENARIOS[name](adapter, spec, data)
+        result.metrics |= out.metrics
+        result.samples |= out.samples
+        result.history |= out.history
+        result.history_steps |= out.history_steps
+        if out.diverged:
+            result.status, result.reason = "diverged", out.diverged
+            break
+    result.metrics[M.PEAK_HOST_RSS_MB] = peak_rss_mb()
+    result.metrics[M.HOST_MEM_DELTA_MB] = result.metrics[M.PEAK_HOST_RSS_MB] - baseline_mb
+    device_peak = adapter.device_memory_peak_mb()
+    if device_peak is not None:
+        result.metrics[M.PEAK_DEVICE_MEM_MB] = device_peak
+    result.environment = environment(adapter.runtime_info(), spec.threads)
+    return result
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def environment(runtime: dict[str, Any], threads: int) -> dict[str, Any]:
+    """Where the trial ran: host, interpreter, CPU set, thread settings, the framework's runtime."""
+    return {
+        "hostname": socket.gethostname(),
+        "python": sys.version.split()[0],
+        "interpreter": sys.executable,
+        "numpy": np.__version__,
+        "cpu_model": _cpu_model(),
+        "cpus": sorted(os.sched_getaffinity(0)),
+        "threads": threads,
+        "niceness": os.getpriority(os.PRIO_PROCESS, 0),
+        "thread_env": {k: os.environ[k] for k in THREAD_ENV_KEYS if k in os.environ},
+        "framework_runtime": runtime,
+    }

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from adapters.base import ADAM_BETAS, ADAM_EPS, Adapter, BuildOptions, check_params
-from adapters.jax_layers import Params, forward_fn
+from adapters.jax_layers import Params, build
 from adapters.layout import to_canonical_kernel, to_channel_last, to_native_kernel
 from workloads.architectures import Architecture
 
@@ -36,7 +36,7 @@ class JaxAdapter(Adapter):
         super().__init__(arch, params, options)
         self.device = jax.devices(options.device)[0]
         self._jit = options.compile != "off"
-        forward = forward_fn(arch)
+        forward = build(arch)
         lr, momentum, optimizer = options.learning_rate, options.momentum, options.optimizer
         b1, b2 = ADAM_BETAS
 

@@ -1,14 +1,18 @@
-"""The JAX adapter's layers: one pure function per leaf kind, composed into a forward at build time.
+"""The JAX adapter's layers: one pure function per leaf type, composed into a forward at build time.
 
 Layout: a channel-first sample ``(C, *spatial)`` lives channel-last inside (``(N, *spatial, C)``, XLA's
 preferred convolution layout on CPU and GPU); sequences ``(N, T, F)``, flat vectors and token ids keep
-the canonical layout. Convolution, pooling, batch norm and the padding shortcut read channel-last
-data, every other layer canonical data; :func:`build` inserts a transpose only where a layer needs
-the other layout (Flatten after a convolution, so dense layers see the channel-first order). A
-``ToSequence`` after channel-last data is free: ``(N, L, C)`` already is the sequence.
+the canonical layout. The layers that work along the channel axis read channel-last data, every other
+layer canonical data; ``compose`` inserts a transpose only where a layer needs the other layout
+(Flatten after a convolution, so dense layers see the channel-first order). A ``ToSequence`` after
+channel-last data is free: ``(N, L, C)`` already is the sequence.
 
 Batch norm reads its running statistics from :class:`Run` and, in training mode, writes the updated
 ones to ``Run.new_state``: the forward stays a pure function of ``(params, state, x)``.
+
+Shape shared with the other ``*_layers`` modules (see ``workloads.architectures.layers``):
+``ACTIVATIONS``, ``BUILDERS`` (one builder ``(path, layer, shape, ctx) -> fn`` per leaf type), the
+build context (a ``FunctionComposer``) and ``build(arch)`` through ``compose``.
 """
 
 from __future__ import annotations
@@ -22,36 +26,39 @@ import jax
 import jax.numpy as jnp
 
 from workloads.architectures.layers import (
+    LAYER_NORM_EPS,
+    Activation,
     Architecture,
     BatchNorm,
+    Builder,
     Conv,
     Dense,
     Embedding,
     Flatten,
+    FunctionComposer,
     GlobalAvgPool,
-    Layer,
     LayerNorm,
     PadShortcut,
     Pool,
     Recurrent,
-    Residual,
     Shape,
     TokenMeanPool,
     ToSequence,
     TransformerBlock,
+    compose,
+    variable_name,
 )
 
 Params = dict[str, jax.Array]
 Forward = Callable[[Params, Params, jax.Array, bool], tuple[jax.Array, Params]]
 
-_ACT: dict[str, Callable[[jax.Array], jax.Array]] = {
+ACTIVATIONS: dict[Activation, Callable[[jax.Array], jax.Array]] = {
     "relu": jax.nn.relu,
     "tanh": jnp.tanh,
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
     "none": lambda x: x,
 }
 _DIMS = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC")}
-_CHANNEL_LAST = (Conv, Pool, GlobalAvgPool, BatchNorm, PadShortcut)  # layers that read channel-last data
 
 
 @dataclass
@@ -63,47 +70,61 @@ class Run:
     training: bool
     new_state: Params = field(default_factory=dict)
 
+    def var(self, path: str, kind: str) -> jax.Array:
+        return self.params[variable_name(path, kind)]
+
 
 LayerFn = Callable[[Run, jax.Array], jax.Array]
 
 
-def _layer_norm(x: jax.Array, gamma: jax.Array, beta: jax.Array, eps: float) -> jax.Array:
+def _to_channel_last(run: Run, x: jax.Array) -> jax.Array:
+    return jnp.moveaxis(x, 1, -1)
+
+
+def _to_channel_first(run: Run, x: jax.Array) -> jax.Array:
+    return jnp.moveaxis(x, -1, 1)
+
+
+def _normalise_last(x: jax.Array, gamma: jax.Array, beta: jax.Array, eps: float) -> jax.Array:
     mean = jnp.mean(x, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
     return (x - mean) * jax.lax.rsqrt(var + eps) * gamma + beta
 
 
-def _dense(path: str, layer: Dense, shape: Shape) -> LayerFn:
-    act = _ACT[layer.activation]
+# Builders: (path, layer, input sample shape, ctx) -> fn(run, x).
+
+
+def _dense(path: str, layer: Dense, shape: Shape, ctx: FunctionComposer) -> LayerFn:
+    act = ACTIVATIONS[layer.activation]
 
     def f(run: Run, x: jax.Array) -> jax.Array:
-        x = x @ run.params[f"{path}.kernel"]
-        return act(x + run.params[f"{path}.bias"] if layer.bias else x)
+        x = x @ run.var(path, "kernel")
+        return act(x + run.var(path, "bias") if layer.bias else x)
 
     return f
 
 
-def _conv(path: str, layer: Conv, shape: Shape) -> LayerFn:
-    act, padding = _ACT[layer.activation], [(p, p) for p in layer.padding]
+def _conv(path: str, layer: Conv, shape: Shape, ctx: FunctionComposer) -> LayerFn:
+    act, padding = ACTIVATIONS[layer.activation], [(p, p) for p in layer.padding]
 
     def f(run: Run, x: jax.Array) -> jax.Array:
         x = jax.lax.conv_general_dilated(
             x,
-            run.params[f"{path}.kernel"],
+            run.var(path, "kernel"),
             window_strides=layer.stride,
             padding=padding,
             dimension_numbers=_DIMS[layer.spatial_dims],
         )
-        return act(x + run.params[f"{path}.bias"] if layer.bias else x)
+        return act(x + run.var(path, "bias") if layer.bias else x)
 
     return f
 
 
-def _flatten(path: str, layer: Flatten, shape: Shape) -> LayerFn:
-    return lambda run, x: x.reshape(x.shape[0], -1)
+def _flatten(path: str, layer: Flatten, shape: Shape, ctx: FunctionComposer) -> LayerFn:
+    return lambda run, x: x.reshape(x.shape[0], -1)  # reads channel-first: row-major canonical order
 
 
-def _pool(path: str, layer: Pool, shape: Shape) -> LayerFn:
+def _pool(path: str, layer: Pool, shape: Shape, ctx: FunctionComposer) -> LayerFn:
     window, strides = (1, *layer.window, 1), (1, *layer.stride, 1)
     size = math.prod(layer.window)
 
@@ -115,13 +136,13 @@ def _pool(path: str, layer: Pool, shape: Shape) -> LayerFn:
     return f
 
 
-def _global_avg_pool(path: str, layer: GlobalAvgPool, shape: Shape) -> LayerFn:
+def _global_avg_pool(path: str, layer: GlobalAvgPool, shape: Shape, ctx: FunctionComposer) -> LayerFn:
     return lambda run, x: jnp.mean(x, axis=tuple(range(1, x.ndim - 1)))
 
 
-def _batch_norm(path: str, layer: BatchNorm, shape: Shape) -> LayerFn:
-    act, m = _ACT[layer.activation], layer.momentum
-    mean_key, var_key = f"{path}.running_mean", f"{path}.running_var"
+def _batch_norm(path: str, layer: BatchNorm, shape: Shape, ctx: FunctionComposer) -> LayerFn:
+    act, m = ACTIVATIONS[layer.activation], layer.momentum
+    mean_key, var_key = variable_name(path, "running_mean"), variable_name(path, "running_var")
 
     def f(run: Run, x: jax.Array) -> jax.Array:
         if run.training:
@@ -134,19 +155,18 @@ def _batch_norm(path: str, layer: BatchNorm, shape: Shape) -> LayerFn:
             run.new_state[var_key] = (1 - m) * run.state[var_key] + m * unbiased
         else:
             mean, var = run.state[mean_key], run.state[var_key]
-        scale = run.params[f"{path}.gamma"] * jax.lax.rsqrt(var + layer.eps)
-        return act((x - mean) * scale + run.params[f"{path}.beta"])
+        scale = run.var(path, "gamma") * jax.lax.rsqrt(var + layer.eps)
+        return act((x - mean) * scale + run.var(path, "beta"))
 
     return f
 
 
-def _layer_norm_layer(path: str, layer: LayerNorm, shape: Shape) -> LayerFn:
-    return lambda run, x: _layer_norm(x, run.params[f"{path}.gamma"], run.params[f"{path}.beta"], layer.eps)
+def _layer_norm(path: str, layer: LayerNorm, shape: Shape, ctx: FunctionComposer) -> LayerFn:
+    return lambda run, x: _normalise_last(x, run.var(path, "gamma"), run.var(path, "beta"), layer.eps)
 
 
-def _pad_shortcut(path: str, layer: PadShortcut, shape: Shape) -> LayerFn:
-    s, before = layer.stride, (layer.filters - shape[0]) // 2
-    pad = [(0, 0)] * len(shape) + [(before, layer.filters - shape[0] - before)]
+def _pad_shortcut(path: str, layer: PadShortcut, shape: Shape, ctx: FunctionComposer) -> LayerFn:
+    s, pad = layer.stride, [(0, 0)] * len(shape) + [layer.channel_padding(shape[0])]
 
     def f(run: Run, x: jax.Array) -> jax.Array:
         return jnp.pad(x[(slice(None), *[slice(None, None, s)] * (x.ndim - 2))], pad)
@@ -154,7 +174,11 @@ def _pad_shortcut(path: str, layer: PadShortcut, shape: Shape) -> LayerFn:
     return f
 
 
-def _recurrent(path: str, layer: Recurrent, shape: Shape) -> LayerFn:
+def _to_sequence(path: str, layer: ToSequence, shape: Shape, ctx: FunctionComposer) -> LayerFn:
+    return lambda run, x: x  # reads channel-last: an (N, L, C) image already is the (N, T, F) sequence
+
+
+def _recurrent(path: str, layer: Recurrent, shape: Shape, ctx: FunctionComposer) -> LayerFn:
     """Both directions in one ``lax.scan`` (the reverse one reads the time-flipped input).
 
     The input projections of every step are one matmul outside the loop; the loop body holds only
@@ -185,16 +209,18 @@ def _recurrent(path: str, layer: Recurrent, shape: Shape) -> LayerFn:
         return step
 
     def f(run: Run, x: jax.Array) -> jax.Array:
-        p = run.params
+        def p(kind: str) -> jax.Array:
+            return run.var(path, kind)
+
         xs = []
         for d in dirs:
-            bias = p[f"{path}.b_ih{d}"] if gru else p[f"{path}.b_ih{d}"] + p[f"{path}.b_hh{d}"]
-            xw = jnp.einsum("ntf,gf->tng", x, p[f"{path}.w_ih{d}"]) + bias
+            bias = p(f"b_ih{d}") if gru else p(f"b_ih{d}") + p(f"b_hh{d}")
+            xw = jnp.einsum("ntf,gf->tng", x, p(f"w_ih{d}")) + bias
             xs.append(jnp.flip(xw, 0) if d else xw)
-        w_hh = jnp.stack([p[f"{path}.w_hh{d}"].T for d in dirs])  # (D, H, G*H)
+        w_hh = jnp.stack([p(f"w_hh{d}").T for d in dirs])  # (D, H, G*H)
         h0 = jnp.zeros((len(dirs), x.shape[0], layer.hidden), x.dtype)
         if gru:
-            b_hh = jnp.stack([p[f"{path}.b_hh{d}"] for d in dirs])[:, None, :]
+            b_hh = jnp.stack([p(f"b_hh{d}") for d in dirs])[:, None, :]
             h, ys = jax.lax.scan(gru_step(w_hh, b_hh), h0, jnp.stack(xs, axis=1))
         else:
             (h, _), ys = jax.lax.scan(lstm_step(w_hh), (h0, h0), jnp.stack(xs, axis=1))
@@ -206,44 +232,46 @@ def _recurrent(path: str, layer: Recurrent, shape: Shape) -> LayerFn:
     return f
 
 
-def _embedding(path: str, layer: Embedding, shape: Shape) -> LayerFn:
+def _embedding(path: str, layer: Embedding, shape: Shape, ctx: FunctionComposer) -> LayerFn:
     def f(run: Run, x: jax.Array) -> jax.Array:
-        out = jnp.take(run.params[f"{path}.table"], x, axis=0)
-        return out + run.params[f"{path}.positions"] if layer.positions else out
+        out = jnp.take(run.var(path, "table"), x, axis=0)
+        return out + run.var(path, "positions") if layer.positions else out
 
     return f
 
 
-def _transformer_block(path: str, layer: TransformerBlock, shape: Shape) -> LayerFn:
-    heads = layer.heads
+def _transformer_block(path: str, layer: TransformerBlock, shape: Shape, ctx: FunctionComposer) -> LayerFn:
+    heads, scale = layer.heads, layer.attention_scale(shape[1])
 
     def f(run: Run, x: jax.Array) -> jax.Array:
-        def p(name: str) -> jax.Array:
-            return run.params[f"{path}.{name}"]
+        def p(kind: str) -> jax.Array:
+            return run.var(path, kind)
 
-        h = _layer_norm(x, p("ln1.gamma"), p("ln1.beta"), 1e-5)
+        h = _normalise_last(x, p("ln1.gamma"), p("ln1.beta"), LAYER_NORM_EPS)
         q, k, v = ((h @ p(f"w{c}") + p(f"b{c}")).reshape(*x.shape[:-1], heads, -1) for c in "qkv")
-        attn = jax.nn.dot_product_attention(q, k, v).reshape(x.shape)  # (N, T, heads, D/heads) -> (N, T, D)
+        attn = jax.nn.dot_product_attention(q, k, v, scale=scale)  # (N, T, heads, D / heads)
+        attn = attn.reshape(x.shape)
         x = x + attn @ p("wo") + p("bo")
-        h = _layer_norm(x, p("ln2.gamma"), p("ln2.beta"), 1e-5)
-        return x + jax.nn.gelu(h @ p("w1") + p("b1"), approximate=False) @ p("w2") + p("b2")
+        h = _normalise_last(x, p("ln2.gamma"), p("ln2.beta"), LAYER_NORM_EPS)
+        return x + ACTIVATIONS["gelu"](h @ p("w1") + p("b1")) @ p("w2") + p("b2")
 
     return f
 
 
-def _token_mean_pool(path: str, layer: TokenMeanPool, shape: Shape) -> LayerFn:
+def _token_mean_pool(path: str, layer: TokenMeanPool, shape: Shape, ctx: FunctionComposer) -> LayerFn:
     return lambda run, x: jnp.mean(x, axis=1)
 
 
-_BUILDERS: dict[type, Callable[[str, Any, Shape], LayerFn]] = {
+BUILDERS: dict[type, Builder[LayerFn]] = {
     Dense: _dense,
     Conv: _conv,
     Flatten: _flatten,
     Pool: _pool,
     GlobalAvgPool: _global_avg_pool,
     BatchNorm: _batch_norm,
-    LayerNorm: _layer_norm_layer,
+    LayerNorm: _layer_norm,
     PadShortcut: _pad_shortcut,
+    ToSequence: _to_sequence,
     Recurrent: _recurrent,
     Embedding: _embedding,
     TransformerBlock: _transformer_block,
@@ -251,63 +279,9 @@ _BUILDERS: dict[type, Callable[[str, Any, Shape], LayerFn]] = {
 }
 
 
-def _to_channel_last(run: Run, x: jax.Array) -> jax.Array:
-    return jnp.moveaxis(x, 1, -1)
-
-
-def _to_channel_first(run: Run, x: jax.Array) -> jax.Array:
-    return jnp.moveaxis(x, -1, 1)
-
-
-def _chain(fns: list[LayerFn]) -> LayerFn:
-    def f(run: Run, x: jax.Array) -> jax.Array:
-        for fn in fns:
-            x = fn(run, x)
-        return x
-
-    return f
-
-
-def _residual(path: str, layer: Residual, shape: Shape, cl: bool) -> tuple[LayerFn, bool]:
-    body, body_cl = build(layer.body, shape, cl, f"{path}.body.")
-    shortcut, short_cl = build(layer.shortcut, shape, cl, f"{path}.shortcut.")
-    if short_cl != body_cl:
-        shortcut = _chain([shortcut, _to_channel_last if body_cl else _to_channel_first])
-    act = _ACT[layer.activation]
-    return (lambda run, x: act(body(run, x) + shortcut(run, x))), body_cl
-
-
-def build(layers: tuple[Layer, ...], in_shape: Shape, cl: bool, prefix: str = "") -> tuple[LayerFn, bool]:
-    """The layers as one function of ``(run, x)``; ``cl``: is ``x`` (and then the output) channel-last."""
-    fns: list[LayerFn] = []
-    shape = in_shape
-    for i, layer in enumerate(layers):
-        path, out_shape = f"{prefix}{i}", layer.out_shape(shape)
-        if isinstance(layer, Residual):
-            fn, cl = _residual(path, layer, shape, cl)
-            fns.append(fn)
-        elif isinstance(layer, ToSequence):
-            if not cl:  # (N, C, L) -> (N, L, C); channel-last data already is the sequence
-                fns.append(lambda run, x: jnp.swapaxes(x, 1, 2))
-            cl = False
-        else:
-            want = len(shape) >= 2 and isinstance(layer, _CHANNEL_LAST)
-            if len(shape) >= 2 and want != cl:
-                fns.append(_to_channel_last if want else _to_channel_first)
-            fns.append(_BUILDERS[type(layer)](path, layer, shape))
-            cl = want and len(out_shape) >= 2
-        shape = out_shape
-    return _chain(fns), cl
-
-
-def channel_last_input(arch: Architecture) -> bool:
-    """Whether ``to_device`` hands this architecture channel-last data (float samples of rank >= 2)."""
-    return arch.input_dtype == "float32" and len(arch.input_shape) >= 2
-
-
-def forward_fn(arch: Architecture) -> Forward:
+def build(arch: Architecture) -> Forward:
     """``forward(params, state, x, training) -> (logits, state after the pass)``."""
-    body, _ = build(arch.layers, arch.input_shape, channel_last_input(arch))
+    body = compose(arch, BUILDERS, FunctionComposer(ACTIVATIONS, _to_channel_last, _to_channel_first))
 
     def forward(params: Params, state: Params, x: jax.Array, training: bool) -> tuple[jax.Array, Params]:
         run = Run(params, state, training)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,7 @@ import tensorflow as tf
 
 from adapters.base import ADAM_BETAS, ADAM_EPS, Adapter, BuildOptions, check_params
 from adapters.layout import to_canonical_kernel, to_channel_last, to_native_kernel
-from adapters.tensorflow_layers import build_forward
+from adapters.tensorflow_layers import build
 from workloads.architectures import Architecture
 
 
@@ -57,7 +58,7 @@ class TensorflowAdapter(Adapter):
         variables = [self.vars[k] for k in order]
         lr, momentum, optimizer = options.learning_rate, options.momentum, options.optimizer
         b1, b2 = ADAM_BETAS
-        forward = build_forward(self.vars, arch.layers, arch.input_shape)
+        forward = partial(build(arch), self.vars)
 
         def train(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
             with tf.GradientTape() as tape:

@@ -1,15 +1,19 @@
-"""The TensorFlow adapter's layers: one builder per leaf kind, composed into a forward function.
+"""The TensorFlow adapter's layers: one builder per leaf type, composed into a forward function.
 
-A builder turns a layer spec and its variables into ``fn(x, training) -> y`` made of raw ``tf.nn``
-ops (traced into the adapter's XLA-compiled functions). Image-like activations are channel-last
-inside (``(N, *spatial, C)``); every other tensor (flat vectors, ``(N, T, F)`` sequences, token ids)
-already has its canonical layout. Batch-norm running statistics are non-trainable variables,
-updated with ``assign`` in training mode.
+A builder turns a layer spec into ``fn(run, x) -> y`` made of raw ``tf.nn`` ops (traced into the
+adapter's XLA-compiled functions); ``run`` holds the variables and the mode of the pass. Image-like
+activations are channel-last inside (``(N, *spatial, C)``): the layers that work along the channel
+axis read channel-last data, every other one the canonical layout, and ``compose`` puts a transpose
+where the layout changes (before a ``Flatten`` after a convolution). Batch-norm running statistics
+are non-trainable variables, updated with ``assign`` in training mode.
+
+Shape shared with the other ``*_layers`` modules (see ``workloads.architectures.layers``):
+``ACTIVATIONS``, ``BUILDERS`` (one builder ``(path, layer, shape, ctx) -> fn`` per leaf type), the
+build context (a ``FunctionComposer``) and ``build(arch)`` through ``compose``.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -18,28 +22,33 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf
 
 from workloads.architectures.layers import (
+    LAYER_NORM_EPS,
+    Activation,
+    Architecture,
     BatchNorm,
+    Builder,
     Conv,
     Dense,
     Embedding,
     Flatten,
+    FunctionComposer,
     GlobalAvgPool,
-    Layer,
     LayerNorm,
-    Leaf,
     PadShortcut,
     Pool,
     Recurrent,
-    Residual,
     Shape,
     TokenMeanPool,
     ToSequence,
     TransformerBlock,
+    compose,
+    variable_name,
 )
 
-Fn = Callable[[tf.Tensor, bool], tf.Tensor]  # (x, training) -> y
+Variables = Mapping[str, tf.Variable]
+Forward = Callable[[Variables, tf.Tensor, bool], tf.Tensor]  # (variables, x, training) -> logits
 
-ACTIVATIONS: dict[str, Callable[[tf.Tensor], tf.Tensor]] = {
+ACTIVATIONS: dict[Activation, Callable[[tf.Tensor], tf.Tensor]] = {
     "relu": tf.nn.relu,
     "tanh": tf.math.tanh,
     "gelu": lambda x: tf.nn.gelu(x, approximate=False),
@@ -48,82 +57,30 @@ ACTIVATIONS: dict[str, Callable[[tf.Tensor], tf.Tensor]] = {
 
 
 @dataclass(frozen=True)
-class _Vars:
-    """One layer's variables, looked up by kind (``v["kernel"]`` is ``"{path}.kernel"``)."""
+class Run:
+    """One forward pass: the variables it reads and its mode."""
 
-    table: Mapping[str, tf.Variable]
-    path: str
+    variables: Variables
+    training: bool
 
-    def __getitem__(self, kind: str) -> tf.Variable:
-        return self.table[f"{self.path}.{kind}"]
-
-    def get(self, kind: str) -> tf.Variable | None:
-        return self.table.get(f"{self.path}.{kind}")
+    def var(self, path: str, kind: str) -> tf.Variable:
+        return self.variables[variable_name(path, kind)]
 
 
-def _bias_act(x: tf.Tensor, bias: tf.Variable | None, activation: str) -> tf.Tensor:
+LayerFn = Callable[[Run, tf.Tensor], tf.Tensor]
+
+
+def _to_channel_last(run: Run, x: tf.Tensor) -> tf.Tensor:
+    return tf.transpose(x, [0, *range(2, len(x.shape)), 1])
+
+
+def _to_channel_first(run: Run, x: tf.Tensor) -> tf.Tensor:
+    rank = len(x.shape)
+    return tf.transpose(x, [0, rank - 1, *range(1, rank - 1)])
+
+
+def _bias_act(x: tf.Tensor, bias: tf.Variable | None, activation: Activation) -> tf.Tensor:
     return ACTIVATIONS[activation](x if bias is None else x + bias)
-
-
-def _dense(v: _Vars, layer: Dense, image: bool) -> Fn:
-    return lambda x, training: _bias_act(tf.matmul(x, v["kernel"]), v.get("bias"), layer.activation)
-
-
-def _conv(v: _Vars, layer: Conv, image: bool) -> Fn:
-    pad = [[0, 0], *[[p, p] for p in layer.padding], [0, 0]]
-    explicit = any(layer.padding)
-
-    def fn(x: tf.Tensor, training: bool) -> tf.Tensor:
-        x = tf.pad(x, pad) if explicit else x
-        y = tf.nn.convolution(x, v["kernel"], list(layer.stride), "VALID")
-        return _bias_act(y, v.get("bias"), layer.activation)
-
-    return fn
-
-
-def _flatten(v: _Vars, layer: Flatten, image: bool) -> Fn:
-    """Channel-first row-major flatten: a channel-last image is moved back to ``(N, C, *spatial)`` first."""
-
-    def fn(x: tf.Tensor, training: bool) -> tf.Tensor:
-        rank = len(x.shape)
-        if image and rank > 2:
-            x = tf.transpose(x, [0, rank - 1, *range(1, rank - 1)])
-        return tf.reshape(x, [tf.shape(x)[0], -1])
-
-    return fn
-
-
-def _pool(v: _Vars, layer: Pool, image: bool) -> Fn:
-    op = tf.nn.max_pool if layer.kind == "max" else tf.nn.avg_pool
-    return lambda x, training: op(x, list(layer.window), list(layer.stride), "VALID")
-
-
-def _global_avg_pool(v: _Vars, layer: GlobalAvgPool, image: bool) -> Fn:
-    return lambda x, training: tf.reduce_mean(x, axis=list(range(1, len(x.shape) - 1)))
-
-
-def _batch_norm(v: _Vars, layer: BatchNorm, image: bool) -> Fn:
-    """torch's convention: biased batch variance to normalise, unbiased one in the running update."""
-    gamma, beta, mean_run, var_run = v["gamma"], v["beta"], v["running_mean"], v["running_var"]
-    m = layer.momentum
-
-    def fn(x: tf.Tensor, training: bool) -> tf.Tensor:
-        rank = len(x.shape)
-        channel = rank - 1 if image or rank == 2 else 1  # a plain (N, C, ...) sample normalises axis 1
-        axes = [a for a in range(rank) if a != channel]
-        shape = [-1 if a == channel else 1 for a in range(rank)]
-        if training:
-            mean, var = tf.nn.moments(x, axes)
-            n = tf.cast(tf.size(x) // tf.shape(x)[channel], x.dtype)
-            mean_run.assign((1 - m) * mean_run + m * mean)
-            var_run.assign((1 - m) * var_run + m * var * (n / (n - 1)))
-        else:
-            mean, var = mean_run, var_run
-        scale = tf.reshape(gamma * tf.math.rsqrt(var + layer.eps), shape)
-        y = (x - tf.reshape(mean, shape)) * scale + tf.reshape(beta, shape)
-        return ACTIVATIONS[layer.activation](y)
-
-    return fn
 
 
 def _normalise_last(x: tf.Tensor, gamma: tf.Variable, beta: tf.Variable, eps: float) -> tf.Tensor:
@@ -131,26 +88,85 @@ def _normalise_last(x: tf.Tensor, gamma: tf.Variable, beta: tf.Variable, eps: fl
     return (x - mean) * tf.math.rsqrt(var + eps) * gamma + beta
 
 
-def _layer_norm(v: _Vars, layer: LayerNorm, image: bool) -> Fn:
-    return lambda x, training: _normalise_last(x, v["gamma"], v["beta"], layer.eps)
+# Builders: (path, layer, input sample shape, ctx) -> fn(run, x).
 
 
-def _pad_shortcut(v: _Vars, layer: PadShortcut, image: bool) -> Fn:
+def _dense(path: str, layer: Dense, shape: Shape, ctx: FunctionComposer) -> LayerFn:
+    def fn(run: Run, x: tf.Tensor) -> tf.Tensor:
+        bias = run.var(path, "bias") if layer.bias else None
+        return _bias_act(tf.matmul(x, run.var(path, "kernel")), bias, layer.activation)
+
+    return fn
+
+
+def _conv(path: str, layer: Conv, shape: Shape, ctx: FunctionComposer) -> LayerFn:
+    pad = [[0, 0], *[[p, p] for p in layer.padding], [0, 0]]
+    explicit = any(layer.padding)
+
+    def fn(run: Run, x: tf.Tensor) -> tf.Tensor:
+        x = tf.pad(x, pad) if explicit else x
+        y = tf.nn.convolution(x, run.var(path, "kernel"), list(layer.stride), "VALID")
+        return _bias_act(y, run.var(path, "bias") if layer.bias else None, layer.activation)
+
+    return fn
+
+
+def _flatten(path: str, layer: Flatten, shape: Shape, ctx: FunctionComposer) -> LayerFn:
+    return lambda run, x: tf.reshape(x, [tf.shape(x)[0], -1])  # reads channel-first: row-major canonical order
+
+
+def _pool(path: str, layer: Pool, shape: Shape, ctx: FunctionComposer) -> LayerFn:
+    op = tf.nn.max_pool if layer.kind == "max" else tf.nn.avg_pool
+    return lambda run, x: op(x, list(layer.window), list(layer.stride), "VALID")
+
+
+def _global_avg_pool(path: str, layer: GlobalAvgPool, shape: Shape, ctx: FunctionComposer) -> LayerFn:
+    return lambda run, x: tf.reduce_mean(x, axis=list(range(1, len(x.shape) - 1)))
+
+
+def _batch_norm(path: str, layer: BatchNorm, shape: Shape, ctx: FunctionComposer) -> LayerFn:
+    """torch's convention: biased batch variance to normalise, unbiased one in the running update.
+
+    The channel axis is the last one: channel-last images, flat ``(N, C)`` vectors.
+    """
+    m = layer.momentum
+
+    def fn(run: Run, x: tf.Tensor) -> tf.Tensor:
+        rank = len(x.shape)
+        axes, shape = list(range(rank - 1)), [1] * (rank - 1) + [-1]
+        mean_run, var_run = run.var(path, "running_mean"), run.var(path, "running_var")
+        if run.training:
+            mean, var = tf.nn.moments(x, axes)
+            n = tf.cast(tf.size(x) // tf.shape(x)[rank - 1], x.dtype)
+            mean_run.assign((1 - m) * mean_run + m * mean)
+            var_run.assign((1 - m) * var_run + m * var * (n / (n - 1)))
+        else:
+            mean, var = mean_run, var_run
+        scale = tf.reshape(run.var(path, "gamma") * tf.math.rsqrt(var + layer.eps), shape)
+        y = (x - tf.reshape(mean, shape)) * scale + tf.reshape(run.var(path, "beta"), shape)
+        return ACTIVATIONS[layer.activation](y)
+
+    return fn
+
+
+def _layer_norm(path: str, layer: LayerNorm, shape: Shape, ctx: FunctionComposer) -> LayerFn:
+    return lambda run, x: _normalise_last(x, run.var(path, "gamma"), run.var(path, "beta"), layer.eps)
+
+
+def _pad_shortcut(path: str, layer: PadShortcut, shape: Shape, ctx: FunctionComposer) -> LayerFn:
     """Option A: subsample the spatial dims by the stride, zero-pad the (last) channel axis."""
-    s = layer.stride
+    s, (before, after) = layer.stride, layer.channel_padding(shape[0])
 
-    def fn(x: tf.Tensor, training: bool) -> tf.Tensor:
+    def fn(run: Run, x: tf.Tensor) -> tf.Tensor:
         spatial = len(x.shape) - 2
         x = x[(slice(None), *[slice(None, None, s)] * spatial, slice(None))]
-        before = (layer.filters - x.shape[-1]) // 2
-        after = layer.filters - x.shape[-1] - before
         return tf.pad(x, [[0, 0]] * (spatial + 1) + [[before, after]])
 
     return fn
 
 
-def _to_sequence(v: _Vars, layer: ToSequence, image: bool) -> Fn:
-    return lambda x, training: x  # a channel-last (N, L, C) image already is the (N, T, F) sequence
+def _to_sequence(path: str, layer: ToSequence, shape: Shape, ctx: FunctionComposer) -> LayerFn:
+    return lambda run, x: x  # reads channel-last: an (N, L, C) image already is the (N, T, F) sequence
 
 
 def _gru_cell(x_t: tf.Tensor, state: tuple[tf.Tensor, ...], w_hh: tf.Tensor, b_hh: tf.Tensor) -> tuple[tf.Tensor, ...]:
@@ -170,7 +186,7 @@ def _lstm_cell(x_t: tf.Tensor, state: tuple[tf.Tensor, ...], w_hh: tf.Tensor, b_
     return tf.math.sigmoid(o) * tf.math.tanh(c), c
 
 
-def _recurrent(v: _Vars, layer: Recurrent, image: bool) -> Fn:
+def _recurrent(path: str, layer: Recurrent, shape: Shape, ctx: FunctionComposer) -> LayerFn:
     """GRU/LSTM over ``(N, T, F)``, both directions of a bidirectional layer in one recurrence.
 
     The input projection of every step is one matmul per direction; the reverse direction's steps are
@@ -180,13 +196,13 @@ def _recurrent(v: _Vars, layer: Recurrent, image: bool) -> Fn:
     """
     cell = _gru_cell if layer.cell == "gru" else _lstm_cell
 
-    def fn(x: tf.Tensor, training: bool) -> tf.Tensor:
+    def fn(run: Run, x: tf.Tensor) -> tf.Tensor:
         projected = []
         for d in layer.directions:
-            p = tf.einsum("ntf,gf->tng", x, v[f"w_ih{d}"]) + v[f"b_ih{d}"]  # time-major (T, N, G*H)
+            p = tf.einsum("ntf,gf->tng", x, run.var(path, f"w_ih{d}")) + run.var(path, f"b_ih{d}")  # (T, N, G*H)
             projected.append(tf.reverse(p, [0]) if d else p)
-        w_hh = tf.stack([v[f"w_hh{d}"] for d in layer.directions])  # (D, G*H, H)
-        b_hh = tf.stack([v[f"b_hh{d}"] for d in layer.directions])[:, None, :]  # (D, 1, G*H)
+        w_hh = tf.stack([run.var(path, f"w_hh{d}") for d in layer.directions])  # (D, G*H, H)
+        b_hh = tf.stack([run.var(path, f"b_hh{d}") for d in layer.directions])[:, None, :]  # (D, 1, G*H)
         zeros = tf.zeros([len(layer.directions), tf.shape(x)[0], layer.hidden], x.dtype)
         init: tuple[tf.Tensor, ...] = (zeros,) if layer.cell == "gru" else (zeros, zeros)
         steps = tf.scan(lambda state, x_t: cell(x_t, state, w_hh, b_hh), tf.stack(projected, axis=1), init)
@@ -199,103 +215,59 @@ def _recurrent(v: _Vars, layer: Recurrent, image: bool) -> Fn:
     return fn
 
 
-def _embedding(v: _Vars, layer: Embedding, image: bool) -> Fn:
-    def fn(ids: tf.Tensor, training: bool) -> tf.Tensor:
-        x = tf.gather(v["table"], ids)
-        return x + v["positions"] if layer.positions else x
+def _embedding(path: str, layer: Embedding, shape: Shape, ctx: FunctionComposer) -> LayerFn:
+    def fn(run: Run, ids: tf.Tensor) -> tf.Tensor:
+        x = tf.gather(run.var(path, "table"), ids)
+        return x + run.var(path, "positions") if layer.positions else x
 
     return fn
 
 
-def _attention(v: _Vars, x: tf.Tensor, heads: int) -> tf.Tensor:
-    """Multi-head self-attention; heads are contiguous slices of the model width."""
-    t, d = x.shape[1], x.shape[2]
-    split = [-1, t, heads, d // heads]
-    q, k, val = (tf.reshape(tf.matmul(x, v[f"w{n}"]) + v[f"b{n}"], split) for n in "qkv")
-    scores = tf.einsum("nqhd,nkhd->nhqk", q, k) / math.sqrt(d // heads)
-    mixed = tf.einsum("nhqk,nkhd->nqhd", tf.nn.softmax(scores, axis=-1), val)
-    return tf.matmul(tf.reshape(mixed, [-1, t, d]), v["wo"]) + v["bo"]
+def _transformer_block(path: str, layer: TransformerBlock, shape: Shape, ctx: FunctionComposer) -> LayerFn:
+    """Pre-norm encoder block; attention heads are contiguous slices of the model width."""
+    t, d = shape
+    split, scale = [-1, t, layer.heads, d // layer.heads], layer.attention_scale(d)
 
+    def fn(run: Run, x: tf.Tensor) -> tf.Tensor:
+        def p(kind: str) -> tf.Variable:
+            return run.var(path, kind)
 
-def _transformer_block(v: _Vars, layer: TransformerBlock, image: bool) -> Fn:
-    def fn(x: tf.Tensor, training: bool) -> tf.Tensor:
-        x = x + _attention(v, _normalise_last(x, v["ln1.gamma"], v["ln1.beta"], 1e-5), layer.heads)
-        h = _normalise_last(x, v["ln2.gamma"], v["ln2.beta"], 1e-5)
-        h = tf.nn.gelu(tf.matmul(h, v["w1"]) + v["b1"], approximate=False)
-        return x + tf.matmul(h, v["w2"]) + v["b2"]
+        h = _normalise_last(x, p("ln1.gamma"), p("ln1.beta"), LAYER_NORM_EPS)
+        q, k, v = (tf.reshape(tf.matmul(h, p(f"w{c}")) + p(f"b{c}"), split) for c in "qkv")
+        scores = tf.einsum("nqhd,nkhd->nhqk", q, k) * scale
+        mixed = tf.einsum("nhqk,nkhd->nqhd", tf.nn.softmax(scores, axis=-1), v)
+        x = x + (tf.matmul(tf.reshape(mixed, [-1, t, d]), p("wo")) + p("bo"))
+        h = _normalise_last(x, p("ln2.gamma"), p("ln2.beta"), LAYER_NORM_EPS)
+        h = ACTIVATIONS["gelu"](tf.matmul(h, p("w1")) + p("b1"))
+        return x + tf.matmul(h, p("w2")) + p("b2")
 
     return fn
 
 
-def _token_mean_pool(v: _Vars, layer: TokenMeanPool, image: bool) -> Fn:
-    return lambda x, training: tf.reduce_mean(x, axis=1)
+def _token_mean_pool(path: str, layer: TokenMeanPool, shape: Shape, ctx: FunctionComposer) -> LayerFn:
+    return lambda run, x: tf.reduce_mean(x, axis=1)
 
 
-# Leaves whose output is no longer a channel-last image (flat vectors and sequences keep their canonical layout).
-_LEAVES_IMAGE = (Conv, Pool, BatchNorm, PadShortcut)
+BUILDERS: dict[type, Builder[LayerFn]] = {
+    Dense: _dense,
+    Conv: _conv,
+    Flatten: _flatten,
+    Pool: _pool,
+    GlobalAvgPool: _global_avg_pool,
+    BatchNorm: _batch_norm,
+    LayerNorm: _layer_norm,
+    PadShortcut: _pad_shortcut,
+    ToSequence: _to_sequence,
+    Recurrent: _recurrent,
+    Embedding: _embedding,
+    TransformerBlock: _transformer_block,
+    TokenMeanPool: _token_mean_pool,
+}
 
 
-def _chain(table: Mapping[str, tf.Variable], layers: tuple[Layer, ...], image: bool, prefix: str) -> tuple[Fn, bool]:
-    """Compose ``layers`` (paths ``{prefix}{i}``); returns the function and whether its output is an image."""
-    fns: list[Fn] = []
-    for i, layer in enumerate(layers):
-        path = f"{prefix}{i}"
-        if isinstance(layer, Residual):
-            fn, image = _residual(table, layer, image, path)
-        else:
-            fn = _build_leaf(table, layer, image, path)
-            image = image and isinstance(layer, _LEAVES_IMAGE)
-        fns.append(fn)
-
-    def chained(x: tf.Tensor, training: bool) -> tf.Tensor:
-        for f in fns:
-            x = f(x, training)
-        return x
-
-    return chained, image
-
-
-def _build_leaf(table: Mapping[str, tf.Variable], layer: Leaf, image: bool, path: str) -> Fn:
-    """Dispatch on the leaf's kind to its builder."""
-    v = _Vars(table, path)
-    match layer:
-        case Dense():
-            return _dense(v, layer, image)
-        case Conv():
-            return _conv(v, layer, image)
-        case Flatten():
-            return _flatten(v, layer, image)
-        case Pool():
-            return _pool(v, layer, image)
-        case GlobalAvgPool():
-            return _global_avg_pool(v, layer, image)
-        case BatchNorm():
-            return _batch_norm(v, layer, image)
-        case LayerNorm():
-            return _layer_norm(v, layer, image)
-        case PadShortcut():
-            return _pad_shortcut(v, layer, image)
-        case ToSequence():
-            return _to_sequence(v, layer, image)
-        case Recurrent():
-            return _recurrent(v, layer, image)
-        case Embedding():
-            return _embedding(v, layer, image)
-        case TransformerBlock():
-            return _transformer_block(v, layer, image)
-        case TokenMeanPool():
-            return _token_mean_pool(v, layer, image)
-    raise TypeError(f"no TensorFlow builder for {layer!r}")
-
-
-def _residual(table: Mapping[str, tf.Variable], layer: Residual, image: bool, path: str) -> tuple[Fn, bool]:
-    body, out_image = _chain(table, layer.body, image, f"{path}.body.")
-    shortcut, _ = _chain(table, layer.shortcut, image, f"{path}.shortcut.")
-    act = ACTIVATIONS[layer.activation]
-    return (lambda x, training: act(body(x, training) + shortcut(x, training))), out_image
-
-
-def build_forward(table: Mapping[str, tf.Variable], layers: tuple[Layer, ...], input_shape: Shape) -> Fn:
-    """The whole model; float inputs with spatial dims arrive channel-last (``adapters.layout``)."""
-    fn, _ = _chain(table, layers, len(input_shape) > 1, "")
-    return fn
+def build(arch: Architecture) -> Forward:
+    """``forward(variables, x, training) -> logits``; float inputs with spatial dims arrive channel-last
+    (``adapters.layout``), batch-norm running statistics are updated in place when ``training``.
+    """
+    body = compose(arch, BUILDERS, FunctionComposer(ACTIVATIONS, _to_channel_last, _to_channel_first))
+    return lambda variables, x, training: body(Run(variables, training), x)

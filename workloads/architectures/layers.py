@@ -559,7 +559,7 @@ CHANNEL_LAST_WRITERS: tuple[type, ...] = (Conv, Pool, BatchNorm, PadShortcut)
 
 N = TypeVar("N")  # a framework's native piece: an nn.Module, a Gluon block, a function
 B = TypeVar("B")  # a framework's binding of a canonical variable
-Builder: TypeAlias = Callable[[str, Any, Shape, Any], N]  # (path, leaf, in_shape, ctx) -> native piece
+Builder: TypeAlias = Callable[[str, Any, Shape, Any], N]  # (path, layer, shape, ctx) -> native piece
 
 
 def variable_name(path: str, kind: str) -> str:

@@ -135,6 +135,8 @@ def run(
     events = events or Events()
     batch, meta = _open_batch(runs_dir, resume)
     uri = resolve_uri(tracking_uri, meta)
+    if address:
+        schedule.check_reachable(address)  # before the store: a failed check leaves nothing behind
     tracker = track.check_store(uri)
     schedule.connect(address)
     try:

@@ -10,6 +10,7 @@ MLflow (they are in the journal: ``harness sync`` replays them), 130 when interr
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -131,7 +132,8 @@ def _exit_code(outcome: batch.BatchOutcome) -> int:
     if outcome.tracking_error:
         err_console.print(
             f"[red]MLflow logging failed[/] ({outcome.tracking_error}); every result is in {outcome.batch.journal}. "
-            f"Replay them into MLflow with: {outcome.sync_command}"
+            f"Replay them into MLflow with: {outcome.sync_command}",
+            soft_wrap=True,
         )
         return EXIT_UNTRACKED
     return 0 if outcome.ok else 1
@@ -340,11 +342,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    for noisy in ("mlflow", "alembic"):  # store creation and migrations log at INFO
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         code: int = args.func(args)
         return code
     except SpecError as e:
-        err_console.print(f"[red]error:[/] {e}")
+        err_console.print(f"[red]error:[/] {e}", soft_wrap=True)  # one line, whatever the terminal
         return 2
 
 

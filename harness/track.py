@@ -63,6 +63,7 @@ def check_store(uri: str, timeout_s: float = 5.0) -> Tracker:
                 pass
         except (urllib.error.URLError, OSError) as e:
             why = getattr(e, "reason", e)
+            why = getattr(why, "strerror", None) or why
             port = uri.rsplit(":", 1)[-1].split("/")[0]
             start = f"`mlflow server --host 127.0.0.1 --port {port}`" if port.isdigit() else "the tracking server"
             problem = f"cannot reach the MLflow tracking server at {uri} ({why})"

@@ -21,36 +21,55 @@ from tests.test_cli import TINY, harness
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
+class MlflowServer:
+    """A real ``mlflow server`` on 127.0.0.1 with a SQLite store under ``root``; stop and start again
+    (same port, same store) to simulate a store that goes away and comes back."""
+
+    def __init__(self, root: Path, port: int):
+        self.root, self.port = root, port
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        root.mkdir(parents=True, exist_ok=True)
+
+    def start(self) -> None:
+        mlflow = Path(sys.executable).parent / "mlflow"
+        with (self.root / "server.log").open("a") as log:
+            self.proc = subprocess.Popen(
+                [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+                 "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
+                 "--artifacts-destination", str(self.root / "artifacts")],
+                cwd=self.root, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
+            )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while True:  # wait for readiness (bounded), not a timing assertion
+            with contextlib.suppress(OSError):
+                if urllib.request.urlopen(f"{self.url}/health", timeout=2).status == 200:
+                    return
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"mlflow server did not start: {(self.root / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+        self.proc = None
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
-    mlflow = Path(sys.executable).parent / "mlflow"
-    log = (root / "server.log").open("w")
-    proc = subprocess.Popen(
-        [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--artifacts-destination", str(root / "artifacts")],
-        cwd=root, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:  # wait for readiness (bounded), not a timing assertion
-        with contextlib.suppress(OSError):
-            if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
-                break
-        if proc.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
-        time.sleep(0.5)
-    yield url
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=30)
-    log.close()
+    srv = MlflowServer(tmp_path_factory.mktemp("mlflow-server"), free_port())
+    srv.start()
+    yield srv.url
+    srv.stop()
 
 
 def test_run_logs_to_tracking_server(server: str, tmp_path: Path) -> None:

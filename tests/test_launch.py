@@ -1,0 +1,101 @@
+"""The launcher: worker environment per framework, the per-trial memory cap, and deaths it did not cause."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from adapters import FRAMEWORKS
+from harness.contract import TrialResult, TrialSpec
+from harness.launch import BLAS_THREAD_VARS, launch, worker_env
+from harness.memcap import MemoryCap, default_limit_mb
+from tests.test_cli import TINY, harness
+
+
+def spec(framework: str = "torch", threads: int = 1, **kw: object) -> TrialSpec:
+    return TrialSpec(architecture="mlp_shallow", framework=framework, mode="infer", batch_size=8, threads=threads, **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("fw", list(FRAMEWORKS))
+def test_worker_env_sets_blas_and_the_frameworks_own_thread_variables(fw: str) -> None:
+    env = worker_env(spec(fw, threads=1))
+    info = FRAMEWORKS[fw]
+    for var in (*BLAS_THREAD_VARS, *info.thread_vars):
+        assert env[var] == "1", var
+    for var, flags in info.one_thread_flags:
+        assert flags in env[var]
+    assert all(env[var] == value for var, value in info.runtime_env)
+
+
+def test_xla_flags_a_user_set_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
+    env = worker_env(spec("jax", threads=1))
+    assert env["XLA_FLAGS"].startswith("--xla_dump_to=/tmp/x ") and "intra_op_parallelism_threads=1" in env["XLA_FLAGS"]
+    assert "intra_op" not in worker_env(spec("jax", threads=2)).get("XLA_FLAGS", "")
+
+
+def test_default_memory_limit_is_the_nodes_share_per_concurrent_trial() -> None:
+    assert default_limit_mb(threads=1, cores=2, total_mb=24_000) == 12_000
+    assert default_limit_mb(threads=2, cores=2, total_mb=24_000) == 24_000
+    assert default_limit_mb(threads=3, cores=16, total_mb=64_000) == 12_800  # 5 trials fit
+    assert default_limit_mb(threads=4, cores=2, total_mb=8_000) == 8_000  # never more than one share
+
+
+def test_watchdog_kills_a_group_over_its_limit(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import time\nhoard = []\nwhile True:\n    hoard.append(bytearray(b'1' * (32 << 20)))\n    time.sleep(0.02)\n"
+    )
+    cap = MemoryCap(limit_mb=300)
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    cap.watch(proc.pid)
+    try:
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    cap.finish()
+    assert proc.returncode == -signal.SIGKILL
+    assert cap.tripped and cap.peak_mb > 300
+    assert "300 MB" in cap.reason() and "peak" in cap.reason()
+
+
+@pytest.mark.slow
+def test_trial_over_its_memory_limit_ends_oom_and_the_batch_goes_on(tmp_path: Path) -> None:
+    faults = {"HARNESS_INJECT_FAULTS": "mlp_shallow-torch-infer=alloc"}
+    run = harness(tmp_path, "run", TINY, "--mode", "infer", "--memory-limit", "1500", env=faults)
+    assert run.proc.returncode == 1, run.proc.stdout[-2000:] + run.proc.stderr[-2000:]
+    rows = {r["spec"]["framework"]: r for r in run.journal()}  # type: ignore[index]
+    assert rows["torch"]["status"] == "oom"
+    reason = str(rows["torch"]["reason"])
+    assert "memory limit of 1500 MB" in reason and "peak" in reason
+    assert rows["jax"]["status"] == "ok"  # the rest of the batch is unharmed
+    assert rows["jax"]["spec"]["memory_limit_mb"] == 1500  # type: ignore[index]
+
+
+@pytest.mark.slow
+def test_a_sigkill_the_harness_did_not_send_is_reported_as_such() -> None:
+    out: list[TrialResult] = []
+    t = threading.Thread(target=lambda: out.append(launch(spec(timeout_s=120), cpus=None, fault="hang")))
+    t.start()
+    deadline = time.monotonic() + 60
+    worker = None
+    while worker is None and time.monotonic() < deadline:  # bounded wait for the worker to appear
+        kids = psutil.Process().children(recursive=True)
+        worker = next((k for k in kids if "harness.worker" in " ".join(k.cmdline())), None)
+        time.sleep(0.1)
+    assert worker is not None, "worker never started"
+    worker.send_signal(signal.SIGKILL)  # as the kernel's OOM killer would
+    t.join(timeout=60)
+    (result,) = out
+    assert result.status == "crash"
+    assert "killed by SIGKILL from outside the harness, possibly the kernel's OOM killer" in result.reason

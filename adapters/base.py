@@ -29,6 +29,7 @@ Device = Literal["cpu", "gpu", "tpu"]
 CompileChoice = Literal["auto", "on", "off"]
 Optimizer = Literal["sgd", "adam"]
 
+RUNTIME_KEYS = ("threads", "matmul_precision", "execution_mode")  # in every framework's runtime report
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 
@@ -121,9 +122,18 @@ class Adapter(ABC):
         """Peak device memory the framework reports, or None where it has no counter (CPU)."""
         return None
 
+    @abstractmethod
     def runtime_info(self) -> dict[str, Any]:
-        """Thread and precision settings as the framework reports them."""
-        return {}
+        """Thread and precision settings as the framework reports them: at least ``threads`` (the
+        intra-op threads it will use) and ``matmul_precision``, plus whatever else it knows."""
+
+    def runtime(self) -> dict[str, Any]:
+        """:meth:`runtime_info` with the keys every framework reports (:data:`RUNTIME_KEYS`) checked."""
+        info = {"execution_mode": self.compile_mode} | self.runtime_info()
+        missing = [k for k in RUNTIME_KEYS if k not in info]
+        if missing:
+            raise NotImplementedError(f"{self.name} adapter's runtime_info lacks {', '.join(missing)}")
+        return info
 
 
 def check_params(arch: Architecture, params: dict[str, np.ndarray]) -> None:

@@ -128,12 +128,15 @@ class JaxAdapter(Adapter):
         return stats["peak_bytes_in_use"] / 2**20 if stats and "peak_bytes_in_use" in stats else None
 
     def runtime_info(self) -> dict[str, Any]:
+        cpus = len(os.sched_getaffinity(0))
         return {
+            # XLA's CPU pool: one thread under the launcher's single-thread flags, else every schedulable core
+            "threads": 1 if "intra_op_parallelism_threads=1" in os.environ.get("XLA_FLAGS", "") else cpus,
             "backend": jax.default_backend(),
             "device": str(self.device),
             "matmul_precision": str(jax.config.jax_default_matmul_precision),  # type: ignore[attr-defined]
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
-            "schedulable_cpus": len(os.sched_getaffinity(0)),
+            "schedulable_cpus": cpus,
         }
 
 

@@ -159,6 +159,7 @@ class MxnetAdapter(Adapter):
 
     def runtime_info(self) -> dict[str, Any]:
         return {
+            "threads": int(os.environ.get("OMP_NUM_THREADS") or self.options.threads),
             "omp_threads": os.environ.get("OMP_NUM_THREADS", ""),
             "engine_threads": os.environ.get("MXNET_CPU_WORKER_NTHREADS", ""),
             "engine": os.environ.get("MXNET_ENGINE_TYPE", "ThreadedEnginePerDevice"),

@@ -150,6 +150,7 @@ class TensorflowAdapter(Adapter):
 
     def runtime_info(self) -> dict[str, Any]:
         return {
+            "threads": tf.config.threading.get_intra_op_parallelism_threads(),
             "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
             "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
             "tensor_float_32": tf.config.experimental.tensor_float_32_execution_enabled(),

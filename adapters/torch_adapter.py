@@ -118,9 +118,10 @@ class TorchAdapter(Adapter):
 
     def runtime_info(self) -> dict[str, Any]:
         return {
+            "threads": torch.get_num_threads(),
             "intra_op_threads": torch.get_num_threads(),
             "inter_op_threads": torch.get_num_interop_threads(),
-            "float32_matmul_precision": torch.get_float32_matmul_precision(),
+            "matmul_precision": torch.get_float32_matmul_precision(),
             "allow_tf32": torch.backends.cuda.matmul.allow_tf32,
         }
 

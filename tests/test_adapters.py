@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from adapters import FRAMEWORKS, load_adapter
-from adapters.base import Adapter, BuildOptions
+from adapters.base import RUNTIME_KEYS, Adapter, BuildOptions
 from harness.envs import interpreter
 from workloads.architectures import ARCHITECTURES, Architecture
 from workloads.architectures.reference import cross_entropy, forward
@@ -152,10 +152,12 @@ def test_sync_leaves_no_pending_work(fw: str) -> None:
 
 @pytest.mark.parametrize("fw", FWS)
 def test_runtime_reports_threads_and_precision(fw: str) -> None:
-    info = build(fw, ARCHITECTURES["mlp_shallow"]).runtime_info()
-    assert info, "adapter reports its runtime settings"
-    text = str(info).lower()
-    assert "highest" in text  # float32 matmul precision pinned
+    adapter = build(fw, ARCHITECTURES["mlp_shallow"])
+    info = adapter.runtime()
+    assert set(RUNTIME_KEYS) <= set(info)  # the keys every framework reports
+    assert info["threads"] == adapter.options.threads == 2
+    assert info["execution_mode"] == adapter.compile_mode
+    assert "highest" in str(info["matmul_precision"]).lower()  # float32 matmul precision pinned
 
 
 @pytest.mark.parametrize("fw", [fw for fw in FWS if FRAMEWORKS[fw].options])

@@ -288,6 +288,7 @@ def test_same_cpu_set_and_threads_in_every_framework(tmp_path: Path) -> None:
         assert len(env["cpus"]) == 1 and env["threads"] == 1, fw  # type: ignore[index]
         assert env["thread_env"]["OMP_NUM_THREADS"] == "1", fw  # type: ignore[index]
     runtime = {fw: env["framework_runtime"] for fw, env in envs.items()}  # type: ignore[index]
+    assert all(r["threads"] == 1 for r in runtime.values()), runtime  # the common key, in every framework
     assert runtime["torch"]["intra_op_threads"] == 1
     assert runtime["tensorflow"]["intra_op_threads"] == 1
     assert runtime["jax"]["schedulable_cpus"] == 1

@@ -102,7 +102,7 @@ def run_trial(request: TrialRequest) -> TrialResult:
     device_peak = adapter.device_memory_peak_mb()
     if device_peak is not None:
         result.metrics[M.PEAK_DEVICE_MEM_MB] = device_peak
-    result.environment = environment(adapter.runtime_info(), spec.threads)
+    result.environment = environment(adapter.runtime(), spec.threads)
     return result
 
 

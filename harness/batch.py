@@ -18,9 +18,10 @@ stops further MLflow writes, and :attr:`BatchOutcome.tracking_error` says which 
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,12 +41,25 @@ class Events:
     logging: Callable[[int, str], None] = lambda count, uri: None
 
 
+class Phases(dict[str, float]):
+    """Wall seconds per phase of a batch, in the order they ran (``with phases("ray start"): ...``)."""
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[name] = self.get(name, 0.0) + time.perf_counter() - t0
+
+
 @dataclass
 class BatchOutcome:
     batch: journal.Batch
     results: list[TrialResult]  # the latest result of every trial of the batch, earlier runs included
     uri: str
     tracking_error: str | None = None  # MLflow failed; the journal has everything
+    phases: Phases = field(default_factory=Phases)
 
     @property
     def ok(self) -> bool:
@@ -133,12 +147,15 @@ def run(
     from harness import schedule  # Ray: imported only when a batch really runs
 
     events = events or Events()
+    phases = Phases()
     batch, meta = _open_batch(runs_dir, resume)
     uri = resolve_uri(tracking_uri, meta)
-    if address:
-        schedule.check_reachable(address)  # before the store: a failed check leaves nothing behind
-    tracker = track.check_store(uri)
-    schedule.connect(address)
+    with phases("checks"):
+        if address:
+            schedule.check_reachable(address)  # before the store: a failed check leaves nothing behind
+        tracker = track.check_store(uri)
+    with phases("ray start"):
+        schedule.connect(address)
     try:
         problems = schedule.unschedulable(the_plan.trials)
         if problems:
@@ -154,8 +171,9 @@ def run(
         }
         batch.write_meta(meta)
         tracking = _Tracking(batch, uri, tracker)
-        tracking.open(the_plan.suite.name, meta)
-        caught_up = tracking.catch_up()
+        with phases("mlflow"):
+            tracking.open(the_plan.suite.name, meta)
+            caught_up = tracking.catch_up()
         if caught_up:
             events.logging(caught_up, uri)
 
@@ -184,18 +202,21 @@ def run(
             events.result(result)
 
         try:
-            schedule.run_all(todo, on_result, dict(faults or {}))
+            with phases("trials"):
+                schedule.run_all(todo, on_result, dict(faults or {}))
         finally:
             if tracking.deferred:
                 events.logging(len(tracking.deferred), uri)
+            with phases("mlflow"):
                 tracking.log(tracking.deferred)
-        results = batch.results()
-        outcome = BatchOutcome(batch, results, uri)
-        tracking.close(outcome.ok)
+        outcome = BatchOutcome(batch, batch.results(), uri, phases=phases)
+        with phases("mlflow"):
+            tracking.close(outcome.ok)
         outcome.tracking_error = tracking.error
         return outcome
     finally:
-        schedule.shutdown()
+        with phases("ray shutdown"):
+            schedule.shutdown()
 
 
 def _unsupported(spec: TrialSpec, reason: str) -> TrialResult:

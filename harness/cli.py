@@ -13,6 +13,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -73,14 +74,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         memory_limit_mb=args.memory_limit,
     )
     plan.validate(overrides)
+    t0 = time.perf_counter()
     frameworks = overrides.frameworks or suite.frameworks
-    unavailable = {fw: f"{st.problem}; {st.fix}" for fw in frameworks if not (st := envs.probe(fw)).ok}
+    probed = envs.probe_many(frameworks)
+    unavailable = {fw: f"{st.problem}; {st.fix}" for fw, st in probed.items() if not st.ok}
     the_plan = plan.expand(suite, overrides, args.threads or len(os.sched_getaffinity(0)), unavailable)
     if args.dry_run:
         _print_plan(the_plan)
         return 0
     if not the_plan.trials and not the_plan.skipped:
         raise SpecError("the selection is empty: nothing to run")
+    plan_s = time.perf_counter() - t0
 
     progress = Progress(
         TextColumn("[progress.description]{task.description}"),
@@ -124,7 +128,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 130
     for table in report.tables(outcome.results, f"batch {outcome.batch.batch_id} ({suite.name})"):
         console.print(table)
-    console.print(f"journal: {outcome.batch.journal}\nMLflow: {report.mlflow_ui_command(outcome.uri)}")
+    phases = {"plan": plan_s, **outcome.phases}
+    console.print(
+        f"journal: {outcome.batch.journal}\nMLflow: {report.mlflow_ui_command(outcome.uri)}\n"
+        f"wall time {sum(phases.values()):.1f} s: " + ", ".join(f"{k} {v:.1f} s" for k, v in phases.items())
+    )
     return _exit_code(outcome)
 
 

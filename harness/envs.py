@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,5 +72,12 @@ def probe(framework: str, import_it: bool = False, timeout_s: float = 120.0) -> 
     return EnvStatus(framework, python, proc.stdout.strip(), None, None)
 
 
+def probe_many(frameworks: Iterable[str], import_it: bool = False) -> dict[str, EnvStatus]:
+    """:func:`probe` for several frameworks at once (each is a subprocess: they run side by side)."""
+    names = list(dict.fromkeys(frameworks))
+    with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
+        return dict(zip(names, pool.map(lambda fw: probe(fw, import_it), names), strict=True))
+
+
 def probe_all(import_it: bool = False) -> dict[str, EnvStatus]:
-    return {fw: probe(fw, import_it) for fw in FRAMEWORKS}
+    return probe_many(FRAMEWORKS, import_it)

@@ -143,6 +143,7 @@ def launch(
             if result.status != "ok" and not result.stderr_tail:
                 result.stderr_tail = tail
             result.metrics.setdefault(M.PEAK_GROUP_RSS_MB, cap.peak_mb)
+            result.metrics[M.WORKER_START_S] = max(0.0, result.started_at - started)
             return result
         if proc.returncode < 0:
             if proc.returncode == -signal.SIGKILL:

@@ -13,6 +13,7 @@ forward pass, never seen by the gradient or the optimiser.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -20,12 +21,16 @@ from typing import Any
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-import tensorflow as tf
+# TensorFlow's __init__ eagerly imports Keras' optimizers (and with them all of Keras: 2-3 s of every
+# trial's start-up here) only to register them for SavedModel loading. This adapter uses no Keras, so
+# that one import is made to fail fast, which TensorFlow tolerates by design (it catches ImportError).
+sys.modules.setdefault("keras.src.optimizers", None)  # type: ignore[arg-type]
+import tensorflow as tf  # noqa: E402
 
-from adapters.base import ADAM_BETAS, ADAM_EPS, Adapter, BuildOptions, check_params
-from adapters.layout import to_canonical_kernel, to_channel_last, to_native_kernel
-from adapters.tensorflow_layers import build
-from workloads.architectures import Architecture
+from adapters.base import ADAM_BETAS, ADAM_EPS, Adapter, BuildOptions, check_params  # noqa: E402
+from adapters.layout import to_canonical_kernel, to_channel_last, to_native_kernel  # noqa: E402
+from adapters.tensorflow_layers import build  # noqa: E402
+from workloads.architectures import Architecture  # noqa: E402
 
 
 def _configure(threads: int) -> None:

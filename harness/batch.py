@@ -22,6 +22,7 @@ import contextlib
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,12 +151,14 @@ def run(
     phases = Phases()
     batch, meta = _open_batch(runs_dir, resume)
     uri = resolve_uri(tracking_uri, meta)
-    with phases("checks"):
-        if address:
-            schedule.check_reachable(address)  # before the store: a failed check leaves nothing behind
-        tracker = track.check_store(uri)
-    with phases("ray start"):
-        schedule.connect(address)
+    if address:
+        schedule.check_reachable(address)  # before the store: a failed check leaves nothing behind
+    with phases("start (Ray, MLflow store)"), ThreadPoolExecutor(1) as pool:
+        store = pool.submit(track.check_store, uri)  # a new SQLite store migrates for seconds: meanwhile Ray starts
+        try:
+            schedule.connect(address)
+        finally:
+            tracker = _result_or_shutdown(store)
     try:
         problems = schedule.unschedulable(the_plan.trials)
         if problems:
@@ -217,6 +220,17 @@ def run(
     finally:
         with phases("ray shutdown"):
             schedule.shutdown()
+
+
+def _result_or_shutdown(store: Future[track.Tracker]) -> track.Tracker:
+    """The store check's tracker; if it failed, Ray goes down again and the check's error is raised."""
+    from harness import schedule
+
+    try:
+        return store.result()
+    except BaseException:
+        schedule.shutdown()
+        raise
 
 
 def _unsupported(spec: TrialSpec, reason: str) -> TrialResult:

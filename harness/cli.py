@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from harness import batch, envs, journal, plan, report, track
@@ -86,34 +85,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise SpecError("the selection is empty: nothing to run")
     plan_s = time.perf_counter() - t0
 
-    progress = Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        refresh_per_second=2,
-    )
-    bar = progress.add_task("running trials", total=None, visible=False)
-
-    def started(b: journal.Batch, todo: int, finished: int) -> None:
-        console.print(
-            f"[bold]batch {b.batch_id}[/]: suite {suite.name}, {len(the_plan.trials)} trials, "
-            f"{len(the_plan.skipped)} unsupported; Ray {'at ' + args.address if args.address else 'embedded'}"
-        )
-        if finished:
-            console.print(f"resuming: {finished} trials already finished, {todo} to run")
-        progress.update(bar, total=todo, visible=True)
-
-    def on_result(r: TrialResult) -> None:
-        progress.console.print(f"  {report.result_line(r)}")
-        progress.advance(bar)
-
-    def logging(count: int, uri: str) -> None:
-        progress.console.print(f"logging {count} results to MLflow ({uri})")
-
+    view = report.BatchProgress(console, f"suite {suite.name}, Ray {args.address or 'embedded'}")
     try:
-        with progress:
+        with view:
             outcome = batch.run(
                 the_plan,
                 runs_dir=_runs_dir(args),
@@ -121,10 +95,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                 tracking_uri=args.tracking_uri,
                 address=args.address,
                 faults=_faults(),
-                events=batch.Events(started=started, result=on_result, logging=logging),
+                events=view.events(),
             )
     except KeyboardInterrupt:
-        err_console.print("\ninterrupted: finished trials are in the batch journal; continue with --resume BATCH_ID")
+        where = f"--resume {view.batch_id}" if view.batch_id else "--resume BATCH_ID"
+        err_console.print(f"\ninterrupted: finished trials are in the batch journal; continue with {where}")
         return 130
     for table in report.tables(outcome.results, f"batch {outcome.batch.batch_id} ({suite.name})"):
         console.print(table)

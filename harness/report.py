@@ -1,11 +1,14 @@
-"""Comparison tables of trial results (rich)."""
+"""What the CLI shows: comparison tables of trial results and the progress of a running batch (rich)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from harness import batch, journal
 from harness import metrics as M
 from harness.contract import TrialResult
 
@@ -123,3 +126,44 @@ def mlflow_ui_command(uri: str) -> str:
     if uri.startswith(("http://", "https://")):
         return f"open {uri} in a browser"
     return f"mlflow ui --backend-store-uri {uri}"
+
+
+class BatchProgress:
+    """A progress bar and one line per finished trial, fed by the batch lifecycle's events."""
+
+    def __init__(self, console: Console, what: str):
+        self.console, self.what = console, what
+        self.batch_id: str | None = None
+        self.progress = Progress(
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            refresh_per_second=2,
+        )
+        self.bar = self.progress.add_task("running trials", total=None, visible=False)
+
+    def __enter__(self) -> BatchProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def _started(self, b: journal.Batch, todo: int, finished: int) -> None:
+        self.batch_id = b.batch_id
+        self.console.print(f"[bold]batch {b.batch_id}[/]: {self.what}; {todo} trials to run")
+        if finished:
+            self.console.print(f"resuming: {finished} trials already finished, {todo} to run")
+        self.progress.update(self.bar, total=todo, visible=True)
+
+    def _result(self, r: TrialResult) -> None:
+        self.console.print(f"  {result_line(r)}")
+        self.progress.advance(self.bar)
+
+    def _logging(self, count: int, uri: str) -> None:
+        self.console.print(f"logging {count} results to MLflow ({uri})")
+
+    def events(self) -> batch.Events:
+        return batch.Events(started=self._started, result=self._result, logging=self._logging)

@@ -216,6 +216,7 @@ def run(
         with phases("mlflow"):
             tracking.close(outcome.ok)
         outcome.tracking_error = tracking.error
+        batch.write_meta(meta | {"phases_s": dict(phases)})  # the last run's (resume: this invocation's)
         return outcome
     finally:
         with phases("ray shutdown"):

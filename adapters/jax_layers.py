@@ -10,7 +10,7 @@ channel-last data is free: ``(N, L, C)`` already is the sequence.
 Batch norm reads its running statistics from :class:`Run` and, in training mode, writes the updated
 ones to ``Run.new_state``: the forward stays a pure function of ``(params, state, x)``.
 
-Shape shared with the other ``*_layers`` modules (see ``workloads.architectures.layers``):
+Shape shared with the other ``*_layers`` modules (see ``workloads.architectures.compose``):
 ``ACTIVATIONS``, ``BUILDERS`` (one builder ``(path, layer, shape, ctx) -> fn`` per leaf type), the
 build context (a ``FunctionComposer``) and ``build(arch)`` through ``compose``.
 """
@@ -25,17 +25,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from workloads.architectures.compose import Builder, FunctionComposer, compose
 from workloads.architectures.layers import (
     LAYER_NORM_EPS,
     Activation,
     Architecture,
     BatchNorm,
-    Builder,
     Conv,
     Dense,
     Embedding,
     Flatten,
-    FunctionComposer,
     GlobalAvgPool,
     LayerNorm,
     PadShortcut,
@@ -45,7 +44,6 @@ from workloads.architectures.layers import (
     TokenMeanPool,
     ToSequence,
     TransformerBlock,
-    compose,
     variable_name,
 )
 

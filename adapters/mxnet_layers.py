@@ -16,7 +16,7 @@ momentum is the weight of the *old* running value (``1 - momentum`` of the contr
 variance update uses the *biased* batch variance; the adapter corrects for that (see
 :class:`adapters.mxnet_adapter.MxnetAdapter`).
 
-Shape shared with the other ``*_layers`` modules (see ``workloads.architectures.layers``):
+Shape shared with the other ``*_layers`` modules (see ``workloads.architectures.compose``):
 ``ACTIVATIONS``, ``BUILDERS`` (one builder ``(path, layer, shape, ctx) -> block`` per leaf type,
 recording its bindings in ``ctx``), the build context ``_Ctx`` and ``build(arch)`` through ``compose``.
 """
@@ -34,12 +34,11 @@ from mxnet.gluon import nn
 from mxnet.gluon.contrib.nn import Identity
 
 from workloads.architectures import Architecture
+from workloads.architectures.compose import BindingComposer, Builder, compose
 from workloads.architectures.layers import (
     LAYER_NORM_EPS,
     Activation,
     BatchNorm,
-    BindingComposer,
-    Builder,
     Conv,
     Dense,
     Embedding,
@@ -54,7 +53,6 @@ from workloads.architectures.layers import (
     TokenMeanPool,
     ToSequence,
     TransformerBlock,
-    compose,
     variable_kinds,
 )
 

@@ -7,7 +7,7 @@ axis read channel-last data, every other one the canonical layout, and ``compose
 where the layout changes (before a ``Flatten`` after a convolution). Batch-norm running statistics
 are non-trainable variables, updated with ``assign`` in training mode.
 
-Shape shared with the other ``*_layers`` modules (see ``workloads.architectures.layers``):
+Shape shared with the other ``*_layers`` modules (see ``workloads.architectures.compose``):
 ``ACTIVATIONS``, ``BUILDERS`` (one builder ``(path, layer, shape, ctx) -> fn`` per leaf type), the
 build context (a ``FunctionComposer``) and ``build(arch)`` through ``compose``.
 """
@@ -21,17 +21,16 @@ from dataclasses import dataclass
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf
 
+from workloads.architectures.compose import Builder, FunctionComposer, compose
 from workloads.architectures.layers import (
     LAYER_NORM_EPS,
     Activation,
     Architecture,
     BatchNorm,
-    Builder,
     Conv,
     Dense,
     Embedding,
     Flatten,
-    FunctionComposer,
     GlobalAvgPool,
     LayerNorm,
     PadShortcut,
@@ -41,7 +40,6 @@ from workloads.architectures.layers import (
     TokenMeanPool,
     ToSequence,
     TransformerBlock,
-    compose,
     variable_name,
 )
 

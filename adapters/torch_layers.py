@@ -6,7 +6,7 @@ attribute holding it, and whether the canonical array is the transpose of the na
 kernels are ``(in, out)``, ``nn.Linear.weight`` is ``(out, in)``). Batch-norm running statistics are
 module buffers, so they are bound like parameters but never reach the optimiser.
 
-Shape shared with the other ``*_layers`` modules (see ``workloads.architectures.layers``):
+Shape shared with the other ``*_layers`` modules (see ``workloads.architectures.compose``):
 ``ACTIVATIONS``, ``BUILDERS`` (one builder ``(path, layer, shape, ctx) -> nn.Module`` per leaf type,
 recording its bindings in ``ctx``), the build context ``_Ctx`` and ``build(arch)`` through ``compose``.
 """
@@ -21,12 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from workloads.architectures import Architecture
+from workloads.architectures.compose import BindingComposer, Builder, compose
 from workloads.architectures.layers import (
     LAYER_NORM_EPS,
     Activation,
     BatchNorm,
-    BindingComposer,
-    Builder,
     Conv,
     Dense,
     Embedding,
@@ -41,7 +40,6 @@ from workloads.architectures.layers import (
     TokenMeanPool,
     ToSequence,
     TransformerBlock,
-    compose,
     variable_kinds,
 )
 

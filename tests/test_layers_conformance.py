@@ -1,4 +1,4 @@
-"""The four ``adapters/<fw>_layers.py`` modules have one shape (see ``workloads.architectures.layers``).
+"""The four ``adapters/<fw>_layers.py`` modules have one shape (see ``workloads.architectures.compose``).
 
 Each module's ``BUILDERS`` maps every leaf type of the ``Leaf`` union, in the union's order, to a
 builder ``(path, layer, shape, ctx)``; its ``ACTIVATIONS`` covers every activation; its entry point is
@@ -18,15 +18,12 @@ from pathlib import Path
 import pytest
 
 from workloads.architectures import ARCHITECTURES
+from workloads.architectures.compose import ACTIVATION_NAMES, LEAF_TYPES, Composer, compose
 from workloads.architectures.layers import (
-    ACTIVATION_NAMES,
-    LEAF_TYPES,
-    Composer,
     Conv,
     Leaf,
     Residual,
     Shape,
-    compose,
 )
 
 ADAPTERS = Path(__file__).resolve().parent.parent / "adapters"
@@ -89,7 +86,7 @@ def test_entry_point_is_build_arch_through_compose(fw: str) -> None:
     build = functions(fw).get("build")
     assert build is not None and [a.arg for a in build.args.args] == ["arch"]
     calls = {n.func.id for n in ast.walk(build) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
-    assert "compose" in calls, f"{fw}_layers.build does not go through layers.compose"
+    assert "compose" in calls, f"{fw}_layers.build does not go through compose.compose"
 
 
 @pytest.mark.parametrize("fw", FRAMEWORKS)

@@ -34,13 +34,14 @@ def default_limit_mb(threads: int, cores: int | None = None, total_mb: float | N
     return int(total_mb // max(1, cores // threads))
 
 
-def _cgroup2_dir() -> Path | None:
-    """This process's cgroup v2 directory, when a v2 hierarchy with a usable memory controller holds it."""
+def cgroup2_dir(proc: Path = Path("/proc")) -> Path | None:
+    """This process's cgroup v2 directory, when a v2 hierarchy holds it and delegates the memory
+    controller to its children (``memory`` in ``cgroup.subtree_control``) and it is writable."""
     try:
         rel = next(
-            line[3:] for line in Path("/proc/self/cgroup").read_text().splitlines() if line.startswith("0::")
+            line[3:] for line in (proc / "self" / "cgroup").read_text().splitlines() if line.startswith("0::")
         ).strip()
-        mounts = (line.split() for line in Path("/proc/self/mounts").read_text().splitlines())
+        mounts = (line.split() for line in (proc / "self" / "mounts").read_text().splitlines())
         mount = next(m[1] for m in mounts if len(m) > 2 and m[2] == "cgroup2")
     except (OSError, StopIteration, IndexError):
         return None
@@ -59,6 +60,7 @@ class MemoryCap:
 
     limit_mb: int
     poll_s: float = POLL_S
+    cgroup_parent: Path | None = field(default_factory=cgroup2_dir)  # None: the watchdog alone
     peak_mb: float = 0.0
     tripped: bool = False  # the harness killed the group for memory
     mechanism: str = "watchdog"
@@ -67,7 +69,7 @@ class MemoryCap:
     _thread: threading.Thread | None = None
 
     def __post_init__(self) -> None:
-        parent = _cgroup2_dir()
+        parent = self.cgroup_parent
         if parent is None:
             return
         group = parent / f"harness-trial-{os.getpid()}-{threading.get_ident()}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -67,6 +68,49 @@ def test_watchdog_kills_a_group_over_its_limit(tmp_path: Path) -> None:
     assert proc.returncode == -signal.SIGKILL
     assert cap.tripped and cap.peak_mb > 300
     assert "300 MB" in cap.reason() and "peak" in cap.reason()
+
+
+def test_cgroup_v2_path_on_a_fake_hierarchy(tmp_path: Path) -> None:
+    """The cgroup v2 mechanism's logic (this machine's memory controller is cgroup v1, so the real
+    kernel path cannot run here): detection, the child group, the verdict from memory.events."""
+    from harness.memcap import cgroup2_dir
+
+    proc, mount = tmp_path / "proc", tmp_path / "cg"
+    (proc / "self").mkdir(parents=True)
+    (proc / "self" / "cgroup").write_text("1:memory:/x\n0::/ray/worker\n")
+    (proc / "self" / "mounts").write_text(f"cgroup2 {mount} cgroup2 rw 0 0\n")
+    here = mount / "ray" / "worker"
+    here.mkdir(parents=True)
+    (here / "cgroup.subtree_control").write_text("cpu io\n")
+    assert cgroup2_dir(proc) is None  # memory not delegated: the watchdog it is
+    (here / "cgroup.subtree_control").write_text("cpu io memory\n")
+    assert cgroup2_dir(proc) == here
+
+    cap = MemoryCap(limit_mb=256, cgroup_parent=here)
+    assert cap.in_cgroup and cap.mechanism == "cgroup v2"
+    (group,) = [p for p in here.iterdir() if p.is_dir()]
+    assert (group / "memory.max").read_text() == str(256 * 2**20)
+    assert (group / "memory.swap.max").read_text() == "0"
+    cap.preexec()  # as the forked worker does before exec
+    assert (group / "cgroup.procs").read_text() == str(os.getpid())
+    (group / "memory.events").write_text("low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\n")
+    (group / "memory.peak").write_text(str(300 * 2**20))
+    for f in group.iterdir():  # a real cgroup's files vanish with it; these are plain files
+        f.unlink()
+    cap.finish()
+    assert not cap.tripped and not group.exists()  # no events file left: no verdict
+    cap = MemoryCap(limit_mb=256, cgroup_parent=here)
+    (group,) = [p for p in here.iterdir() if p.is_dir()]
+    (group / "memory.events").write_text("oom_kill 1\n")
+    (group / "memory.peak").write_text(str(300 * 2**20))
+    cap.finish()
+    assert cap.tripped and cap.peak_mb == 300 and "cgroup v2" in cap.reason()
+
+
+def test_this_machine_has_a_mechanism() -> None:
+    cap = MemoryCap(limit_mb=100)
+    assert cap.mechanism in ("watchdog", "cgroup v2")
+    cap.finish()
 
 
 @pytest.mark.slow

@@ -25,11 +25,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from workloads.architectures.architecture import Architecture
 from workloads.architectures.compose import Builder, FunctionComposer, compose
 from workloads.architectures.layers import (
     LAYER_NORM_EPS,
     Activation,
-    Architecture,
     BatchNorm,
     Conv,
     Dense,

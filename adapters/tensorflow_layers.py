@@ -21,11 +21,11 @@ from dataclasses import dataclass
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf
 
+from workloads.architectures.architecture import Architecture
 from workloads.architectures.compose import Builder, FunctionComposer, compose
 from workloads.architectures.layers import (
     LAYER_NORM_EPS,
     Activation,
-    Architecture,
     BatchNorm,
     Conv,
     Dense,

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from workloads.architectures import ARCHITECTURES, get
-from workloads.architectures.layers import Architecture, BatchNorm, Dense, Recurrent, Residual
+from workloads.architectures.architecture import Architecture
+from workloads.architectures.layers import BatchNorm, Dense, Recurrent, Residual
 from workloads.architectures.reference import forward
 
 ZOO = [

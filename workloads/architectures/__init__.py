@@ -6,8 +6,8 @@ a dataset is resized to its samples with :meth:`Architecture.for_data`.
 
 from __future__ import annotations
 
+from workloads.architectures.architecture import Architecture
 from workloads.architectures.layers import (
-    Architecture,
     BatchNorm,
     Conv,
     Dense,

@@ -17,9 +17,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeAlias, TypeVar, get_args
 
+from workloads.architectures.architecture import Architecture
 from workloads.architectures.layers import (
     Activation,
-    Architecture,
     BatchNorm,
     Conv,
     GlobalAvgPool,

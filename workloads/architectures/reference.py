@@ -11,8 +11,8 @@ import math
 
 import numpy as np
 
+from workloads.architectures.architecture import Architecture
 from workloads.architectures.layers import (
-    Architecture,
     BatchNorm,
     Conv,
     Dense,

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from adapters import FRAMEWORKS
+from harness import forking
 from harness import metrics as M
 from harness.contract import Status, TrialRequest, TrialResult, TrialSpec
 from harness.envs import PROJECT_ROOT, interpreter
@@ -93,7 +94,11 @@ def launch(
     fault: str | None = None,
     python: str | None = None,
 ) -> TrialResult:
-    """Run ``spec`` in a fresh worker process and return its result, whatever happened to it."""
+    """Run ``spec`` in a fresh worker process and return its result, whatever happened to it.
+
+    The process is forked by this node's fork server for the trial's environment where it can be
+    (:mod:`harness.forking`: CPU trials on Linux), otherwise a freshly started interpreter.
+    """
     started = time.time()
     python = python or interpreter(spec.framework)
     request = TrialRequest(
@@ -107,31 +112,29 @@ def launch(
     cap = MemoryCap(spec.memory_limit_mb or default_limit_mb(spec.threads))
     with tempfile.TemporaryDirectory(prefix="harness-trial-") as tmp:
         req_path, out_path, log_path = Path(tmp, "request.json"), Path(tmp, "result.json"), Path(tmp, "stderr.log")
-        req_path.write_text(request.to_json())
-        cmd = [python, "-m", "harness.worker", "--request", str(req_path), "--out", str(out_path)]
-        with open(log_path, "w") as log:
+        env = worker_env(spec)
+        proc: subprocess.Popen[bytes] | forking.ForkedWorker | None = None
+        if forking.enabled(spec):
+            req_path.write_text(request.replace(parent_pid=None).to_json())  # its parent is the server
+            proc = forking.fork(python, spec, env, req_path, out_path, log_path, cap.cgroup_path)
+        if proc is None:
+            req_path.write_text(request.to_json())
             try:
-                proc = subprocess.Popen(
-                    cmd,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=worker_env(spec),
-                    start_new_session=True,
-                    cwd=tmp,
-                    preexec_fn=cap.preexec if cap.in_cgroup else None,
-                )
+                proc = _spawn(python, req_path, out_path, log_path, env, tmp, cap)
             except (OSError, subprocess.SubprocessError) as e:
                 return _result(spec, "failed", f"cannot start {python}: {e}", started)
-            cap.watch(proc.pid)
-            timed_out = False
-            try:
-                proc.wait(timeout=spec.timeout_s)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)  # the worker and anything it left behind
-            proc.wait()
-            cap.finish()
+        cap.watch(proc.pid)
+        timed_out = False
+        try:
+            proc.wait(timeout=spec.timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the worker and anything it left behind
+        proc.wait()
+        cap.finish()
+        returncode = proc.returncode
+        assert returncode is not None
         tail = log_path.read_text(errors="replace")[-STDERR_TAIL_CHARS:]
         if cap.tripped:
             return _result(spec, "oom", cap.reason(), started, tail)
@@ -145,15 +148,32 @@ def launch(
             result.metrics.setdefault(M.PEAK_GROUP_RSS_MB, cap.peak_mb)
             result.metrics[M.WORKER_START_S] = max(0.0, result.started_at - started)
             return result
-        if proc.returncode < 0:
-            if proc.returncode == -signal.SIGKILL:
+        if returncode < 0:
+            if returncode == -signal.SIGKILL:
                 reason = (
                     "killed by SIGKILL from outside the harness, possibly the kernel's OOM killer "
                     f"(peak {cap.peak_mb:,.0f} MB of the {cap.limit_mb} MB limit)"
                 )
                 return _result(spec, "crash", reason, started, tail)
-            return _result(spec, "crash", f"worker died from {_signal_name(proc.returncode)}", started, tail)
-        return _result(spec, "failed", f"worker exited with code {proc.returncode} and no result", started, tail)
+            return _result(spec, "crash", f"worker died from {_signal_name(returncode)}", started, tail)
+        return _result(spec, "failed", f"worker exited with code {returncode} and no result", started, tail)
+
+
+def _spawn(
+    python: str, request: Path, out: Path, log_path: Path, env: dict[str, str], cwd: str, cap: MemoryCap
+) -> subprocess.Popen[bytes]:
+    """A fresh interpreter for the trial, in its own session, output to the log."""
+    cmd = [python, "-m", "harness.worker", "--request", str(request), "--out", str(out)]
+    with open(log_path, "w") as log:
+        return subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            cwd=cwd,
+            preexec_fn=cap.preexec if cap.in_cgroup else None,
+        )
 
 
 def _result(spec: TrialSpec, status: Status, reason: str, started: float, tail: str = "") -> TrialResult:

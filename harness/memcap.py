@@ -88,6 +88,11 @@ class MemoryCap:
     def in_cgroup(self) -> bool:
         return self._cgroup is not None
 
+    @property
+    def cgroup_path(self) -> Path | None:
+        """The trial's cgroup (a forked worker joins it itself), or None for the watchdog."""
+        return self._cgroup
+
     def preexec(self) -> None:
         """Runs in the forked child before exec: join the trial's cgroup."""
         assert self._cgroup is not None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,3 +46,9 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def is_trial_worker(proc: Any) -> bool:
+    """A trial's worker process (psutil): a fresh ``python -m harness.worker`` or a fork server's child."""
+    cmdline = " ".join(proc.cmdline())
+    return proc.name() == "harness-trial" or ("harness.worker" in cmdline and "forkserver" not in cmdline)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import REPO
+from tests.conftest import REPO, is_trial_worker
 from workloads.architectures import get
 
 TINY = str(REPO / "tests" / "suites" / "tiny.toml")
@@ -268,7 +268,7 @@ def test_worker_dies_with_its_launcher(tmp_path: Path) -> None:
     worker = None
     while worker is None and time.monotonic() < deadline:  # bounded wait for the worker to appear
         kids = psutil.Process(launcher.pid).children(recursive=True)
-        worker = next((k for k in kids if "harness.worker" in " ".join(k.cmdline())), None)
+        worker = next((k for k in kids if is_trial_worker(k)), None)
         time.sleep(0.2)
     assert worker is not None, "worker never started"
     launcher.send_signal(signal.SIGKILL)

@@ -15,6 +15,7 @@ from adapters import FRAMEWORKS
 from harness.contract import TrialResult, TrialSpec
 from harness.launch import BLAS_THREAD_VARS, launch, worker_env
 from harness.memcap import MemoryCap, default_limit_mb
+from tests.conftest import is_trial_worker
 from tests.test_cli import TINY, harness
 
 
@@ -126,6 +127,35 @@ def test_trial_over_its_memory_limit_ends_oom_and_the_batch_goes_on(tmp_path: Pa
     assert rows["jax"]["spec"]["memory_limit_mb"] == 1500  # type: ignore[index]
 
 
+def tiny(**kw: object) -> TrialSpec:
+    measure = {"warmup_steps": 0, "min_steps": 2, "min_time_s": 0.0, "window_steps": 1, "latency_requests": 2}
+    return spec(measure=measure, **kw)
+
+
+@pytest.mark.slow
+def test_cpu_trials_fork_from_one_server_per_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    first, second = launch(tiny(), cpus=None), launch(tiny(seed=1), cpus=None)
+    for r in (first, second):
+        assert r.status == "ok", r.reason + r.stderr_tail
+        assert r.environment["process"] == "fork"
+        assert r.metrics["import_s"] > 0  # the server's import, reported with every trial it serves
+    assert first.environment["fork_server_pid"] == second.environment["fork_server_pid"]
+    assert first.metrics["throughput_samples_per_s"] > 0
+    other = launch(tiny(threads=2), cpus=None)  # another thread count: another environment, another server
+    assert other.status == "ok" and other.environment["fork_server_pid"] != first.environment["fork_server_pid"]
+    monkeypatch.setenv("HARNESS_PROCESS", "spawn")
+    fresh = launch(tiny(), cpus=None)
+    assert fresh.status == "ok" and fresh.environment["process"] == "spawn"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("process", ["fork", "spawn"])
+def test_timeout_kills_the_trial_either_way(process: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HARNESS_PROCESS", process)
+    r = launch(tiny(timeout_s=5), cpus=None, fault="hang")
+    assert r.status == "timeout" and "5 s timeout" in r.reason
+
+
 @pytest.mark.slow
 def test_a_sigkill_the_harness_did_not_send_is_reported_as_such() -> None:
     out: list[TrialResult] = []
@@ -135,7 +165,7 @@ def test_a_sigkill_the_harness_did_not_send_is_reported_as_such() -> None:
     worker = None
     while worker is None and time.monotonic() < deadline:  # bounded wait for the worker to appear
         kids = psutil.Process().children(recursive=True)
-        worker = next((k for k in kids if "harness.worker" in " ".join(k.cmdline())), None)
+        worker = next((k for k in kids if is_trial_worker(k)), None)
         time.sleep(0.1)
     assert worker is not None, "worker never started"
     worker.send_signal(signal.SIGKILL)  # as the kernel's OOM killer would

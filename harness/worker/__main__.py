@@ -17,7 +17,7 @@ import traceback
 from pathlib import Path
 
 
-def _die_with_parent(parent_pid: int | None) -> None:
+def die_with_parent(parent_pid: int | None) -> None:
     """Ask the kernel to SIGKILL this worker if its launcher dies (Ctrl-C, Ray shutdown, lost node).
 
     The worker runs in its own session so a timeout can kill its whole group; that also means it
@@ -55,13 +55,13 @@ def _status_for(exc: BaseException) -> str:
     return "failed"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.worker", description=__doc__)
-    parser.add_argument("--request", required=True, type=Path)
-    parser.add_argument("--out", required=True, type=Path)
-    args = parser.parse_args(argv)
-    raw = json.loads(args.request.read_text())  # stdlib only until the CPU set is applied
-    _die_with_parent(raw.get("parent_pid"))
+def run(request_path: Path, out: Path, preloaded: dict[str, float] | None = None) -> int:
+    """Run the trial of ``request_path`` in this process and write its result to ``out``.
+
+    ``preloaded`` (fork server children): what the server imported before forking, with its seconds.
+    """
+    raw = json.loads(request_path.read_text())  # stdlib only until the CPU set is applied
+    die_with_parent(raw.get("parent_pid"))
     if raw.get("cpus"):
         os.sched_setaffinity(0, raw["cpus"])
     if os.getpriority(os.PRIO_PROCESS, 0) > 0:  # inherited from a niced parent (Ray's default is 15)
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     try:
         _inject(request.fault)
-        result = run_trial(request)
+        result = run_trial(request, preloaded)
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):
             raise
@@ -89,16 +89,27 @@ def main(argv: list[str] | None = None) -> int:
             reason=f"{type(exc).__name__}: {exc}",
         )
     result.started_at, result.wall_s = started, time.time() - started
-    tmp = args.out.with_suffix(".tmp")
+    tmp = out.with_suffix(".tmp")
     tmp.write_text(result.to_json())
-    tmp.replace(args.out)
+    tmp.replace(out)
     return 0
 
 
-if __name__ == "__main__":
-    code = main()
+def exit_now(code: int) -> None:
+    """The result is on disk: skip the interpreter's teardown, where the frameworks' exit handlers and
+    thread joins take 0.5-2 s per trial (TensorFlow the most) and measure nothing."""
     sys.stdout.flush()
     sys.stderr.flush()
-    # The result is on disk: skip the interpreter's teardown, where the frameworks' exit handlers and
-    # thread joins take 0.5-2 s per trial (TensorFlow the most) and measure nothing.
     os._exit(code)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness.worker", description=__doc__)
+    parser.add_argument("--request", required=True, type=Path)
+    parser.add_argument("--out", required=True, type=Path)
+    args = parser.parse_args(argv)
+    return run(args.request, args.out)
+
+
+if __name__ == "__main__":
+    exit_now(main())

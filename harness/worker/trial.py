@@ -56,14 +56,18 @@ def _fit(data: datasets.Dataset, input_shape: tuple[int, ...]) -> datasets.Datas
     return replace(data, x_train=fit(data.x_train, channels), x_val=fit(data.x_val, channels))
 
 
-def run_trial(request: TrialRequest) -> TrialResult:
-    """Build the model and run the trial's scenarios; the result has status ok or diverged."""
+def run_trial(request: TrialRequest, preloaded: dict[str, float] | None = None) -> TrialResult:
+    """Build the model and run the trial's scenarios; the result has status ok or diverged.
+
+    ``preloaded``: the fork server's imports and their seconds, when this process is its fresh fork
+    (the framework is then already imported; ``import_s`` reports the server's import).
+    """
     spec = request.spec
     cache_dir = Path(request.cache_dir) if request.cache_dir else None
-    peak = gemm_peak_gflops(spec.threads, cache_dir)  # before the framework loads: nothing else runs
+    peak = gemm_peak_gflops(spec.threads, cache_dir)  # before any framework work: nothing else runs
     t0 = time.perf_counter()
     adapter_cls = load_adapter(spec.framework)
-    import_s = time.perf_counter() - t0
+    import_s = (preloaded or {}).get(spec.framework, time.perf_counter() - t0)
     data = prepare(spec, request.dataset_path, peak)
     baseline_mb = current_rss_mb()
     options = BuildOptions.for_training(
@@ -103,6 +107,9 @@ def run_trial(request: TrialRequest) -> TrialResult:
     if device_peak is not None:
         result.metrics[M.PEAK_DEVICE_MEM_MB] = device_peak
     result.environment = environment(adapter.runtime(), spec.threads)
+    result.environment["process"] = "fork" if preloaded else "spawn"  # of a fork server / a fresh interpreter
+    if preloaded:
+        result.environment["fork_server_pid"] = os.getppid()
     return result
 
 

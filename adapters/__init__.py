@@ -31,6 +31,7 @@ class FrameworkInfo:
     thread_vars: tuple[str, ...] = ()  # environment variables its thread pools read at start-up
     one_thread_flags: tuple[tuple[str, str], ...] = ()  # (variable, flags appended) when threads == 1
     runtime_env: tuple[tuple[str, str], ...] = ()  # defaults unless the user set them (e.g. no preallocation)
+    preload: tuple[str, ...] = ()  # modules a fork server imports too (trials would import them lazily)
 
     def worker_env(self, threads: int, environ: Mapping[str, str]) -> dict[str, str]:
         """Variables to set in a worker's environment (read before the framework initialises)."""
@@ -61,6 +62,7 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
             ("float32",),
             ("eager", "inductor"),
             thread_vars=("OMP_NUM_THREADS", "MKL_NUM_THREADS"),
+            preload=("torch._dynamo",),  # the first optimiser constructed imports it (about 2 s)
         ),
         FrameworkInfo(
             "tensorflow",

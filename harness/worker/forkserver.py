@@ -109,11 +109,15 @@ def _recv_line(conn: socket.socket, limit: int = 1 << 16) -> bytes:
 
 def serve(framework: str, path: str, idle_s: float, starter: int) -> None:
     t0 = time.perf_counter()
-    from adapters import load_adapter
+    import importlib
+
+    from adapters import FRAMEWORKS, load_adapter
 
     load_adapter(framework)
     preloaded = {framework: time.perf_counter() - t0}
-    import harness.worker.trial  # noqa: F401  (numpy, the workloads, the scenarios: imported once too)
+    # what trials would import lazily: the framework's own list, numpy, the workloads, the scenarios
+    for module in (*FRAMEWORKS[framework].preload, "harness.worker.trial", "workloads.architectures.reference"):
+        importlib.import_module(module)
 
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     with contextlib.suppress(FileNotFoundError):

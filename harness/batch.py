@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import journal, track
+from harness import forking, journal, track
 from harness.contract import FINAL, TrialResult, TrialSpec
 from harness.plan import Plan
 from harness.spec import SpecError
@@ -153,12 +153,16 @@ def run(
     uri = resolve_uri(tracking_uri, meta)
     if address:
         schedule.check_reachable(address)  # before the store: a failed check leaves nothing behind
-    with phases("start (Ray, MLflow store)"), ThreadPoolExecutor(1) as pool:
-        store = pool.submit(track.check_store, uri)  # a new SQLite store migrates for seconds: meanwhile Ray starts
+    with phases("start (Ray, MLflow store, fork servers)"), ThreadPoolExecutor(2) as pool:
+        # side by side: a new SQLite store migrates for seconds, each framework imports once for its
+        # fork server on this node (embedded Ray only), and Ray starts
+        store = pool.submit(track.check_store, uri)
+        servers = pool.submit(forking.prestart, [] if address else the_plan.trials)
         try:
             schedule.connect(address)
         finally:
             tracker = _result_or_shutdown(store)
+            servers.result()
     try:
         problems = schedule.unschedulable(the_plan.trials)
         if problems:

@@ -19,7 +19,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from harness.contract import TrialSpec
@@ -38,9 +39,13 @@ def _folder() -> Path:
     return path
 
 
+# set per Ray worker process (or by importing Ray in the driver); no trial reads them
+VOLATILE = ("RAY_", "SPT_NOENV", "PYTHONBREAKPOINT")
+
+
 def _key(python: str, env: Mapping[str, str]) -> str:
     """Servers are shared by trials whose interpreter and environment (thread variables included) match."""
-    stable = sorted((k, v) for k, v in env.items() if not k.startswith("RAY_"))
+    stable = sorted((k, v) for k, v in env.items() if not k.startswith(VOLATILE))
     return hashlib.sha256(json.dumps([python, stable]).encode()).hexdigest()[:16]
 
 
@@ -78,6 +83,28 @@ def _server(python: str, framework: str, env: Mapping[str, str]) -> socket.socke
             return None
         proc.stdout.close()
         return _connect(path)
+
+
+def prestart(specs: Iterable[TrialSpec]) -> int:
+    """Start this node's servers for these trials' environments side by side, and wait until they
+    are ready (the driver does this while Ray starts, so no import runs beside a timed trial).
+    Returns how many servers are up."""
+    from harness.envs import interpreter
+    from harness.launch import worker_env
+
+    wanted: dict[str, tuple[str, str, dict[str, str]]] = {}
+    for spec in specs:
+        if enabled(spec):
+            env, python = worker_env(spec), interpreter(spec.framework)
+            wanted[_key(python, env)] = (python, spec.framework, env)
+    if not wanted:
+        return 0
+    with ThreadPoolExecutor(len(wanted)) as pool:
+        conns = list(pool.map(lambda args: _server(*args), wanted.values()))
+    for conn in conns:
+        if conn is not None:
+            conn.close()
+    return sum(conn is not None for conn in conns)
 
 
 class ForkedWorker:

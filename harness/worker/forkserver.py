@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness.worker.forkserver", description=__doc__)
     parser.add_argument("--framework", required=True)
     parser.add_argument("--socket", required=True)
-    parser.add_argument("--idle-s", type=float, default=120.0)
+    parser.add_argument("--idle-s", type=float, default=600.0)
     parser.add_argument("--starter", type=int, default=os.getppid(), help="pid whose exit (when idle) ends the server")
     args = parser.parse_args(argv)
     serve(args.framework, args.socket, args.idle_s, args.starter)

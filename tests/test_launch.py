@@ -20,7 +20,8 @@ from tests.test_cli import TINY, harness
 
 
 def spec(framework: str = "torch", threads: int = 1, **kw: object) -> TrialSpec:
-    return TrialSpec(architecture="mlp_shallow", framework=framework, mode="infer", batch_size=8, threads=threads, **kw)  # type: ignore[arg-type]
+    fields = {"architecture": "mlp_shallow", "framework": framework, "mode": "infer", "batch_size": 8} | kw
+    return TrialSpec(threads=threads, **fields)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("fw", list(FRAMEWORKS))
@@ -146,6 +147,20 @@ def test_cpu_trials_fork_from_one_server_per_environment(monkeypatch: pytest.Mon
     monkeypatch.setenv("HARNESS_PROCESS", "spawn")
     fresh = launch(tiny(), cpus=None)
     assert fresh.status == "ok" and fresh.environment["process"] == "spawn"
+
+
+@pytest.mark.slow
+def test_prestarted_servers_serve_the_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness import forking
+
+    monkeypatch.setenv("HARNESS_TEST_ENVIRONMENT", str(time.time()))  # an environment no server has yet
+    before = {k.pid for k in psutil.Process().children() if "forkserver" in " ".join(k.cmdline())}
+    assert forking.prestart([tiny(), tiny(seed=3), tiny(mode="train")]) == 1  # one environment, one server
+    started = {k.pid for k in psutil.Process().children() if "forkserver" in " ".join(k.cmdline())} - before
+    assert len(started) == 1
+    r = launch(tiny(seed=5), cpus=None)
+    assert r.status == "ok" and r.environment["fork_server_pid"] in started
+    assert forking.prestart([tiny(device="gpu")]) == 0  # device trials are never forked
 
 
 @pytest.mark.slow

@@ -2,8 +2,10 @@
 
 Used by the CLI (``harness run``, ``harness sync``) and by ``benchmarks/``. What happens, in order:
 
-1. checks, before anything runs or is written: the MLflow store answers, Ray is reachable, every
-   trial fits some node (each a one-line :class:`~harness.spec.SpecError`, exit code 2);
+1. checks, before any trial runs or anything is written: the MLflow store answers, Ray is
+   reachable, every trial fits some node (each a one-line :class:`~harness.spec.SpecError`, exit
+   code 2); meanwhile Ray starts and, once the store answered, this node's fork servers import
+   their frameworks (embedded Ray);
 2. the batch folder (``batch.json``); on ``--resume`` the journal says which trials are finished
    (statuses in ``FINAL``) and which attempt the others are on;
 3. catch-up: journal entries the store does not have yet (a driver killed before it logged them)
@@ -153,16 +155,20 @@ def run(
     uri = resolve_uri(tracking_uri, meta)
     if address:
         schedule.check_reachable(address)  # before the store: a failed check leaves nothing behind
-    with phases("start (Ray, MLflow store, fork servers)"), ThreadPoolExecutor(2) as pool:
-        # side by side: a new SQLite store migrates for seconds, each framework imports once for its
-        # fork server on this node (embedded Ray only), and Ray starts
-        store = pool.submit(track.check_store, uri)
-        servers = pool.submit(forking.prestart, [] if address else the_plan.trials)
+    finished_before = batch.finished_keys()
+    to_fork = [] if address else [t for t in the_plan.trials if t.trial_key not in finished_before]
+
+    def store_then_servers() -> track.Tracker:
+        tracker = track.check_store(uri)  # a new SQLite store migrates for seconds
+        forking.prestart(to_fork)  # then each framework imports once for its fork server on this node
+        return tracker
+
+    with phases("start (Ray, MLflow store, fork servers)"), ThreadPoolExecutor(1) as pool:
+        store = pool.submit(store_then_servers)  # beside Ray's start
         try:
             schedule.connect(address)
         finally:
             tracker = _result_or_shutdown(store)
-            servers.result()
     try:
         problems = schedule.unschedulable(the_plan.trials)
         if problems:

@@ -226,7 +226,8 @@ class TrialSpec(Record):
 
     ``trial_key`` is the SHA-256 of the canonical JSON, so the same cell has the same key in every
     batch (resume and de-duplication rely on it). Optional fields left unset stay out of the
-    canonical JSON, so journals written before they existed keep their keys.
+    canonical JSON, so journals written before they existed keep their keys; ``memory_limit_mb``
+    always does (after an ``oom``, ``--resume --memory-limit MORE`` runs the same cell again).
     """
 
     architecture: str = field(metadata=_one_of("architecture", ARCHITECTURES))
@@ -270,8 +271,7 @@ class TrialSpec(Record):
         data = self.to_dict()
         if data["train"]["target_accuracy"] is None:
             del data["train"]["target_accuracy"]
-        if data["memory_limit_mb"] is None:
-            del data["memory_limit_mb"]
+        del data["memory_limit_mb"]  # a resource limit, not what is measured: raising it resumes the same cell
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     @functools.cached_property

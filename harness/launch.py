@@ -1,4 +1,4 @@
-"""Run one trial in a fresh subprocess of its framework's interpreter.
+"""Run one trial in a fresh process of its framework's interpreter (spawned, or forked by a fork server).
 
 The worker gets its own session (process group), so a timeout or the memory cap kills it and
 everything it spawned (compiler workers included). Thread counts are set in the environment before
@@ -113,29 +113,29 @@ def launch(
     with tempfile.TemporaryDirectory(prefix="harness-trial-") as tmp:
         req_path, out_path, log_path = Path(tmp, "request.json"), Path(tmp, "result.json"), Path(tmp, "stderr.log")
         env = worker_env(spec)
-        proc: subprocess.Popen[bytes] | forking.ForkedWorker | None = None
-        if forking.enabled(spec):
-            req_path.write_text(request.replace(parent_pid=None).to_json())  # its parent is the server
-            proc = forking.fork(python, spec, env, req_path, out_path, log_path, cap.cgroup_path)
-        if proc is None:
-            req_path.write_text(request.to_json())
-            try:
-                proc = _spawn(python, req_path, out_path, log_path, env, tmp, cap)
-            except (OSError, subprocess.SubprocessError) as e:
-                return _result(spec, "failed", f"cannot start {python}: {e}", started)
-        cap.watch(proc.pid)
-        timed_out = False
         try:
-            proc.wait(timeout=spec.timeout_s)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)  # the worker and anything it left behind
-        proc.wait()
-        cap.finish()
-        returncode = proc.returncode
-        assert returncode is not None
-        tail = log_path.read_text(errors="replace")[-STDERR_TAIL_CHARS:]
+            proc: subprocess.Popen[bytes] | forking.ForkedWorker | None = None
+            if forking.enabled(spec):
+                req_path.write_text(request.replace(parent_pid=None).to_json())  # its parent is the server
+                proc = forking.fork(python, spec, env, req_path, out_path, log_path, cap.cgroup_path)
+            if proc is None:
+                req_path.write_text(request.to_json())
+                try:
+                    proc = _spawn(python, req_path, out_path, log_path, env, tmp, cap)
+                except (OSError, subprocess.SubprocessError) as e:
+                    return _result(spec, "failed", f"cannot start {python}: {e}", started)
+            cap.watch(proc.pid)
+            timed_out = False
+            try:
+                proc.wait(timeout=spec.timeout_s)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)  # the worker and anything it left behind
+            proc.wait()
+        finally:
+            cap.finish()
+        tail = log_path.read_text(errors="replace")[-STDERR_TAIL_CHARS:] if log_path.exists() else ""
         if cap.tripped:
             return _result(spec, "oom", cap.reason(), started, tail)
         if timed_out:
@@ -148,15 +148,27 @@ def launch(
             result.metrics.setdefault(M.PEAK_GROUP_RSS_MB, cap.peak_mb)
             result.metrics[M.WORKER_START_S] = max(0.0, result.started_at - started)
             return result
-        if returncode < 0:
-            if returncode == -signal.SIGKILL:
-                reason = (
-                    "killed by SIGKILL from outside the harness, possibly the kernel's OOM killer "
-                    f"(peak {cap.peak_mb:,.0f} MB of the {cap.limit_mb} MB limit)"
-                )
-                return _result(spec, "crash", reason, started, tail)
-            return _result(spec, "crash", f"worker died from {_signal_name(returncode)}", started, tail)
-        return _result(spec, "failed", f"worker exited with code {returncode} and no result", started, tail)
+        return _died(spec, proc, cap, started, tail)
+
+
+def _died(
+    spec: TrialSpec, proc: subprocess.Popen[bytes] | forking.ForkedWorker, cap: MemoryCap, started: float, tail: str
+) -> TrialResult:
+    """The result of a worker that ended without writing one."""
+    returncode = proc.returncode
+    assert returncode is not None
+    if isinstance(proc, forking.ForkedWorker) and proc.server_lost:
+        reason = f"the fork server {proc.server_pid} went away during the trial (its workers go with it)"
+        return _result(spec, "crash", reason, started, tail)
+    if returncode == -signal.SIGKILL:
+        reason = (
+            "killed by SIGKILL from outside the harness, possibly the kernel's OOM killer "
+            f"(peak {cap.peak_mb:,.0f} MB of the {cap.limit_mb} MB limit)"
+        )
+        return _result(spec, "crash", reason, started, tail)
+    if returncode < 0:
+        return _result(spec, "crash", f"worker died from {_signal_name(returncode)}", started, tail)
+    return _result(spec, "failed", f"worker exited with code {returncode} and no result", started, tail)
 
 
 def _spawn(

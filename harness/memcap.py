@@ -16,15 +16,19 @@ reported as coming from outside (possibly the kernel's OOM killer), not as a cer
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
+import secrets
 import signal
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 
 POLL_S = 0.05
+_SEQUENCE = itertools.count()
 
 
 def default_limit_mb(threads: int, cores: int | None = None, total_mb: float | None = None) -> int:
@@ -72,9 +76,9 @@ class MemoryCap:
         parent = self.cgroup_parent
         if parent is None:
             return
-        group = parent / f"harness-trial-{os.getpid()}-{threading.get_ident()}"
+        group = parent / f"harness-trial-{os.getpid()}-{next(_SEQUENCE)}-{secrets.token_hex(3)}"
         try:
-            group.mkdir(exist_ok=True)
+            group.mkdir()
             (group / "memory.max").write_text(str(self.limit_mb * 2**20))
             with contextlib.suppress(OSError):
                 (group / "memory.swap.max").write_text("0")
@@ -83,6 +87,7 @@ class MemoryCap:
                 group.rmdir()
             return
         self._cgroup, self.mechanism = group, "cgroup v2"
+        self.poll_s = max(self.poll_s, 1.0)  # the kernel enforces; polling only adds the group's view of the peak
 
     @property
     def in_cgroup(self) -> bool:
@@ -140,8 +145,14 @@ class MemoryCap:
         with contextlib.suppress(OSError, ValueError):
             events = dict(line.split() for line in (group / "memory.events").read_text().splitlines())
             self.tripped = self.tripped or int(events.get("oom_kill", 0)) > 0
-        with contextlib.suppress(OSError):
-            group.rmdir()
+        for _ in range(50):  # a killed group empties asynchronously
+            try:
+                group.rmdir()
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                time.sleep(0.02)
 
     def reason(self) -> str:
         return (

@@ -155,11 +155,12 @@ class Tracker:
             self.client.delete_run(run.info.run_id)  # half-written by an interrupted driver
         s = result.spec
         start_ms = int((result.started_at or time.time()) * 1000)
-        run = self.client.create_run(
+        identity = {"batch_id": batch_id, "trial_key": key, "attempt": str(attempt), "harness_kind": "trial"}
+        run = self.client.create_run(  # findable from the start: a half-written run is found and replaced
             self.experiment_id,
             run_name=s.name,
             start_time=start_ms,
-            tags={"mlflow.parentRunId": parent_id},
+            tags={"mlflow.parentRunId": parent_id, **identity},
         )
         run_id = str(run.info.run_id)
         params = {

@@ -263,11 +263,18 @@ def test_unset_target_keeps_the_keys_of_earlier_journals() -> None:
     assert spec.trial_key == hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def test_memory_limit_is_optional_and_part_of_the_key() -> None:
+def test_memory_limit_is_optional_and_not_part_of_the_key() -> None:
     assert make().memory_limit_mb is None
-    assert make(memory_limit_mb=512).trial_key != make().trial_key
+    assert make(memory_limit_mb=512).trial_key == make().trial_key  # resuming with a higher limit: same cell
     with pytest.raises(ContractError, match="greater than 0"):
         make(memory_limit_mb=0)
+
+
+def test_trial_keys_are_those_of_earlier_versions() -> None:
+    """Pinned: keys computed by the pydantic TrialSpec this contract replaced (journals must resume)."""
+    assert make().trial_key == "ea64d61d6e48dceb"
+    trained = make(dataset="mnist1d", train=TrainSpec(steps=10, target_accuracy=0.5), measure=MeasureSpec(min_time_s=2))
+    assert trained.trial_key == "bf0c740d34f182b3"
 
 
 def test_worker_decodes_the_request_into_typed_objects() -> None:

@@ -164,6 +164,36 @@ def test_prestarted_servers_serve_the_batch(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 @pytest.mark.slow
+def test_a_server_survives_bad_requests_and_its_loss_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from harness import forking
+
+    monkeypatch.setenv("HARNESS_TEST_ENVIRONMENT", f"bad-{time.time()}")
+    assert forking.prestart([tiny()]) == 1
+    (server,) = [k for k in psutil.Process().children() if "HARNESS_TEST_ENVIRONMENT" in k.environ()
+                 and k.environ()["HARNESS_TEST_ENVIRONMENT"].startswith("bad-")]  # fmt: skip
+    sock_path = next(a for a in server.cmdline() if a.endswith(".sock"))
+    for garbage in (b"not json\n", b'{"request": 1}\n'):
+        with socket.socket(socket.AF_UNIX) as conn:
+            conn.connect(sock_path)
+            conn.sendall(garbage)
+            assert b"error" in conn.recv(4096)  # answered, not crashed
+    assert launch(tiny(), cpus=None).environment["fork_server_pid"] == server.pid  # still serving
+
+    out: list[TrialResult] = []
+    t = threading.Thread(target=lambda: out.append(launch(tiny(timeout_s=120), cpus=None, fault="hang")))
+    t.start()
+    deadline = time.monotonic() + 60
+    while not any(is_trial_worker(k) for k in server.children()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    server.kill()  # the server goes away mid-trial
+    t.join(timeout=60)
+    (result,) = out
+    assert result.status == "crash" and f"fork server {server.pid} went away" in result.reason
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("process", ["fork", "spawn"])
 def test_timeout_kills_the_trial_either_way(process: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HARNESS_PROCESS", process)

@@ -1,8 +1,10 @@
 """``python -m harness.worker --request REQ.json --out RESULT.json``: run one trial, write its result.
 
 The request is a :class:`harness.contract.TrialRequest` and the result a
-:class:`harness.contract.TrialResult`, both as JSON. The CPU set is applied before numpy or any
-framework loads (threads started earlier would keep the whole machine's affinity).
+:class:`harness.contract.TrialResult`, both as JSON. The CPU set is applied before any thread pool
+starts (threads started earlier would keep the whole machine's affinity): before numpy or the
+framework loads in a new interpreter; in a fork of a fork server they are loaded, but a fork has no
+threads and the pools start on first use.
 """
 
 from __future__ import annotations

@@ -42,7 +42,10 @@ class FrameworkInfo:
         env |= {var: value for var, value in self.runtime_env if var not in environ}
         return env
 
-    def unsupported_reason(self, device: str, precision: str) -> str | None:
+    def unsupported_reason(self, device: str, precision: str, mode: str = "train") -> str | None:
+        """Why this framework cannot run a cell (None when it can): device, precision or trial mode."""
+        if mode not in self.modes:
+            return f"{self.name} does not support mode {mode!r} (supports {', '.join(self.modes)})"
         if device not in self.devices:
             why = dict(self.why_not).get(device, f"supports {', '.join(self.devices)}")
             return f"{self.name} does not support device {device!r}: {why}"

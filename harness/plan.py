@@ -141,7 +141,7 @@ def expand(suite: SuiteSpec, o: Overrides, default_threads: int, unavailable: Ma
         problem = data_problem(arch, dataset, batch)
         if problem:
             impossible.append(problem)
-        reason = unavailable.get(fw) or FRAMEWORKS[fw].unsupported_reason(device, suite.precision) or problem
+        reason = unavailable.get(fw) or FRAMEWORKS[fw].unsupported_reason(device, suite.precision, mode) or problem
         if reason:
             plan.skipped.append((spec, reason))
         else:

@@ -194,6 +194,17 @@ def test_unsupported_device_is_skipped_with_a_reason() -> None:
     assert all(t.device == "tpu" for t in p.trials)
 
 
+def test_a_mode_a_framework_lacks_is_skipped_with_a_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    infer_only = dataclasses.replace(FRAMEWORKS["jax"], modes=("infer",))
+    monkeypatch.setitem(FRAMEWORKS, "jax", infer_only)
+    p = plan.expand(suite(devices=["cpu"]), Overrides(), default_threads=2)
+    assert {(s.framework, s.mode) for s, _ in p.skipped} == {("jax", "train")}
+    assert all("does not support mode 'train'" in reason for _, reason in p.skipped)
+    assert {(t.framework, t.mode) for t in p.trials} == {("torch", "train"), ("torch", "infer"), ("jax", "infer")}
+
+
 def test_unavailable_reason_wins_over_capability_reason() -> None:
     p = plan.expand(suite(), Overrides(devices=["tpu"]), default_threads=2, unavailable={"torch": "not installed"})
     assert {r for s, r in p.skipped if s.framework == "torch"} == {"not installed"}

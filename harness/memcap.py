@@ -8,9 +8,10 @@ reported as coming from outside (possibly the kernel's OOM killer), not as a cer
 - cgroup v2: the worker starts inside a fresh child cgroup of the launcher's with ``memory.max`` =
   the limit and no swap; the kernel reclaims and then kills inside that group only. Needs a unified
   hierarchy with the memory controller delegated to the launcher's cgroup.
-- watchdog: a thread polls the resident set of the worker and its descendants every ``poll_s``
-  (psutil); over the limit it SIGKILLs the process group. A fast allocation can overshoot by what
-  it allocates in one poll interval, which the node's headroom must absorb.
+- watchdog: a thread polls the resident set of the worker (every ``poll_s``) and its descendants
+  (found once a second) with psutil; over the limit it SIGKILLs the process group. A fast
+  allocation can overshoot by what it allocates in one poll interval, which the node's headroom
+  must absorb.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 import psutil
 
 POLL_S = 0.05
+DESCENDANTS_EVERY_S = 1.0
 _SEQUENCE = itertools.count()
 
 
@@ -108,25 +110,29 @@ class MemoryCap:
         self._thread = threading.Thread(target=self._poll, args=(pid,), daemon=True)
         self._thread.start()
 
-    def _group_rss_mb(self, root: psutil.Process) -> float:
-        total = 0
-        for p in [root, *root.children(recursive=True)]:
-            with contextlib.suppress(psutil.Error):
-                total += p.memory_info().rss
-        return total / 2**20
-
     def _poll(self, pid: int) -> None:
+        """Sum the resident sets of the worker and its descendants every ``poll_s``. Finding the
+        descendants scans every process of the node (about 2 ms), so that list is refreshed once a
+        second; the worker itself, where allocations happen, is read at every poll (a few µs)."""
         try:
             root = psutil.Process(pid)
         except psutil.Error:
             return
+        members: list[psutil.Process] = []
+        refreshed = float("-inf")
         while not self._stop.wait(self.poll_s):
             try:
-                rss = self._group_rss_mb(root)
-            except psutil.Error:
+                if time.monotonic() - refreshed >= DESCENDANTS_EVERY_S:
+                    members, refreshed = root.children(recursive=True), time.monotonic()
+                rss = root.memory_info().rss
+            except psutil.Error:  # the worker is gone
                 return
-            self.peak_mb = max(self.peak_mb, rss)
-            if self._cgroup is None and rss > self.limit_mb:
+            for p in members:
+                with contextlib.suppress(psutil.Error):
+                    rss += p.memory_info().rss
+            rss_mb = rss / 2**20
+            self.peak_mb = max(self.peak_mb, rss_mb)
+            if self._cgroup is None and rss_mb > self.limit_mb:
                 self.tripped = True
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pid, signal.SIGKILL)

@@ -155,8 +155,10 @@ def run(
     uri = resolve_uri(tracking_uri, meta)
     if address:
         schedule.check_reachable(address)  # before the store: a failed check leaves nothing behind
-    finished_before = batch.finished_keys()
-    to_fork = [] if address else [t for t in the_plan.trials if t.trial_key not in finished_before]
+    previous = {r.trial_key: r for r in batch.results()}  # the journal so far (empty for a new batch)
+    finished = {k for k, r in previous.items() if r.status in FINAL}
+    todo = [s for s in the_plan.trials if s.trial_key not in finished]
+    to_fork = [] if address else todo
 
     def store_then_servers() -> track.Tracker:
         tracker = track.check_store(uri)  # a new SQLite store migrates for seconds
@@ -190,9 +192,6 @@ def run(
         if caught_up:
             events.logging(caught_up, uri)
 
-        previous = {r.trial_key: r for r in batch.results()}
-        finished = {k for k, r in previous.items() if r.status in FINAL}
-        todo = [s for s in the_plan.trials if s.trial_key not in finished]
         events.started(batch, len(todo), len(the_plan.trials) - len(todo))
         live = bool(address)
 

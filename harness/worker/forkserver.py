@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.worker.__main__ import die_with_parent, exit_now, run
+from harness.worker.__main__ import exit_now, run
 
 POLL_S = 0.2
 TRIAL_PROCESS_NAME = "harness-trial"  # a forked worker's name in ps/top (its command line is the server's)
@@ -85,8 +85,9 @@ def _child(msg: dict[str, Any], preloaded: dict[str, float], inherited: list[soc
         if msg.get("cgroup"):
             Path(msg["cgroup"], "cgroup.procs").write_text(str(os.getpid()))
         os.chdir(Path(msg["request"]).parent)  # the trial's private folder, as a spawned worker's
-        die_with_parent(None)  # dies with the server (which kills it if the launcher goes)
         _name_process(TRIAL_PROCESS_NAME)
+        # run() ties the child to its parent, the server (the request has no launcher pid), which kills
+        # the child's group if the launcher goes
         code = run(Path(msg["request"]), Path(msg["out"]), preloaded)
     except BaseException:
         import traceback

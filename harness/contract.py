@@ -19,7 +19,7 @@ import hashlib
 import json
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Self, TypeVar, get_args, get_origin
 
@@ -51,6 +51,11 @@ class ContractError(ValueError):
     """A value that breaks the contract: wrong type, unknown choice, out of bounds, unknown field."""
 
 
+def unknown_choice(kind: str, value: object, choices: Iterable[object]) -> str:
+    """The one wording of an unknown name, with the valid ones (contract, suites, CLI)."""
+    return f"unknown {kind} {value!r}; choose from {', '.join(map(str, choices))}"
+
+
 # --- validation and decoding (generic over the dataclasses below) ---------------------------------
 
 
@@ -68,7 +73,7 @@ def _bounds(name: str, value: Any, meta: Mapping[str, Any]) -> None:
             raise ContractError(f"{name}: input should be {words} {meta[key]}, got {value!r}")
     choices = meta.get("choices")
     if choices is not None and value is not None and value not in choices:
-        raise ContractError(f"{name}: unknown {meta.get('kind', name)} {value!r}; choose from {', '.join(choices)}")
+        raise ContractError(f"{name}: {unknown_choice(meta.get('kind', name), value, choices)}")
 
 
 def _decode(tp: Any, value: Any, where: str) -> Any:
@@ -84,7 +89,7 @@ def _decode(tp: Any, value: Any, where: str) -> Any:
         return _from_mapping(tp, value, where)
     if origin is Literal:
         if value not in args:
-            raise ContractError(f"{where}: unknown value {value!r}; choose from {', '.join(map(str, args))}")
+            raise ContractError(f"{where}: {unknown_choice('value', value, args)}")
         return value
     if origin in (typing.Union, types.UnionType):
         for option in args:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from adapters import FRAMEWORKS
-from harness.contract import COMPILE, DEVICES, MODES, ContractError, TrainSpec, TrialSpec
+from harness.contract import COMPILE, DEVICES, MODES, ContractError, TrainSpec, TrialSpec, unknown_choice
 from harness.spec import SpecError, SuiteSpec
 from workloads.architectures import ARCHITECTURES, get
 from workloads.datasets import DATASETS, INFO, SYNTHETIC
@@ -42,7 +42,7 @@ class Plan:
 def _check(kind: str, values: Sequence[str] | None, choices: Sequence[str]) -> None:
     for v in values or ():
         if v not in choices:
-            raise SpecError(f"unknown {kind} {v!r}; choose from {', '.join(choices)}")
+            raise SpecError(unknown_choice(kind, v, choices))
 
 
 def validate(o: Overrides) -> None:

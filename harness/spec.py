@@ -10,19 +10,28 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from adapters import FRAMEWORKS
-from harness.contract import PRECISIONS, ContractError, Device, MeasureSpec, Mode, TrainSpec
+from harness.contract import (
+    PRECISIONS,
+    CompileChoice,
+    ContractError,
+    Device,
+    MeasureSpec,
+    Mode,
+    TrainSpec,
+    unknown_choice,
+)
 from workloads.architectures import ARCHITECTURES
 from workloads.datasets import DATASETS, SYNTHETIC
 
 
 def _choice(kind: str, value: str, choices: Any) -> str:
     if value not in choices:
-        raise ValueError(f"unknown {kind} {value!r}; choose from {', '.join(choices)}")
+        raise ValueError(unknown_choice(kind, value, choices))
     return value
 
 
@@ -41,7 +50,7 @@ class SuiteSpec(Frozen):
     devices: list[Device] = ["cpu"]
     batch_sizes: list[int]
     precision: str = "float32"
-    compile: Literal["auto", "on", "off"] = "auto"
+    compile: CompileChoice = "auto"
     datasets: list[str] = Field(
         default_factory=lambda: [SYNTHETIC], description="train cells run on each (infer cells: synthetic)"
     )

@@ -185,12 +185,8 @@ class Tracker:
         }
         if s.options:
             params["options"] = json.dumps(s.options, sort_keys=True)
-        tags = {
-            "trial_key": result.trial_key,
-            "batch_id": batch_id,
-            "harness_kind": "trial",
+        tags = {  # besides the identity tags the run was created with
             "status": result.status,
-            "attempt": str(result.attempt),
             "host": str(result.environment.get("hostname", "")),
             "git_commit": str(result.environment.get("git_commit", "")),
             "reason": result.reason[:5000],

@@ -6,12 +6,17 @@ Used by the CLI (``harness run``, ``harness sync``) and by ``benchmarks/``. What
    reachable, every trial fits some node (each a one-line :class:`~harness.spec.SpecError`, exit
    code 2); meanwhile Ray starts and, once the store answered, this node's fork servers import
    their frameworks (embedded Ray);
-2. the batch folder (``batch.json``); on ``--resume`` the journal says which trials are finished
-   (statuses in ``FINAL``) and which attempt the others are on;
-3. catch-up: journal entries the store does not have yet (a driver killed before it logged them)
-   are logged now, before any trial runs;
-4. trials run on Ray; each result goes to the journal first, then to MLflow: as it arrives on a
-   cluster, after the last trial with an embedded Ray (the driver shares the cores with the trials);
+2. the batch folder (``batch.json``); on ``--resume`` the journal says which processes are finished
+   (statuses in ``FINAL``) and which attempt the others are on; a cell with fewer processes than
+   ``repeats`` gets the missing ones;
+3. catch-up: cells the store does not have in their journaled state (a driver killed before it
+   logged them) are logged now, before any trial runs;
+4. the driver, Ray's daemons and the fork servers are pinned to the reserved cores (embedded Ray);
+   the cells' processes run on Ray in a seeded, randomised, interleaved order (round ``r``: every
+   cell's replica ``r``); each result goes to the journal first; a cell goes to MLflow (one child
+   run per cell) when its processes are done: as they finish on a cluster, after the last one with
+   an embedded Ray (the driver shares the node with the trials); with ``until_stable``, unstable
+   cells get one more process per round up to ``max_repeats``;
 5. the summary: the whole batch from the journal (earlier runs included) and the outcome.
 
 If the store fails during the batch, trials keep running and stay in the journal; the first failure
@@ -21,6 +26,7 @@ stops further MLflow writes, and :attr:`BatchOutcome.tracking_error` says which 
 from __future__ import annotations
 
 import contextlib
+import random
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -30,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import forking, journal, track
+from harness.cells import Cell, cells
 from harness.contract import FINAL, TrialResult, TrialSpec
 from harness.plan import Plan
 from harness.spec import SpecError
@@ -59,7 +66,7 @@ class Phases(dict[str, float]):
 @dataclass
 class BatchOutcome:
     batch: journal.Batch
-    results: list[TrialResult]  # the latest result of every trial of the batch, earlier runs included
+    results: list[TrialResult]  # the latest attempt of every process of the batch, earlier runs included
     uri: str
     tracking_error: str | None = None  # MLflow failed; the journal has everything
     phases: Phases = field(default_factory=Phases)
@@ -67,6 +74,10 @@ class BatchOutcome:
     @property
     def ok(self) -> bool:
         return all(r.ok for r in self.results)
+
+    @property
+    def cells(self) -> list[Cell]:
+        return cells(self.results, float(self.batch.meta().get("unstable_cv", 0.10)))
 
     @property
     def sync_command(self) -> str:
@@ -82,7 +93,6 @@ class _Tracking:
     tracker: track.Tracker
     parent: str | None = None
     error: str | None = None
-    deferred: list[TrialResult] = field(default_factory=list)
 
     def _guard(self, what: Callable[[], None]) -> None:
         if self.error is not None:
@@ -98,20 +108,21 @@ class _Tracking:
 
         self._guard(create)
 
-    def log(self, results: list[TrialResult]) -> None:
+    def log(self, keys: set[str] | None = None) -> int:
+        """Log the cells (all, or those of ``keys``) the store lacks in their journaled state; how many."""
+        if self.error is not None:
+            return 0
+        pending = self.batch.unsynced(self.uri, keys)
+        unstable_cv = float(self.batch.meta().get("unstable_cv", 0.10)) if self.batch.exists() else 0.10
+
         def write() -> None:
             assert self.parent is not None
-            for r in results:
-                run_id = self.tracker.log_result(self.parent, self.batch.batch_id, r)
-                self.batch.mark_synced(self.uri, r, run_id)
+            for processes in pending:
+                run_id = self.tracker.log_cell(self.parent, self.batch.batch_id, Cell(processes, unstable_cv))
+                self.batch.mark_synced(self.uri, processes, run_id)
 
-        if results:
+        if pending:
             self._guard(write)
-
-    def catch_up(self) -> int:
-        """Log every journal entry the store lacks; returns how many there were."""
-        pending = self.batch.unsynced(self.uri)
-        self.log(pending)
         return len(pending)
 
     def close(self, ok: bool) -> None:
@@ -145,8 +156,11 @@ def run(
     address: str | None = None,
     faults: Mapping[str, str] | None = None,
     events: Events | None = None,
+    until_stable: bool = False,
+    max_repeats: int = 10,
+    seed: int | None = None,
 ) -> BatchOutcome:
-    """Run (or resume) a batch of ``the_plan``'s trials; see the module docstring for the order."""
+    """Run (or resume) a batch of ``the_plan``'s cells; see the module docstring for the order."""
     from harness import schedule  # Ray: imported only when a batch really runs
 
     events = events or Events()
@@ -155,10 +169,12 @@ def run(
     uri = resolve_uri(tracking_uri, meta)
     if address:
         schedule.check_reachable(address)  # before the store: a failed check leaves nothing behind
-    previous = {r.trial_key: r for r in batch.results()}  # the journal so far (empty for a new batch)
+    previous = {(r.trial_key, r.replica): r for r in batch.results()}  # the journal so far
     finished = {k for k, r in previous.items() if r.status in FINAL}
-    todo = [s for s in the_plan.trials if s.trial_key not in finished]
-    to_fork = [] if address else todo
+    order_seed = seed if seed is not None else random.SystemRandom().randrange(2**31)
+    todo = the_plan.rounds(order_seed, finished)
+    to_fork = [] if address else [s for s, _ in todo]
+    reserve = the_plan.reserve_cores
 
     def store_then_servers() -> track.Tracker:
         tracker = track.check_store(uri)  # a new SQLite store migrates for seconds
@@ -168,11 +184,12 @@ def run(
     with phases("start (Ray, MLflow store, fork servers)"), ThreadPoolExecutor(1) as pool:
         store = pool.submit(store_then_servers)  # beside Ray's start
         try:
-            schedule.connect(address)
+            schedule.connect(address, reserve)
         finally:
             tracker = _result_or_shutdown(store)
+    unpin: Callable[[], None] = _nothing if address else schedule.pin_to_reserved(reserve)
     try:
-        problems = schedule.unschedulable(the_plan.trials)
+        problems = schedule.unschedulable(the_plan.trials, reserve if not address else 0)
         if problems:
             raise SpecError("; ".join(problems))
         commit = track.git_commit()
@@ -183,44 +200,63 @@ def run(
             "argv": sys.argv,
             "tracking_uri": uri,
             "git_commit": commit,
+            "repeats": the_plan.repeats,
+            "reserve_cores": reserve,
+            "unstable_cv": the_plan.suite.unstable_cv,
         }
+        meta["order_seeds"] = [*meta.get("order_seeds", []), order_seed]  # one per invocation (resumes too)
         batch.write_meta(meta)
         tracking = _Tracking(batch, uri, tracker)
         with phases("mlflow"):
             tracking.open(the_plan.suite.name, meta)
-            caught_up = tracking.catch_up()
+            caught_up = tracking.log()
         if caught_up:
             events.logging(caught_up, uri)
 
-        events.started(batch, len(todo), len(the_plan.trials) - len(todo))
+        events.started(batch, len(todo), len(finished))
         live = bool(address)
+        waiting: dict[str, int] = {}  # processes of each cell still running in this invocation
 
         def record(result: TrialResult) -> None:
-            prior = previous.get(result.trial_key)
+            prior = previous.get((result.trial_key, result.replica))
             result.attempt = prior.attempt + 1 if prior and prior.status not in FINAL else 1
             result.environment.setdefault("git_commit", commit)
             batch.append(result)
-            if live:
-                tracking.log([result])
-            else:
-                tracking.deferred.append(result)
+            previous[(result.trial_key, result.replica)] = result
+            waiting[result.trial_key] = waiting.get(result.trial_key, 1) - 1
+            if live and waiting[result.trial_key] <= 0:
+                tracking.log({result.trial_key})
 
         for spec, reason in the_plan.skipped:
-            if spec.trial_key not in finished:
+            if (spec.trial_key, 0) not in finished:
                 record(_unsupported(spec, reason))
 
         def on_result(result: TrialResult) -> None:
             record(result)
             events.result(result)
 
+        def run_round(runs: list[schedule.Run]) -> None:
+            for spec, _ in runs:
+                waiting[spec.trial_key] = waiting.get(spec.trial_key, 0) + 1
+            schedule.run_all(runs, on_result, dict(faults or {}), reserve)
+
         try:
             with phases("trials"):
-                schedule.run_all(todo, on_result, dict(faults or {}))
+                run_round(todo)
+                rng = random.Random(order_seed + 1)
+                while until_stable:
+                    extra = _unstable_runs(batch, the_plan, max_repeats)
+                    if not extra:
+                        break
+                    rng.shuffle(extra)
+                    events.started(batch, len(extra), 0)
+                    run_round(extra)
         finally:
-            if tracking.deferred:
-                events.logging(len(tracking.deferred), uri)
+            pending = len(batch.unsynced(uri)) if tracking.error is None else 0
+            if pending:
+                events.logging(pending, uri)
             with phases("mlflow"):
-                tracking.log(tracking.deferred)
+                tracking.log()
         outcome = BatchOutcome(batch, batch.results(), uri, phases=phases)
         with phases("mlflow"):
             tracking.close(outcome.ok)
@@ -228,8 +264,19 @@ def run(
         batch.write_meta(meta | {"phases_s": dict(phases)})  # the last run's (resume: this invocation's)
         return outcome
     finally:
+        unpin()
         with phases("ray shutdown"):
             schedule.shutdown()
+
+
+def _unstable_runs(batch: journal.Batch, the_plan: Plan, max_repeats: int) -> list[tuple[TrialSpec, int]]:
+    """One more process for every planned cell that is unstable and below ``max_repeats`` processes."""
+    planned = {s.trial_key for s in the_plan.trials}
+    out = []
+    for cell in cells(batch.results(), the_plan.suite.unstable_cv):
+        if cell.trial_key in planned and cell.status == "ok" and cell.unstable and len(cell.processes) < max_repeats:
+            out.append((cell.spec, max(p.replica for p in cell.processes) + 1))
+    return out
 
 
 def _result_or_shutdown(store: Future[track.Tracker]) -> track.Tracker:
@@ -253,7 +300,7 @@ def sync(runs_dir: Path, batch_id: str, tracking_uri: str | None = None) -> tupl
     uri = resolve_uri(tracking_uri, meta)
     tracking = _Tracking(batch, uri, track.check_store(uri))
     tracking.open(meta.get("suite", "?"), meta)
-    count = tracking.catch_up()
+    count = tracking.log()
     outcome = BatchOutcome(batch, batch.results(), uri)
     tracking.close(outcome.ok)
     outcome.tracking_error = tracking.error
@@ -264,21 +311,30 @@ class Untracked:
     """Trials without a journal or MLflow (``benchmarks/``): Ray is up for the ``with`` block and
     :meth:`run` schedules any number of trial lists through the same path as a batch."""
 
-    def __init__(self, address: str | None = None):
-        self.address = address
+    def __init__(self, address: str | None = None, reserve: int = 0):
+        self.address, self.reserve = address, reserve
+        self._unpin: Callable[[], None] = lambda: None
 
     def __enter__(self) -> Untracked:
         from harness import schedule
 
-        schedule.connect(self.address)
+        schedule.connect(self.address, self.reserve)
+        if not self.address:
+            self._unpin = schedule.pin_to_reserved(self.reserve)
         return self
 
     def __exit__(self, *exc: object) -> None:
         from harness import schedule
 
+        self._unpin()
         schedule.shutdown()
 
-    def run(self, specs: list[TrialSpec], on_result: Callable[[TrialResult], None] | None = None) -> list[TrialResult]:
+    def run(
+        self,
+        specs: list[TrialSpec] | list[tuple[TrialSpec, int]],
+        on_result: Callable[[TrialResult], None] | None = None,
+    ) -> list[TrialResult]:
+        """Run trials (replica 0 each) or (trial, replica) pairs in the given order."""
         from harness import schedule
 
         out: list[TrialResult] = []
@@ -288,5 +344,10 @@ class Untracked:
             if on_result is not None:
                 on_result(result)
 
-        schedule.run_all(specs, keep)
+        runs = [r if isinstance(r, tuple) else (r, 0) for r in specs]
+        schedule.run_all(runs, keep, reserve=self.reserve)
         return out
+
+
+def _nothing() -> None:
+    return None

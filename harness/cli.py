@@ -1,10 +1,12 @@
-"""``harness run | list | doctor | compare | sync``: the command line (parses and prints only).
+"""``harness run | list | doctor | compare | calibrate | sync``: the command line (parses and prints only).
 
-The batch lifecycle is :mod:`harness.batch`. Bad input (unknown names, non-positive sizes, malformed
-suites, devices no node has, an MLflow store or Ray cluster that does not answer) is reported in one
-line with the valid choices or the fix, exit code 2, and nothing runs. ``run`` exits 1 when any
-trial ended other than ``ok`` or ``unsupported``, 3 when the results could not all be logged to
-MLflow (they are in the journal: ``harness sync`` replays them), 130 when interrupted.
+The batch lifecycle is :mod:`harness.batch`, verdicts :mod:`harness.compare`. Bad input (unknown
+names, non-positive sizes, malformed suites, devices no node has, an MLflow store or Ray cluster that
+does not answer) is reported in one line with the valid choices or the fix, exit code 2, and nothing
+runs. ``run`` exits 1 when any process ended other than ``ok`` or ``unsupported``, 3 when the results
+could not all be logged to MLflow (they are in the journal: ``harness sync`` replays them), 130 when
+interrupted. ``compare BASE NEW`` exits 1 when a cell is ``slower`` beyond the threshold (a CI gate),
+2 when it refuses (mismatched environments) or the input is bad.
 """
 
 from __future__ import annotations
@@ -17,12 +19,15 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
 from harness import batch, envs, journal, plan, report, track
-from harness.contract import TrialResult
-from harness.spec import SpecError, load_suite, suite_names
+from harness import compare as cmp
+from harness.cells import Cell, cells
+from harness.launch import node_cpus
+from harness.spec import SpecError, SuiteSpec, first_error, load_suite, suite_names
 
 _WIDTH = None if sys.stdout.isatty() else 200  # pipes and CI logs get full tables
 console = Console(highlight=False, width=_WIDTH)
@@ -71,37 +76,41 @@ def cmd_run(args: argparse.Namespace) -> int:
         threads=args.threads,
         timeout_s=args.timeout,
         memory_limit_mb=args.memory_limit,
+        repeats=args.repeats,
+        reserve_cores=args.reserve_cores,
     )
-    plan.validate(overrides)
-    t0 = time.perf_counter()
-    frameworks = overrides.frameworks or suite.frameworks
-    probed = envs.probe_many(frameworks)
-    unavailable = {fw: f"{st.problem}; {st.fix}" for fw, st in probed.items() if not st.ok}
-    the_plan = plan.expand(suite, overrides, args.threads or len(os.sched_getaffinity(0)), unavailable)
+    if args.max_repeats is not None and args.max_repeats <= 0:
+        raise SpecError(f"max repeats must be a positive integer, got {args.max_repeats}")
+    the_plan, plan_s = _plan(suite, overrides)
     if args.dry_run:
         _print_plan(the_plan)
         return 0
+    return _run(the_plan, args, plan_s, suite.name)
+
+
+def _plan(suite: SuiteSpec, overrides: plan.Overrides) -> tuple[plan.Plan, float]:
+    """The suite's plan for this node (its cores, the frameworks installed), warnings printed."""
+    plan.validate(overrides)
+    t0 = time.perf_counter()
+    node_cores = len(node_cpus())
+    reserve, default_threads = plan.cores(suite, overrides, node_cores)
+    frameworks = overrides.frameworks or suite.frameworks
+    probed = envs.probe_many(frameworks)
+    unavailable = {fw: f"{st.problem}; {st.fix}" for fw, st in probed.items() if not st.ok}
+    the_plan = plan.expand(suite, overrides, default_threads, unavailable, reserve_cores=reserve, node_cores=node_cores)
+    for warning in the_plan.warnings:
+        err_console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
     if not the_plan.trials and not the_plan.skipped:
         raise SpecError("the selection is empty: nothing to run")
-    plan_s = time.perf_counter() - t0
+    return the_plan, time.perf_counter() - t0
 
-    view = report.BatchProgress(console, f"suite {suite.name}, Ray {args.address or 'embedded'}")
-    try:
-        with view:
-            outcome = batch.run(
-                the_plan,
-                runs_dir=_runs_dir(args),
-                resume=args.resume,
-                tracking_uri=args.tracking_uri,
-                address=args.address,
-                faults=_faults(),
-                events=view.events(),
-            )
-    except KeyboardInterrupt:
-        where = f"--resume {view.batch_id}" if view.batch_id else "--resume BATCH_ID"
-        err_console.print(f"\ninterrupted: finished trials are in the batch journal; continue with {where}")
+
+def _run(the_plan: plan.Plan, args: argparse.Namespace, plan_s: float, suite: str) -> int:
+    """Run the plan as a batch with progress, print its tables; the exit code."""
+    outcome = _run_batch(the_plan, args)
+    if outcome is None:
         return 130
-    for table in report.tables(outcome.results, f"batch {outcome.batch.batch_id} ({suite.name})"):
+    for table in report.tables(outcome.results, f"batch {outcome.batch.batch_id} ({suite})"):
         console.print(table)
     phases = {"plan": plan_s, **outcome.phases}
     console.print(
@@ -109,6 +118,30 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"wall time {sum(phases.values()):.1f} s: " + ", ".join(f"{k} {v:.1f} s" for k, v in phases.items())
     )
     return _exit_code(outcome)
+
+
+def _run_batch(the_plan: plan.Plan, args: argparse.Namespace) -> batch.BatchOutcome | None:
+    where = f"Ray {args.address or 'embedded'}"
+    what = f"suite {the_plan.suite.name}, {the_plan.repeats} process(es) per cell, {where}"
+    view = report.BatchProgress(console, what)
+    try:
+        with view:
+            return batch.run(
+                the_plan,
+                runs_dir=_runs_dir(args),
+                resume=getattr(args, "resume", None),
+                tracking_uri=args.tracking_uri,
+                address=args.address,
+                faults=_faults(),
+                events=view.events(),
+                until_stable=getattr(args, "until_stable", False),
+                max_repeats=getattr(args, "max_repeats", None) or 10,
+                seed=getattr(args, "seed", None),
+            )
+    except KeyboardInterrupt:
+        where = f"--resume {view.batch_id}" if view.batch_id else "--resume BATCH_ID"
+        err_console.print(f"\ninterrupted: finished trials are in the batch journal; continue with {where}")
+        return None
 
 
 def _exit_code(outcome: batch.BatchOutcome) -> int:
@@ -123,9 +156,11 @@ def _exit_code(outcome: batch.BatchOutcome) -> int:
 
 
 def _print_plan(p: plan.Plan) -> None:
-    table = Table(
-        title=f"suite {p.suite.name}: {len(p.trials)} trials to run, {len(p.skipped)} skipped", header_style="bold"
+    title = (
+        f"suite {p.suite.name}: {len(p.trials)} cells x {p.repeats} process(es) to run, {len(p.skipped)} skipped; "
+        f"{p.reserve_cores} core(s) reserved per node"
     )
+    table = Table(title=title, header_style="bold")
     for col in ("trial", "device", "batch", "threads", "dataset", "compile", "trial key", "skip reason"):
         table.add_column(col)
     rows = [(s, "") for s in p.trials] + p.skipped
@@ -203,6 +238,17 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         )
     finally:
         schedule.shutdown()
+    node_cores = len(node_cpus())
+    reserve = args.reserve_cores if args.reserve_cores is not None else plan.default_reserve(node_cores)
+    threads = max(1, node_cores - reserve)
+    warnings = plan.core_warnings({threads}, reserve, node_cores)
+    checks.append(
+        (
+            f"cores: {node_cores} on this node, {reserve} reserved for the driver and Ray, trials get {threads}",
+            None,
+            None,
+        )
+    )
     uri = args.tracking_uri or track.default_tracking_uri()
     try:
         track.check_store(uri)
@@ -215,26 +261,147 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     for what, problem, fix in checks:
         table.add_row(what, "[green]ok[/]" if problem is None else f"[red]{problem}[/]", fix or "")
     console.print(table)
+    for warning in warnings:
+        console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
     return 0 if all(p is None for _, p, _ in checks) else 1
 
 
-def _batch_results(args: argparse.Namespace) -> tuple[str, list[TrialResult]]:
+def _batch_cells(args: argparse.Namespace, batch_id: str | None) -> tuple[str, list[Cell]]:
+    """A batch's cells, from its journal, or from MLflow when the journal is gone."""
     runs = _runs_dir(args)
-    found = journal.Batch(runs, args.batch_id) if args.batch_id else journal.latest_batch(runs)
+    found = journal.Batch(runs, batch_id) if batch_id else journal.latest_batch(runs)
     if found and found.journal.exists():
-        return found.batch_id, found.results()
-    if not args.batch_id:
+        unstable_cv = float(found.meta().get("unstable_cv", 0.10)) if found.exists() else 0.10
+        return found.batch_id, cells(found.results(), unstable_cv)
+    if not batch_id:
         raise SpecError(f"no batches in {runs}/ yet; run `harness run smoke` first or give a BATCH_ID")
-    results = track.Tracker(args.tracking_uri or track.default_tracking_uri()).batch_results(args.batch_id)
+    results = track.Tracker(args.tracking_uri or track.default_tracking_uri()).batch_results(batch_id)
     if not results:
-        raise SpecError(f"no batch {args.batch_id!r} in {runs}/ or in MLflow")
-    return args.batch_id, results
+        raise SpecError(f"no batch {batch_id!r} in {runs}/ or in MLflow")
+    return batch_id, cells(results)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    batch_id, results = _batch_results(args)
-    for table in report.tables(results, f"batch {batch_id}"):
-        console.print(table)
+    ids: list[str] = args.batch_ids
+    if len(ids) > 2:
+        raise SpecError(f"compare takes one batch (a table, or --by AXIS) or two (BASE NEW), got {len(ids)}")
+    if len(ids) == 2 and args.by:
+        raise SpecError("--by compares within one batch; give one BATCH_ID, or drop --by to compare BASE NEW")
+    threshold = cmp.parse_threshold(args.threshold)
+    if len(ids) < 2 and not args.by:
+        batch_id, batch_cells = _batch_cells(args, ids[0] if ids else None)
+        for table in report.tables([p for c in batch_cells for p in c.processes], f"batch {batch_id}"):
+            console.print(table)
+        return 0
+    if args.by:
+        batch_id, batch_cells = _batch_cells(args, ids[0] if ids else None)
+        value, source = _threshold(threshold, batch_cells)
+        comparison = cmp.within_batch(
+            batch_cells, args.by, args.baseline, value, source, label=batch_id, allow_mismatch=args.allow_mismatch
+        )
+        target, name = batch_id, f"by-{args.by}"
+    else:
+        base_id, base_cells = _batch_cells(args, ids[0])
+        new_id, new_cells = _batch_cells(args, ids[1])
+        value, source = _threshold(threshold, new_cells)
+        comparison = cmp.between_batches(
+            base_cells,
+            new_cells,
+            value,
+            source,
+            base_label=f"batch {base_id}",
+            new_label=f"batch {new_id}",
+            allow_mismatch=args.allow_mismatch,
+        )
+        target, name = new_id, f"vs-{base_id}"
+    return _print_comparison(comparison, args, target, name)
+
+
+def _threshold(given: float | None, against: list[Cell]) -> tuple[float, str]:
+    from harness import noise
+
+    if given is not None:
+        return given, "given" if given != cmp.DEFAULT_THRESHOLD else "default"
+    return cmp.noise_threshold(against, noise.lookup)
+
+
+def _print_comparison(comparison: cmp.Comparison, args: argparse.Namespace, batch_id: str, name: str) -> int:
+    if args.json:
+        console.print_json(data=comparison.to_dict())
+    elif args.markdown:
+        console.print(comparison.to_markdown(), markup=False, highlight=False, soft_wrap=True)
+    else:
+        if comparison.mismatches:
+            head = "environments differ (allowed by --allow-mismatch)" if comparison.allow_mismatch else "refused"
+            err_console.print(f"[{'yellow' if comparison.allow_mismatch else 'red'}]{head}:[/]")
+            for m in comparison.mismatches:
+                err_console.print(f"  {m}", soft_wrap=True)
+        if not comparison.refused:
+            console.print(report.verdict_table(comparison))
+            for what, items in (("only on one side", comparison.unmatched), ("not compared", comparison.not_compared)):
+                for item in items:
+                    console.print(f"{what}: {item}", soft_wrap=True)
+    if comparison.refused:
+        err_console.print("no verdicts across mismatched environments; --allow-mismatch compares anyway")
+        return 2
+    try:
+        uri = args.tracking_uri or track.default_tracking_uri()
+        if track.Tracker(uri).log_comparison(batch_id, name, comparison.to_markdown(), comparison.to_dict()):
+            err_console.print(f"verdict table logged to batch {batch_id}'s parent run in {uri} (compare/{name}.md)")
+    except Exception as e:  # the verdict stands without MLflow
+        err_console.print(f"[yellow]could not log the verdicts to MLflow:[/] {type(e).__name__}: {str(e)[:200]}")
+    regressions = comparison.regressions
+    if regressions:
+        err_console.print(f"[red]{len(regressions)} cell(s) slower beyond ±{comparison.threshold:.1%}[/]")
+        return 1
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """A/A noise measurement of this node (or the cluster node Ray picks), stored for --threshold auto."""
+    from harness import noise
+
+    if args.repeats < 2:
+        raise SpecError(f"calibrate needs at least 2 processes per group, got --repeats {args.repeats}")
+    try:
+        suite = SuiteSpec(
+            name="calibrate",
+            description="A/A noise calibration: one reference cell, two interleaved groups of processes",
+            frameworks=[args.framework],
+            architectures=[args.arch],
+            modes=[args.mode],
+            devices=[args.device],
+            batch_sizes=[args.batch_size],
+            repeats=2 * args.repeats,
+        )
+    except ValidationError as e:
+        raise SpecError(first_error(e)) from None
+    overrides = plan.Overrides(threads=args.threads, reserve_cores=args.reserve_cores)
+    the_plan, _ = _plan(suite, overrides)
+    if not the_plan.trials:
+        reasons = "; ".join(reason for _, reason in the_plan.skipped)
+        raise SpecError(f"the reference cell cannot run here: {reasons}")
+    outcome = _run_batch(the_plan, args)
+    if outcome is None:
+        return 130
+    (cell,) = [c for c in outcome.cells if c.trial_key == the_plan.trials[0].trial_key]
+    try:
+        record = noise.measure(cell)
+    except ValueError as e:
+        err_console.print(f"[red]calibration failed:[/] {e} ({cell.status}: {cell.reason[:200]})")
+        return 1
+    record["batch_id"] = outcome.batch.batch_id
+    where = noise.save(record)
+    try:
+        track.Tracker(outcome.uri).log_calibration(record)
+    except Exception as e:
+        err_console.print(f"[yellow]could not log the calibration to MLflow:[/] {type(e).__name__}: {str(e)[:200]}")
+    console.print(
+        f"node {record['host']} ({record['device']}): A/A ratio {record['ratio']:.3f} "
+        f"[{record['ratio_ci_low']:.3f}, {record['ratio_ci_high']:.3f}] from {record['processes_per_group']} "
+        f"processes per group, between-process CV {record['cv_between']:.1%}; noise threshold "
+        f"±{record['threshold']:.1%} saved to {where} (used by compare --threshold auto)"
+    )
     return 0
 
 
@@ -242,11 +409,21 @@ def cmd_sync(args: argparse.Namespace) -> int:
     outcome, count = batch.sync(_runs_dir(args), args.batch_id, args.tracking_uri)
     if outcome.tracking_error:
         return _exit_code(outcome)
-    total = sum(1 for _ in outcome.batch.entries())
+    total = len(journal.group_cells(outcome.results))
     console.print(
-        f"synced batch {outcome.batch.batch_id} to {outcome.uri}: {count} results logged, {total - count} already there"
+        f"synced batch {outcome.batch.batch_id} to {outcome.uri}: {count} cells logged, {total - count} already there"
     )
     return 0
+
+
+def reserve_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--reserve-cores",
+        type=int,
+        metavar="N",
+        help="cores per node kept for the driver and Ray's processes, never given to trials (default: the "
+        "suite's reserve_cores, else 1; 0 lets trials share cores with them: several times the noise)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -283,8 +460,23 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--threads",
         type=int,
-        help="threads and cores per trial (default: the suite's threads, else all cores of this machine)",
+        help="threads and cores per trial (default: the suite's threads, else the cores left after --reserve-cores)",
     )
+    r.add_argument(
+        "--repeats",
+        type=int,
+        metavar="K",
+        help="independent worker processes per cell, run interleaved (default: the suite's repeats; "
+        "3 or more give a run-to-run interval, 5 to compare)",
+    )
+    r.add_argument(
+        "--until-stable",
+        action="store_true",
+        help="after the K processes, add one process per round to unstable cells (CV above the suite's "
+        "unstable_cv, or fewer than 3 processes) up to --max-repeats",
+    )
+    r.add_argument("--max-repeats", type=int, metavar="N", help="cap for --until-stable (default 10)")
+    r.add_argument("--seed", type=int, help="seed of the randomised interleaved order (default: random, recorded)")
     r.add_argument("--timeout", type=float, help="seconds before a trial is killed (default: the suite's)")
     r.add_argument(
         "--memory-limit",
@@ -293,6 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="memory cap per trial, its whole process group (default: the suite's memory_limit_mb, else the "
         "node's memory divided by the trials that fit on it at once); over it the trial ends as oom",
     )
+    reserve_arg(r)
     r.add_argument("--dry-run", action="store_true", help="print the expanded matrix and skipped cells; run nothing")
     r.add_argument("--resume", metavar="BATCH_ID", help="continue a batch, skipping trials already finished")
     r.add_argument(
@@ -308,13 +501,52 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("doctor", help="check frameworks, Ray and the MLflow store; say how to fix problems")
     d.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="Ray cluster address to check")
+    reserve_arg(d)
     common(d)
     d.set_defaults(func=cmd_doctor)
 
-    c = sub.add_parser("compare", help="print a batch's comparison table (default: the latest batch)")
-    c.add_argument("batch_id", nargs="?", metavar="BATCH_ID")
+    c = sub.add_parser(
+        "compare",
+        help="a batch's table; BASE NEW verdicts per cell (exit 1 on a slowdown); one batch --by AXIS",
+        description="With one batch (default: the latest): its table of cells. With BASE NEW: per cell the "
+        "throughput ratio NEW/BASE with a 95%% interval, Welch and Mann-Whitney tests (Holm-corrected over all "
+        "cells) and a verdict: faster, slower, same or inconclusive; exit 1 when any cell is slower beyond the "
+        "threshold, 2 when the environments differ (--allow-mismatch) or the input is bad. With --by AXIS: every "
+        "other value of the axis against --baseline, cell by cell, within one batch.",
+    )
+    c.add_argument("batch_ids", nargs="*", metavar="BATCH_ID", help="one batch, or BASE and NEW")
+    c.add_argument("--by", choices=cmp.AXES, help="compare within one batch along this axis")
+    c.add_argument("--baseline", help="the --by value the others are compared against (default: the first)")
+    c.add_argument(
+        "--threshold",
+        default="5%",
+        help="differences within ±threshold are 'same'; a percentage (5%%), a fraction, or 'auto' for this node's "
+        "noise as measured by `harness calibrate` (default 5%%)",
+    )
+    c.add_argument("--allow-mismatch", action="store_true", help="give verdicts even across different environments")
+    out = c.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print the verdicts as JSON")
+    out.add_argument("--markdown", action="store_true", help="print the verdicts as a Markdown table")
     common(c)
     c.set_defaults(func=cmd_compare)
+
+    cal = sub.add_parser(
+        "calibrate",
+        help="measure this node's noise (A/A) for compare --threshold auto",
+        description="Run one reference cell as two interleaved groups of K processes (identical work), and store "
+        "how far apart the groups land as this node's noise threshold (per node and device), also in MLflow.",
+    )
+    cal.add_argument("--arch", default="mlp_deep", help="reference architecture (default mlp_deep)")
+    cal.add_argument("--framework", default="torch", help="reference framework (default torch)")
+    cal.add_argument("--mode", default="train", choices=("train", "infer"), help="reference mode (default train)")
+    cal.add_argument("--device", default="cpu", help="device to calibrate (default cpu)")
+    cal.add_argument("--batch-size", type=int, default=128, help="reference batch size (default 128)")
+    cal.add_argument("--repeats", type=int, default=5, metavar="K", help="processes per group (default 5)")
+    cal.add_argument("--threads", type=int, help="threads per trial (default: the cores left after the reserve)")
+    reserve_arg(cal)
+    cal.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="Ray cluster address (default: embedded)")
+    common(cal)
+    cal.set_defaults(func=cmd_calibrate)
 
     s = sub.add_parser("sync", help="replay a batch journal into MLflow (no duplicates)")
     s.add_argument("batch_id", metavar="BATCH_ID")

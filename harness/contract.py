@@ -212,7 +212,8 @@ class MeasureSpec(Record):
     warmup_steps: int = field(default=5, metadata=_range(ge=0))
     min_steps: int = field(default=20, metadata=_range(ge=1))
     min_time_s: float = field(default=1.0, metadata=_range(ge=0))
-    window_steps: int = field(default=5, metadata=_range(ge=1))  # steps per timed window (one clock read)
+    window_steps: int = field(default=5, metadata=_range(ge=1))  # steps per timed window (one clock read), at least
+    min_window_s: float = field(default=0.005, metadata=_range(ge=0))  # a window lasts at least this (calibrated)
     latency_requests: int = field(default=50, metadata=_range(ge=1))  # minimum single-stream requests
 
 
@@ -314,7 +315,8 @@ class TrialResult(Record):
     stderr_tail: str = ""
     started_at: float = 0.0
     wall_s: float = 0.0
-    attempt: int = 1
+    replica: int = 0  # which of the cell's independent processes (0 .. repeats-1)
+    attempt: int = 1  # of this replica: a crash or timeout runs it again on --resume
 
     @property
     def ok(self) -> bool:

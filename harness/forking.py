@@ -45,7 +45,7 @@ def _folder() -> Path:
 
 
 # set per Ray worker process (or by importing Ray in the driver); no trial reads them
-VOLATILE = ("RAY_", "SPT_NOENV", "PYTHONBREAKPOINT")
+VOLATILE = ("RAY_", "SPT_NOENV", "PYTHONBREAKPOINT", "HARNESS_NODE_CPUS")
 _FAILED: set[str] = set()  # environments whose server would not start (in this process): spawn instead
 
 

@@ -1,15 +1,19 @@
 """A batch on disk: what was asked (``batch.json``), what happened (``journal.jsonl``) and what
 MLflow has (``mlflow.jsonl``).
 
-The journal is the source of truth: every result is appended (flushed and fsynced) before anything
-else sees it. MLflow is a copy of it, and which journal entries each tracking store holds is
-explicit: ``mlflow.jsonl`` gets one line per entry logged (tracking URI, trial key, attempt, run id)
-after the child run is complete. :meth:`Batch.unsynced` is what a store still lacks, so every run,
-``--resume`` and ``harness sync`` can log exactly those, whatever interrupted the batch before.
+The journal is the source of truth: every process's result is appended (flushed and fsynced) before
+anything else sees it. A cell (one trial key) is measured by ``repeats`` independent processes
+(replicas); each replica's latest attempt counts. MLflow is a copy of it with one child run per
+cell, and which state of each cell a tracking store holds is explicit: ``mlflow.jsonl`` gets one
+line per cell logged (tracking URI, trial key, the digest of its processes, run id) after the child
+run is complete. :meth:`Batch.unsynced` is what a store still lacks (cells it has not seen, or seen
+with fewer or other processes), so every run, ``--resume`` and ``harness sync`` log exactly those,
+whatever interrupted the batch before.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -21,7 +25,13 @@ from typing import Any
 
 from harness.contract import FINAL, ContractError, TrialResult
 
-EntryKey = tuple[str, int]  # (trial key, attempt): one journal entry
+ReplicaKey = tuple[str, int]  # (trial key, replica): one of a cell's processes
+
+
+def processes_digest(results: list[TrialResult]) -> str:
+    """Which processes (replica, attempt) a cell's figures come from: changes when one is added or rerun."""
+    ids = sorted(f"{r.replica}:{r.attempt}" for r in results)
+    return hashlib.sha256(",".join(ids).encode()).hexdigest()[:16]
 
 
 def new_batch_id() -> str:
@@ -92,44 +102,54 @@ class Batch:
                 continue
 
     def results(self) -> list[TrialResult]:
-        """The latest result per trial key, in journal order."""
-        latest: dict[str, TrialResult] = {}
+        """The latest attempt of every process (trial key, replica), in journal order."""
+        latest: dict[ReplicaKey, TrialResult] = {}
         for r in self.entries():
-            latest.pop(r.trial_key, None)
-            latest[r.trial_key] = r
+            key = (r.trial_key, r.replica)
+            latest.pop(key, None)
+            latest[key] = r
         return list(latest.values())
 
-    def finished_keys(self) -> dict[str, TrialResult]:
-        return {r.trial_key: r for r in self.results() if r.status in FINAL}
+    def finished(self) -> dict[ReplicaKey, TrialResult]:
+        """Processes that need not run again (statuses in ``FINAL``)."""
+        return {(r.trial_key, r.replica): r for r in self.results() if r.status in FINAL}
 
-    # --- MLflow sync state ---------------------------------------------------------------------
+    # --- MLflow sync state (one child run per cell) --------------------------------------------
 
-    def synced(self, uri: str) -> dict[EntryKey, str]:
-        """Journal entries the store at ``uri`` holds: (trial key, attempt) -> child run id."""
-        out: dict[EntryKey, str] = {}
+    def synced(self, uri: str) -> dict[str, tuple[str, str]]:
+        """Cells the store at ``uri`` holds: trial key -> (processes digest, child run id)."""
+        out: dict[str, tuple[str, str]] = {}
         if self.sync_path.exists():
             for line in self.sync_path.read_text().splitlines():
                 try:
                     row = json.loads(line)
                     if row["uri"] == uri:
-                        out[(row["trial_key"], int(row["attempt"]))] = str(row["run_id"])
+                        out[row["trial_key"]] = (str(row["digest"]), str(row["run_id"]))
                 except (ValueError, KeyError, TypeError):
                     continue
         return out
 
-    def mark_synced(self, uri: str, result: TrialResult, run_id: str) -> None:
-        row = {"uri": uri, "trial_key": result.trial_key, "attempt": result.attempt, "run_id": run_id}
+    def mark_synced(self, uri: str, cell: list[TrialResult], run_id: str) -> None:
+        row = {"uri": uri, "trial_key": cell[0].trial_key, "digest": processes_digest(cell), "run_id": run_id}
         _append_line(self.sync_path, json.dumps(row))
 
-    def unsynced(self, uri: str) -> list[TrialResult]:
-        """Journal entries not yet in the store at ``uri``, each once, in journal order."""
+    def unsynced(self, uri: str, keys: set[str] | None = None) -> list[list[TrialResult]]:
+        """Cells (each its processes) that the store at ``uri`` lacks in their current state, in journal order;
+        ``keys``: only these cells."""
         done = self.synced(uri)
-        pending: dict[EntryKey, TrialResult] = {}
-        for r in self.entries():
-            key = (r.trial_key, r.attempt)
-            if key not in done:
-                pending[key] = r  # a rewritten entry (same key and attempt): the last one counts
-        return list(pending.values())
+        return [
+            cell
+            for key, cell in group_cells(self.results()).items()
+            if (keys is None or key in keys) and done.get(key, ("", ""))[0] != processes_digest(cell)
+        ]
+
+
+def group_cells(results: list[TrialResult]) -> dict[str, list[TrialResult]]:
+    """Results grouped by cell (trial key), cells in order of first appearance, processes by replica."""
+    cells: dict[str, list[TrialResult]] = {}
+    for r in results:
+        cells.setdefault(r.trial_key, []).append(r)
+    return {k: sorted(v, key=lambda r: r.replica) for k, v in cells.items()}
 
 
 def latest_batch(root: Path) -> Batch | None:

@@ -43,18 +43,32 @@ def worker_env(spec: TrialSpec) -> dict[str, str]:
     return env
 
 
+NODE_CPUS_ENV = "HARNESS_NODE_CPUS"  # the node's CPU set, set by the driver before it pins itself
+
+
+def node_cpus() -> list[int]:
+    """This node's CPUs: the driver's set before it pinned itself and Ray to the reserved cores."""
+    given = os.environ.get(NODE_CPUS_ENV)
+    if given:
+        return [int(c) for c in given.split(",")]
+    return sorted(os.sched_getaffinity(0))
+
+
 @contextlib.contextmanager
-def lease_cores(count: int, lock_dir: Path | None = None, poll_s: float = 0.05) -> Iterator[list[int]]:
+def lease_cores(
+    count: int, lock_dir: Path | None = None, poll_s: float = 0.05, reserve: int = 0
+) -> Iterator[list[int]]:
     """Hold ``count`` distinct cores of this node exclusively (flock; freed when the holder dies).
 
     Ray admits a task only when the node has ``count`` logical CPUs free; the locks decide *which*
-    cores, so two timing trials on one node never share a core.
+    cores, so two timing trials on one node never share a core. The node's first ``reserve`` cores
+    are never leased: they belong to the driver and Ray's processes.
     """
     lock_dir = lock_dir or Path(tempfile.gettempdir()) / f"harness-cores-{os.getuid()}"
     lock_dir.mkdir(parents=True, exist_ok=True)
-    cores = sorted(os.sched_getaffinity(0))
+    cores = node_cpus()[reserve:]
     if count > len(cores):
-        raise RuntimeError(f"trial needs {count} cores, this node has {len(cores)}")
+        raise RuntimeError(f"trial needs {count} cores, this node has {len(cores)} after {reserve} reserved")
     while True:
         held: list[tuple[int, IO[Any]]] = []
         for core in cores:

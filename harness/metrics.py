@@ -7,10 +7,17 @@ from __future__ import annotations
 
 # throughput and timing (every trial)
 THROUGHPUT = "throughput_samples_per_s"
-THROUGHPUT_CI_LOW = "throughput_ci_low"  # bootstrap over timing windows inside one process (jitter only)
+# a cell (K processes): 95% interval between processes (hierarchical bootstrap), and their spread
+THROUGHPUT_CI_LOW = "throughput_ci_low"
 THROUGHPUT_CI_HIGH = "throughput_ci_high"
-STEP_TIME_CV = "step_time_cv"
+THROUGHPUT_CV_BETWEEN = "throughput_cv_between"
+REPEATS = "repeats"  # processes the cell's figures come from
+# one process: bootstrap over its own timing windows (within-process jitter only, not run-to-run spread)
+THROUGHPUT_WITHIN_CI_LOW = "throughput_within_process_ci_low"
+THROUGHPUT_WITHIN_CI_HIGH = "throughput_within_process_ci_high"
+STEP_TIME_CV = "step_time_cv"  # within one process, across its windows
 TIMED_STEPS = "timed_steps"
+WINDOW_STEPS = "window_steps"  # steps per timed window (calibrated: a window lasts at least min_window_s)
 COMPILE_S = "compile_s"  # first call of the timed scenario: tracing, compilation, autotuning
 COMPILE_S_SINGLE_STREAM = "compile_s_single_stream"
 IMPORT_S = "import_s"  # the framework's import, in the worker

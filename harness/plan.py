@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+import random
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -30,6 +31,8 @@ class Overrides:
     threads: int | None = None
     timeout_s: float | None = None
     memory_limit_mb: int | None = None
+    repeats: int | None = None
+    reserve_cores: int | None = None
 
 
 @dataclass
@@ -37,6 +40,57 @@ class Plan:
     suite: SuiteSpec
     trials: list[TrialSpec] = field(default_factory=list)
     skipped: list[tuple[TrialSpec, str]] = field(default_factory=list)
+    repeats: int = 1  # independent processes per cell
+    reserve_cores: int = 0  # per node, for the driver and Ray's processes
+    warnings: list[str] = field(default_factory=list)
+
+    def rounds(self, seed: int, done: Collection[tuple[str, int]] = ()) -> list[tuple[TrialSpec, int]]:
+        """Every (cell, replica) still to run, in a randomised interleaved order: round ``r`` holds each
+        cell's replica ``r`` in a fresh random permutation of the cells (seeded), so a slow moment of
+        the machine lands on processes of many cells, never on all processes of one."""
+        rng = random.Random(seed)
+        order: list[tuple[TrialSpec, int]] = []
+        for replica in range(self.repeats):
+            cells = [s for s in self.trials if (s.trial_key, replica) not in done]
+            rng.shuffle(cells)
+            order += [(s, replica) for s in cells]
+        return order
+
+
+def default_reserve(node_cores: int) -> int:
+    """Cores kept for the driver and Ray's daemons: 1 (none on a 1-core node, 2 from 32 cores on)."""
+    return 0 if node_cores <= 1 else 1 if node_cores < 32 else 2
+
+
+def cores(suite: SuiteSpec, o: Overrides, node_cores: int) -> tuple[int, int]:
+    """``(reserved cores, default threads per trial)`` on a node of ``node_cores`` cores."""
+    reserve = next((v for v in (o.reserve_cores, suite.reserve_cores) if v is not None), default_reserve(node_cores))
+    if reserve < 0:
+        raise SpecError(f"reserve cores must be 0 or more, got {reserve}")
+    if reserve >= node_cores:
+        raise SpecError(
+            f"reserving {reserve} cores leaves none for trials on this {node_cores}-core node; "
+            f"use --reserve-cores {node_cores - 1} or less"
+        )
+    return reserve, node_cores - reserve
+
+
+def core_warnings(threads: set[int], reserve: int, node_cores: int) -> list[str]:
+    """What the plan and ``doctor`` say when trials would share their cores with the harness and Ray."""
+    out = []
+    if reserve == 0:
+        out.append(
+            "no cores reserved (--reserve-cores 0): trials share their cores with the driver and Ray's "
+            "processes, which preempt them; expect several times the run-to-run spread"
+        )
+    full = sorted(t for t in threads if t >= node_cores)
+    if full:
+        out.append(
+            f"trials with {full[0]} threads use every core of this {node_cores}-core node: the driver, Ray and "
+            "MLflow writes preempt them and a step waits for its slowest thread (measured here: 11-37% "
+            f"between-process spread, against 2.5-16% with a core left free); use --threads {max(1, node_cores - 1)}"
+        )
+    return out
 
 
 def _check(kind: str, values: Sequence[str] | None, choices: Sequence[str]) -> None:
@@ -63,6 +117,10 @@ def validate(o: Overrides) -> None:
         raise SpecError(f"timeout must be positive, got {o.timeout_s}")
     if o.memory_limit_mb is not None and o.memory_limit_mb <= 0:
         raise SpecError(f"memory limit must be a positive number of MB, got {o.memory_limit_mb}")
+    if o.repeats is not None and o.repeats <= 0:
+        raise SpecError(f"repeats must be a positive integer, got {o.repeats}")
+    if o.reserve_cores is not None and o.reserve_cores < 0:
+        raise SpecError(f"reserve cores must be 0 or more, got {o.reserve_cores}")
 
 
 def _unique(values: Sequence[T]) -> list[T]:
@@ -85,7 +143,15 @@ def data_problem(architecture: str, dataset: str, batch_size: int) -> str | None
     return None
 
 
-def expand(suite: SuiteSpec, o: Overrides, default_threads: int, unavailable: Mapping[str, str] | None = None) -> Plan:
+def expand(
+    suite: SuiteSpec,
+    o: Overrides,
+    default_threads: int,
+    unavailable: Mapping[str, str] | None = None,
+    *,
+    reserve_cores: int = 0,
+    node_cores: int | None = None,
+) -> Plan:
     """The matrix of the suite narrowed or replaced by ``o``.
 
     Train cells run on each selected dataset (a real dataset: trained to accuracy, the architecture
@@ -94,10 +160,11 @@ def expand(suite: SuiteSpec, o: Overrides, default_threads: int, unavailable: Ma
     why its environment cannot run it; such cells, cells a framework's capabilities exclude and
     architecture x dataset pairs that cannot work are skipped with the reason (reported as
     ``unsupported``). If every cell is such an impossible pair, that is bad input (SpecError).
+    ``node_cores``: the cores of the node trials run on, for the warnings of :func:`core_warnings`.
     """
     validate(o)
     unavailable = unavailable or {}
-    plan = Plan(suite)
+    plan = Plan(suite, repeats=o.repeats or suite.repeats, reserve_cores=reserve_cores)
     axes = itertools.product(  # each axis de-duplicated, order kept: one trial per cell
         _unique(o.architectures or suite.architectures),
         _unique(o.datasets or suite.datasets),
@@ -149,4 +216,6 @@ def expand(suite: SuiteSpec, o: Overrides, default_threads: int, unavailable: Ma
     if impossible and len(impossible) == len(plan.trials) + len(plan.skipped):
         reasons = "; ".join(_unique(impossible)[:3])
         raise SpecError(f"no selected architecture can train on the selected datasets: {reasons}")
+    if node_cores is not None:
+        plan.warnings = core_warnings({s.threads for s in plan.trials}, reserve_cores, node_cores)
     return plan

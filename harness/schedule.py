@@ -19,7 +19,7 @@ import numpy as np
 import ray
 
 from harness.contract import TrialResult, TrialSpec
-from harness.launch import launch, lease_cores
+from harness.launch import NODE_CPUS_ENV, launch, lease_cores, node_cpus
 from harness.spec import SpecError
 from workloads import datasets
 
@@ -58,10 +58,12 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
         ) from None
 
 
-def connect(address: str | None) -> None:
-    """Join the cluster at ``address`` (checked first, bounded) or start an embedded local Ray."""
+def connect(address: str | None, reserve: int = 0) -> None:
+    """Join the cluster at ``address`` (checked first, bounded) or start an embedded local Ray that
+    offers the node's cores less the ``reserve`` kept for the driver and Ray's own processes."""
     if ray.is_initialized():
         return
+    os.environ.setdefault(NODE_CPUS_ENV, ",".join(map(str, node_cpus())))  # Ray's workers inherit it
     # Ray starts task workers at nice 15; trial processes inherit it and then lose the CPU to any
     # other process (the driver logging to MLflow, Ray's own daemons), ruining timings.
     os.environ.setdefault("RAY_worker_niceness", "0")
@@ -71,12 +73,51 @@ def connect(address: str | None) -> None:
         _bounded(lambda: ray.init(address=address, **kwargs), CONNECT_TIMEOUT_S, address)
     else:
         # "local": always a fresh embedded instance, never a cluster that happens to run on this machine
-        ray.init(address="local", num_cpus=len(os.sched_getaffinity(0)), **kwargs)
+        ray.init(address="local", num_cpus=max(1, len(node_cpus()) - reserve), **kwargs)
         ray.get(ray.remote(_noop).options(num_cpus=1).remote())  # a task worker is up before timing starts
 
 
 def _noop() -> None:
     return None
+
+
+def _threads(pid: int) -> list[int]:
+    try:
+        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return []
+
+
+def pin_to_reserved(reserve: int) -> Callable[[], None]:
+    """Keep this driver and every process it started (Ray's daemons and workers, fork servers) on the
+    node's first ``reserve`` cores, every thread of each; returns what undoes it for this driver.
+
+    Trials lease only the other cores (:func:`harness.launch.lease_cores`) and set their own CPU set,
+    so the driver's MLflow writes and Ray's heartbeats no longer preempt a timed step. Linux only; a
+    no-op without a reserve, and best effort for processes that are gone or not ours.
+    """
+    if reserve <= 0 or not hasattr(os, "sched_setaffinity"):
+        return lambda: None
+    import psutil
+
+    everything, reserved = node_cpus(), set(node_cpus()[:reserve])
+    me = psutil.Process()
+    pids = [me.pid] + [p.pid for p in me.children(recursive=True)]
+    for pid in pids:
+        for tid in _threads(pid):
+            try:
+                os.sched_setaffinity(tid, reserved)
+            except OSError:
+                continue
+
+    def restore() -> None:
+        for tid in _threads(os.getpid()):
+            try:
+                os.sched_setaffinity(tid, everything)
+            except OSError:
+                continue
+
+    return restore
 
 
 def _bounded(init: Callable[[], object], timeout_s: float, address: str) -> None:
@@ -112,7 +153,7 @@ def resources(spec: TrialSpec) -> dict[str, Any]:
     return req
 
 
-def unschedulable(specs: Iterable[TrialSpec]) -> list[str]:
+def unschedulable(specs: Iterable[TrialSpec], reserve: int = 0) -> list[str]:
     """Why some trials could run on no node of the cluster (empty when all can)."""
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     problems: list[str] = []
@@ -123,7 +164,10 @@ def unschedulable(specs: Iterable[TrialSpec]) -> list[str]:
             problems.append(f"no node in the Ray cluster has a {device.upper()} (cluster has: {have})")
         elif not any(r.get("CPU", 0) >= threads and (not key or r.get(key, 0) >= 1) for r in nodes):
             most = max((int(r.get("CPU", 0)) for r in nodes), default=0)
-            problems.append(f"trials need {threads} CPUs on one node; the largest node has {most} (use --threads)")
+            kept = f" after {reserve} reserved for the harness (--reserve-cores)" if reserve else ""
+            problems.append(
+                f"trials need {threads} CPUs on one node; the largest node offers {most}{kept} (use --threads)"
+            )
     return problems
 
 
@@ -137,40 +181,65 @@ def _materialize(name: str, sha256: str, arrays_ref: list[Any]) -> str:
     return str(path)
 
 
-def _run_trial(spec_json: str, dataset: tuple[str, str, list[Any]] | None, fault: str | None) -> str:
+def _run_trial(
+    spec_json: str, replica: int, dataset: tuple[str, str, list[Any]] | None, fault: str | None, reserve: int
+) -> str:
     spec = TrialSpec.from_json(spec_json)
     path = _materialize(*dataset) if dataset else None
     cache = str(datasets.cache_dir().parent)
-    with lease_cores(spec.threads) as cpus:
+    with lease_cores(spec.threads, reserve=reserve) as cpus:
         result = launch(spec, cpus=cpus, dataset_path=path, cache_dir=cache, fault=fault)
+    result.replica = replica
+    result.environment["reserved_cores"] = node_cpus()[:reserve]
     return result.to_json()
 
 
+Run = tuple[TrialSpec, int]  # a cell and which of its processes (replica)
+
+
 def run_all(
-    specs: list[TrialSpec],
+    runs: list[Run],
     on_result: Callable[[TrialResult], None],
     faults: dict[str, str] | None = None,
+    reserve: int = 0,
 ) -> None:
-    """Submit every trial and hand each result to ``on_result`` as it completes."""
+    """Run every (cell, replica) in the given order and hand each result to ``on_result`` as it completes.
+
+    At most as many are in flight as the cluster's CPUs hold at once, and the next is submitted as
+    one finishes, so they start in the given (interleaved) order rather than in Ray's.
+    """
     faults = faults or {}
+    specs = [s for s, _ in runs]
     shared: dict[str, tuple[str, str, list[Any]]] = {}
     for name in {s.dataset for s in specs if s.trains_to_accuracy}:
         prepared = datasets.prepare(name)
         arrays = dict(np.load(prepared.path))
         shared[name] = (name, prepared.sha256, [ray.put(arrays)])
     task = ray.remote(max_retries=0)(_run_trial)
-    pending: dict[Any, TrialSpec] = {}
-    for spec in specs:
-        ds = shared.get(spec.dataset) if spec.trains_to_accuracy else None
-        ref = task.options(**resources(spec)).remote(spec.to_json(), ds, faults.get(spec.name))
-        pending[ref] = spec
+    slots = max(1, int(ray.cluster_resources().get("CPU", 1) // max(1, min((s.threads for s in specs), default=1))))
+    queue = list(runs)
+    pending: dict[Any, Run] = {}
+
+    def submit() -> None:
+        while queue and len(pending) < slots:
+            spec, replica = queue.pop(0)
+            ds = shared.get(spec.dataset) if spec.trains_to_accuracy else None
+            ref = task.options(**resources(spec)).remote(spec.to_json(), replica, ds, faults.get(spec.name), reserve)
+            pending[ref] = (spec, replica)
+
+    submit()
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
-        spec = pending.pop(done[0])
+        spec, replica = pending.pop(done[0])
         try:
             result = TrialResult.from_json(ray.get(done[0]))
         except Exception as e:  # the Ray task itself died (node lost, worker killed)
             result = TrialResult(
-                trial_key=spec.trial_key, spec=spec, status="crash", reason=f"Ray task failed: {e}"[:2000]
+                trial_key=spec.trial_key,
+                spec=spec,
+                status="crash",
+                reason=f"Ray task failed: {e}"[:2000],
+                replica=replica,
             )
+        submit()  # the next one starts while this result is recorded
         on_result(result)

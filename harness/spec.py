@@ -55,7 +55,14 @@ class SuiteSpec(Frozen):
         default_factory=lambda: [SYNTHETIC], description="train cells run on each (infer cells: synthetic)"
     )
     targets: dict[str, float] = Field(default_factory=dict, description="dataset -> target held-out accuracy")
-    threads: int | None = Field(None, gt=0, description="cores per trial (default: all of the driver's; --threads)")
+    threads: int | None = Field(
+        None, gt=0, description="cores per trial (default: the node's cores left after reserve_cores; --threads)"
+    )
+    reserve_cores: int | None = Field(
+        None, ge=0, description="cores per node kept for the driver and Ray's processes (default: 1; --reserve-cores)"
+    )
+    repeats: int = Field(1, ge=1, description="independent worker processes per cell (--repeats)")
+    unstable_cv: float = Field(0.10, gt=0, description="a cell whose processes' throughput CV exceeds this is unstable")
     seed: int = 0
     timeout_s: float = Field(600.0, gt=0)
     memory_limit_mb: int | None = Field(

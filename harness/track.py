@@ -1,10 +1,14 @@
 """MLflow logging; the driver is the only writer (the journal, :mod:`harness.journal`, comes first).
 
-One parent run per batch, one child run per journal entry named ``{architecture}-{framework}-{mode}``
-(plus ``-{dataset}`` when it trains on a real dataset). Training curves are step metrics. Logging is
-idempotent: a child run is found by its ``batch_id`` + ``trial_key`` + ``attempt`` tags, and one left
-half-written by an interrupted driver (still ``RUNNING``) is replaced, so a journal can be replayed
-into MLflow any number of times without duplicates.
+One parent run per batch, one child run per cell (not per process: the UI slows past a few hundred
+runs) named ``{architecture}-{framework}-{mode}`` (plus ``-{dataset}`` when it trains on a real
+dataset), with the cell's figures (:mod:`harness.cells`: estimates over its processes, the
+between-process interval as ``throughput_ci_low/high``, ``throughput_cv_between``, ``repeats``, the
+``unstable`` tag), each process's values as a table artifact (``processes.json``) and every process's
+raw result (``results.json``). Training curves are step metrics. Logging is idempotent: a child run
+is found by its ``batch_id`` + ``trial_key`` tags and the digest of its processes; one left
+half-written by an interrupted driver (still ``RUNNING``) or from fewer processes is replaced, so a
+journal can be replayed into MLflow any number of times without duplicates.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from harness.cells import ONE_PROCESS, Cell
 from harness.contract import TrialResult
 from harness.envs import PROJECT_ROOT
+from harness.journal import processes_digest
 from harness.spec import SpecError
 
 EXPERIMENT = "harness"
@@ -83,7 +89,7 @@ def _finite(metrics: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)}
 
 
-def _metrics(result: TrialResult, timestamp_ms: int) -> list[Any]:
+def _metrics(result: TrialResult, timestamp_ms: int, scalars: dict[str, float] | None = None) -> list[Any]:
     """Scalar metrics at step 0 and history series as step metrics (x axis: the training step).
 
     A scalar that is also a stepped series (``val_accuracy``: the final evaluation is the series'
@@ -103,7 +109,8 @@ def _metrics(result: TrialResult, timestamp_ms: int) -> list[Any]:
             steps = list(range(len(series)))
             key = f"{key}_curve" if key in result.metrics else key
         out += [Metric(key, v, timestamp_ms, step) for v, step in zip(series, steps, strict=True) if math.isfinite(v)]
-    out += [Metric(k, v, timestamp_ms, 0) for k, v in _finite(result.metrics).items() if k not in stepped]
+    values = result.metrics if scalars is None else scalars
+    out += [Metric(k, v, timestamp_ms, 0) for k, v in _finite(values).items() if k not in stepped]
     return out
 
 
@@ -142,20 +149,20 @@ class Tracker:
     def finish_parent(self, run_id: str, ok: bool) -> None:
         self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
 
-    def log_result(self, parent_id: str, batch_id: str, result: TrialResult) -> str:
-        """One child run for the result; returns the existing one if it was logged before."""
+    def log_cell(self, parent_id: str, batch_id: str, cell: Cell) -> str:
+        """One child run for the cell; returns the existing one if it was logged from the same processes."""
         from mlflow.entities import Param, RunTag
 
-        key, attempt = result.trial_key, result.attempt
-        query = f"tags.batch_id = '{batch_id}' and tags.trial_key = '{key}' and tags.attempt = '{attempt}'"
-        runs = self.client.search_runs([self.experiment_id], filter_string=query, max_results=10)
+        key, digest = cell.trial_key, processes_digest(cell.processes)
+        query = f"tags.batch_id = '{batch_id}' and tags.trial_key = '{key}' and tags.harness_kind = 'trial'"
+        runs = self.client.search_runs([self.experiment_id], filter_string=query, max_results=50)
         for run in runs:
-            if run.info.status != "RUNNING":
+            if run.info.status != "RUNNING" and run.data.tags.get("processes_digest") == digest:
                 return str(run.info.run_id)
-            self.client.delete_run(run.info.run_id)  # half-written by an interrupted driver
-        s = result.spec
-        start_ms = int((result.started_at or time.time()) * 1000)
-        identity = {"batch_id": batch_id, "trial_key": key, "attempt": str(attempt), "harness_kind": "trial"}
+            self.client.delete_run(run.info.run_id)  # half-written, or from fewer processes
+        s, first = cell.spec, cell.representative
+        start_ms = int((min(p.started_at for p in cell.processes) or time.time()) * 1000)
+        identity = {"batch_id": batch_id, "trial_key": key, "processes_digest": digest, "harness_kind": "trial"}
         run = self.client.create_run(  # findable from the start: a half-written run is found and replaced
             self.experiment_id,
             run_name=s.name,
@@ -166,13 +173,13 @@ class Tracker:
         params = {
             "architecture": s.architecture,
             "framework": s.framework,
-            "framework_version": result.framework_version,
+            "framework_version": first.framework_version,
             "mode": s.mode,
             "scenario": s.scenario,
             "device": s.device,
             "batch_size": s.batch_size,
             "precision": s.precision,
-            "compile": result.compile_mode or s.compile,
+            "compile": first.compile_mode or s.compile,
             "compile_requested": s.compile,
             "threads": s.threads,
             "dataset": s.dataset,
@@ -182,16 +189,24 @@ class Tracker:
             "eval_every": s.train.eval_every,
             "target_accuracy": s.train.target_accuracy if s.train.target_accuracy is not None else "none",
             "seed": s.seed,
+            "repeats": len(cell.processes),
         }
         if s.options:
             params["options"] = json.dumps(s.options, sort_keys=True)
         tags = {  # besides the identity tags the run was created with
-            "status": result.status,
-            "host": str(result.environment.get("hostname", "")),
-            "git_commit": str(result.environment.get("git_commit", "")),
-            "reason": result.reason[:5000],
+            "status": cell.status,
+            "host": ",".join(sorted({str(p.environment.get("hostname", "")) for p in cell.processes} - {""})),
+            "git_commit": str(first.environment.get("git_commit", "")),
+            "reason": cell.reason[:5000],
+            "attempts": str(max(p.attempt for p in cell.processes)),
         }
-        metrics = _metrics(result, start_ms)
+        unstable = cell.unstable
+        if unstable:
+            tags["unstable"] = unstable
+        if cell.throughput is not None:
+            between = "95% between processes (hierarchical bootstrap)"
+            tags["interval"] = ONE_PROCESS if unstable == ONE_PROCESS else between
+        metrics = _metrics(first, start_ms, cell.metrics)
         for i in range(0, max(len(metrics), 1), 1000):
             self.client.log_batch(
                 run_id,
@@ -199,13 +214,50 @@ class Tracker:
                 params=[Param(k, str(v)) for k, v in params.items()] if i == 0 else [],
                 tags=[RunTag(k, v) for k, v in tags.items()] if i == 0 else [],
             )
-        self.client.log_dict(run_id, json.loads(result.to_json()), "result.json")
-        end_ms = start_ms + int(result.wall_s * 1000)
-        self.client.set_terminated(run_id, "FINISHED" if result.status == "ok" else "FAILED", end_time=end_ms)
+        rows = cell.process_rows()
+        self.client.log_table(run_id, {k: [r[k] for r in rows] for k in rows[0]}, "processes.json")
+        self.client.log_dict(run_id, {"processes": [json.loads(p.to_json()) for p in cell.processes]}, "results.json")
+        end_ms = int(max(p.started_at + p.wall_s for p in cell.processes) * 1000)
+        status = "FINISHED" if cell.status == "ok" else "FAILED"
+        self.client.set_terminated(run_id, status, end_time=max(end_ms, start_ms))
+        return run_id
+
+    def parent_of(self, batch_id: str) -> str | None:
+        return self._find(f"tags.batch_id = '{batch_id}' and tags.harness_kind = 'batch'")
+
+    def log_comparison(self, batch_id: str, name: str, markdown: str, data: dict[str, Any]) -> bool:
+        """A verdict table onto the batch's parent run (``compare/NAME.md`` and ``.json``); False without one."""
+        parent = self.parent_of(batch_id)
+        if parent is None:
+            return False
+        self.client.log_text(parent, markdown, f"compare/{name}.md")
+        self.client.log_dict(parent, data, f"compare/{name}.json")
+        return True
+
+    def log_calibration(self, record: dict[str, Any]) -> str:
+        """A node's noise calibration as its own run (``harness_kind = calibration``)."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"calibrate-{record['host']}-{record['device']}",
+            tags={"harness_kind": "calibration", "host": str(record["host"]), "device": str(record["device"])},
+        )
+        run_id = str(run.info.run_id)
+        now = int(time.time() * 1000)
+        numbers = {k: float(v) for k, v in record.items() if isinstance(v, int | float) and k != "measured_at"}
+        words = {k: str(v) for k, v in record.items() if k not in numbers}
+        self.client.log_batch(
+            run_id,
+            metrics=[Metric(k, v, now, 0) for k, v in numbers.items()],
+            params=[Param(k, v) for k, v in words.items()],
+            tags=[RunTag("noise_threshold", f"{record['threshold']:.1%}")],
+        )
+        self.client.set_terminated(run_id, "FINISHED")
         return run_id
 
     def batch_results(self, batch_id: str) -> list[TrialResult]:
-        """Results of a batch read back from MLflow (each child run's result.json artifact)."""
+        """Every process's result of a batch, read back from MLflow (each cell run's results.json)."""
         import tempfile
 
         runs = self.client.search_runs(
@@ -216,6 +268,6 @@ class Tracker:
         results = []
         with tempfile.TemporaryDirectory() as tmp:
             for run in runs:
-                path = self.client.download_artifacts(run.info.run_id, "result.json", tmp)
-                results.append(TrialResult.from_json(Path(path).read_text()))
+                path = self.client.download_artifacts(run.info.run_id, "results.json", tmp)
+                results += [TrialResult.from_dict(d) for d in json.loads(Path(path).read_text())["processes"]]
         return sorted(results, key=lambda r: r.started_at)

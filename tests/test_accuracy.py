@@ -129,7 +129,7 @@ def test_compare_table_shows_accuracy_and_time_to_target() -> None:
     console.print(report.comparison_table([result(0.5, {"val_accuracy": 0.625, "time_to_target_s": 1.25})]))
     console.print(report.comparison_table([result(0.9, {"val_accuracy": 0.625})]))
     out = console.export_text()
-    assert "val acc" in out and "s to target" in out and "mnist1d" in out
+    assert "val acc" in out and "to target s" in out and "mnist1d" in out
     assert "0.625" in out and "1.25" in out and "never" in out
 
 
@@ -189,7 +189,7 @@ def test_time_to_target_recorded_and_shown(acc_run: Run) -> None:
         assert 0 < m["time_to_target_s"] <= m["train_time_s"], fw
         assert m["steps_to_target"] in r["history_steps"]["val_accuracy"], fw
     out = acc_run.proc.stdout
-    assert "s to target" in out and "val acc" in out
+    assert "to target s" in out and "val acc" in out
     assert "mlp_shallow-mxnet-train-mnist1d" in out
 
 

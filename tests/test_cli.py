@@ -103,7 +103,7 @@ def test_mlflow_runs_params_metrics_tags(tiny_run: Run) -> None:
         assert {"trial_key", "batch_id", "status"} <= set(r.data.tags)
         assert r.data.tags["status"] == "ok"
         artifacts = {a.path for a in client.list_artifacts(r.info.run_id)}
-        assert "result.json" in artifacts
+        assert {"results.json", "processes.json"} <= artifacts
         if r.data.params["mode"] == "train":
             assert set(r.data.metrics) >= TRAINED
             assert r.data.metrics["val_accuracy"] > 0.2  # 10 classes: chance is 0.1
@@ -134,7 +134,7 @@ def test_compare_reads_mlflow_when_journal_is_gone(tiny_run: Run, tmp_path: Path
 def test_resume_skips_finished_trials(tiny_run: Run) -> None:
     again = harness(tiny_run.cwd, "run", TINY, "--resume", tiny_run.batch_id)
     assert again.proc.returncode == 0, again.proc.stderr
-    assert "4 trials already finished, 0 to run" in again.proc.stdout
+    assert "4 processes already finished, 0 to run" in again.proc.stdout
     client = MlflowClient(tiny_run.uri)
     exp = client.get_experiment_by_name("harness")
     assert exp is not None
@@ -177,6 +177,12 @@ def test_crash_and_hang_end_with_status_and_batch_finishes(tmp_path: Path) -> No
         (["run", "nosuchsuite"], "unknown suite 'nosuchsuite'; choose from"),
         (["run", "smoke", "--resume", "nope"], "no batch 'nope'"),
         (["compare", "nope"], "no batch 'nope'"),
+        (["run", "smoke", "--repeats", "0"], "repeats must be a positive integer"),
+        (["run", "smoke", "--reserve-cores", "-1"], "reserve cores must be 0 or more"),
+        (["run", "smoke", "--reserve-cores", "512"], "leaves none for trials"),
+        (["compare", "a", "b", "c"], "compare takes one batch"),
+        (["compare", "a", "--threshold", "five"], "threshold must be a percentage"),
+        (["calibrate", "--framework", "caffe"], "unknown framework 'caffe'"),
     ],
 )
 def test_bad_input_exits_2_and_runs_nothing(tmp_path: Path, args: list[str], message: str) -> None:

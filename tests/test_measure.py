@@ -46,7 +46,9 @@ class FakeRun:
 
 
 def budget(warmup: int = 2, min_steps: int = 10, min_time_s: float = 0.0, window: int = 5) -> Budget:
-    return Budget(warmup_steps=warmup, min_steps=min_steps, min_time_s=min_time_s, window_steps=window)
+    return Budget(
+        warmup_steps=warmup, min_steps=min_steps, min_time_s=min_time_s, window_steps=window, min_window_s=0.0
+    )
 
 
 # --- run_timed -----------------------------------------------------------------------------------
@@ -236,3 +238,28 @@ def test_gemm_peak_is_cached_as_a_maximum(tmp_path: Path) -> None:
     (path,) = tmp_path.glob("gemm-peak-*.json")
     path.write_text(json.dumps({"gflops": 1e6, "measured_at": 0}))  # stale but higher: kept
     assert measure.gemm_peak_gflops(1, tmp_path) == 1e6
+
+
+# --- window calibration --------------------------------------------------------------------------
+
+
+def test_windows_grow_until_one_clock_read_covers_min_window_s() -> None:
+    # 1/1024 s per step: 5 steps take ~4.9 ms < 20 ms, so a window needs ceil(0.02 * 1024) = 21 steps
+    fake = FakeRun([1 / 1024])
+    b = Budget(warmup_steps=0, min_steps=40, min_time_s=0.0, window_steps=5, min_window_s=0.02)
+    t = fake.run(b)
+    assert t.window_steps == 21
+    assert all(w >= 0.02 for w in t.window_s)
+    assert fake.steps == 1 + 5 + t.steps  # compile call, the calibration window (untimed), the windows
+
+
+def test_windows_keep_their_size_when_already_long_enough() -> None:
+    fake = FakeRun([0.25])
+    t = fake.run(Budget(warmup_steps=0, min_steps=10, min_time_s=0.0, window_steps=5, min_window_s=0.02))
+    assert t.window_steps == 5
+
+
+def test_calibration_is_capped() -> None:
+    fake = FakeRun([0.0])  # a step that costs nothing on the clock: the cap, not an endless window
+    t = fake.run(Budget(warmup_steps=0, min_steps=1, min_time_s=0.0, window_steps=1, min_window_s=0.02))
+    assert t.window_steps == measure.MAX_WINDOW_STEPS

@@ -7,13 +7,17 @@ asynchronous frameworks (JAX, CUDA) are timed on finished work, not on dispatch.
 Protocol for one scenario:
 1. the first call (tracing, XLA/inductor compilation, autotuning) is timed alone -> ``compile_s``;
 2. ``warmup_steps`` untimed calls;
-3. timed windows of ``window_steps`` calls each, one clock read per window, until at least
-   ``min_steps`` calls AND ``min_time_s`` seconds are done. Per-window seconds are the raw samples.
+3. window calibration: one untimed window of ``window_steps`` calls is timed; if it took less than
+   ``min_window_s``, the steps per window grow so that one clock read covers at least that long
+   (timer resolution and the dispatch jitter of a tiny model then stay small against a window);
+4. timed windows of that many calls each, one clock read per window, until at least ``min_steps``
+   calls AND ``min_time_s`` seconds are done. Per-window seconds are the raw samples.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import resource
 import socket
@@ -27,6 +31,7 @@ import numpy as np
 from harness.contract import MeasureSpec
 
 Clock = Callable[[], float]
+MAX_WINDOW_STEPS = 100_000
 
 
 @dataclass(frozen=True)
@@ -55,17 +60,34 @@ def run_timed(
     compile_s = clock() - t0
     for _ in range(budget.warmup_steps):
         step()
+    per_window = calibrate_window(step, sync, budget, clock)
     windows: list[float] = []
     sync()
     start = last = clock()
-    while len(windows) * budget.window_steps < budget.min_steps or last - start < budget.min_time_s:
-        for _ in range(budget.window_steps):
+    while len(windows) * per_window < budget.min_steps or last - start < budget.min_time_s:
+        for _ in range(per_window):
             step()
         sync()
         now = clock()
         windows.append(now - last)
         last = now
-    return Timing(compile_s, windows, budget.window_steps)
+    return Timing(compile_s, windows, per_window)
+
+
+def calibrate_window(step: Callable[[], object], sync: Callable[[], None], budget: MeasureSpec, clock: Clock) -> int:
+    """Steps per timed window: ``window_steps``, or more so that a window lasts ``min_window_s``."""
+    if budget.min_window_s <= 0:
+        return budget.window_steps
+    sync()
+    t0 = clock()
+    for _ in range(budget.window_steps):
+        step()
+    sync()
+    took = clock() - t0
+    if took >= budget.min_window_s:
+        return budget.window_steps
+    per_step = max(took / budget.window_steps, 1e-9)
+    return min(MAX_WINDOW_STEPS, max(budget.window_steps, math.ceil(budget.min_window_s / per_step)))
 
 
 def summarize(samples: np.ndarray | list[float], seed: int = 0, resamples: int = 1000) -> dict[str, float]:

@@ -68,10 +68,11 @@ def _throughput(timing: Timing, trial: TrialSpec, data: TrialData) -> dict[str, 
     gflops = flops * throughput / 1e9
     return {
         M.THROUGHPUT: throughput,
-        M.THROUGHPUT_CI_LOW: bs / stats["ci_high"],
-        M.THROUGHPUT_CI_HIGH: bs / stats["ci_low"],
+        M.THROUGHPUT_WITHIN_CI_LOW: bs / stats["ci_high"],
+        M.THROUGHPUT_WITHIN_CI_HIGH: bs / stats["ci_low"],
         M.STEP_TIME_CV: stats["cv"],
         M.TIMED_STEPS: float(timing.steps),
+        M.WINDOW_STEPS: float(timing.window_steps),
         M.COMPILE_S: timing.compile_s,
         M.FLOPS_PER_SAMPLE: float(flops),
         M.ACHIEVED_GFLOPS: gflops,
@@ -109,7 +110,7 @@ def infer_offline(adapter: Adapter, trial: TrialSpec, data: TrialData) -> Outcom
 
 def infer_single_stream(adapter: Adapter, trial: TrialSpec, data: TrialData) -> Outcome:
     x1 = adapter.to_device(data.x[:1])
-    budget = trial.measure.replace(min_steps=trial.measure.latency_requests, window_steps=1)
+    budget = trial.measure.replace(min_steps=trial.measure.latency_requests, window_steps=1, min_window_s=0.0)
     timing = run_timed(lambda: adapter.infer(x1), adapter.sync, budget)
     return Outcome(
         metrics=_latency(M.LATENCY, timing.step_s) | {M.COMPILE_S_SINGLE_STREAM: timing.compile_s},

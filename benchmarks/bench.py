@@ -1,10 +1,10 @@
-"""``make bench``: harness overhead, repeatability and smoke wall time; writes benchmarks/results.json.
+"""``make bench``: trust (noise, replication, power, overhead), fast paths, smoke wall time, the zoo;
+writes benchmarks/results.json.
 
-1. Overhead: for each framework, mlp_deep training throughput as the harness reports it (a Ray task,
-   worker subprocess, adapter, timing protocol) against a minimal hand-written loop of the same
-   framework, model and batch size (benchmarks/handloop.py), interleaved in one invocation with the
-   same thread count and CPU set. Target: >= 97%.
-2. Repeatability: coefficient of variation of the reported throughput over the repeats. Target: <= 3%.
+1. Trust (:mod:`benchmarks.trust`): the node's between-process noise with and without a reserved
+   core; interval coverage, A/A verdicts and cost of replicated batches; power of the verdicts on a
+   real slowdown; the harness against a minimal hand-written loop (benchmarks/handloop.py), both
+   replicated and interleaved on the same core, as a ratio with its interval. Target: >= 0.99.
 3. Fast path against eager: each framework's compiled mode (torch.compile/inductor, XLA, jax.jit,
    hybridize) against its eager mode on mlp_deep and cnn1d, train and infer.
 4. Smoke: wall time of ``harness run smoke`` in a fresh directory after set-up (all four frameworks,
@@ -32,67 +32,14 @@ from typing import Any
 
 import numpy as np
 
-from harness import batch
+from benchmarks import trust
+from harness import batch as lifecycle
 from harness import metrics as M
 from harness.contract import MeasureSpec, TrialResult, TrialSpec
 from harness.envs import interpreter
-from harness.launch import worker_env
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("overhead", "fast", "smoke", "zoo")
-
-
-def _harness_trial(runner: batch.Untracked, fw: str, batch: int, threads: int, seconds: float) -> TrialResult:
-    spec = TrialSpec(
-        architecture="mlp_deep",
-        framework=fw,
-        mode="train",
-        batch_size=batch,
-        threads=threads,
-        measure=MeasureSpec(warmup_steps=10, min_steps=50, min_time_s=seconds, window_steps=10),
-    )
-    out = runner.run([spec])
-    if out[0].status != "ok":
-        raise RuntimeError(f"{fw} trial failed: {out[0].reason}\n{out[0].stderr_tail}")
-    return out[0]
-
-
-def _hand_loop(fw: str, batch: int, threads: int, seconds: float) -> float:
-    spec = TrialSpec(architecture="mlp_deep", framework=fw, mode="train", batch_size=batch, threads=threads)
-    cpus = ",".join(map(str, sorted(os.sched_getaffinity(0))[:threads]))
-    proc = subprocess.run(
-        ["taskset", "-c", cpus, interpreter(fw), "-m", "benchmarks.handloop", fw, str(batch), str(seconds)],
-        env=worker_env(spec),
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=HERE.parent,
-    )
-    return float(json.loads(proc.stdout.strip().splitlines()[-1])["samples_per_s"])
-
-
-def overhead(frameworks: list[str], repeats: int, batch_size: int, threads: int, seconds: float) -> dict[str, Any]:
-    rows: dict[str, Any] = {}
-    with batch.Untracked() as runner:
-        for fw in frameworks:
-            reported, mean_based, hand = [], [], []
-            for i in range(repeats):
-                r = _harness_trial(runner, fw, batch_size, threads, seconds)
-                reported.append(r.metrics[M.THROUGHPUT])
-                window = np.asarray(r.samples[M.TRAIN_WINDOW_S])
-                mean_based.append(batch_size * 10 * len(window) / window.sum())
-                hand.append(_hand_loop(fw, batch_size, threads, seconds))
-                print(f"  {fw} repeat {i + 1}: harness {reported[-1]:,.0f}  hand loop {hand[-1]:,.0f} samples/s")
-            rep = np.asarray(reported)
-            rows[fw] = {
-                "harness_samples_per_s": reported,
-                "harness_mean_based_samples_per_s": mean_based,
-                "hand_loop_samples_per_s": hand,
-                "ratio_median": float(np.median(rep) / np.median(hand)),
-                "ratio_mean_based": float(np.median(mean_based) / np.median(hand)),
-                "cv": float(rep.std(ddof=1) / rep.mean()),
-            }
-    return rows
+SECTIONS = ("noise", "replication", "power", "overhead", "fast", "smoke", "zoo")
 
 
 def fast_vs_eager(frameworks: list[str], batch: int, threads: int, seconds: float) -> list[dict[str, Any]]:
@@ -101,10 +48,10 @@ def fast_vs_eager(frameworks: list[str], batch: int, threads: int, seconds: floa
         TrialSpec(
             architecture=arch,
             framework=fw,
-            mode=mode,  # type: ignore[arg-type]
+            mode=mode,
             batch_size=batch,
             threads=threads,
-            compile=compile_,  # type: ignore[arg-type]
+            compile=compile_,
             timeout_s=900,
             measure=MeasureSpec(warmup_steps=10, min_steps=50, min_time_s=seconds, window_steps=10),
         )
@@ -119,7 +66,7 @@ def fast_vs_eager(frameworks: list[str], batch: int, threads: int, seconds: floa
         results[(r.spec.framework, r.spec.architecture, r.spec.mode, r.spec.compile)] = r
         print(f"  {r.spec.name} compile={r.spec.compile}: {r.status} {r.metrics.get(M.THROUGHPUT, 0):,.0f}")
 
-    with batch.Untracked() as runner:
+    with lifecycle.Untracked() as runner:
         runner.run(specs, keep)
     rows = []
     for fw in frameworks:
@@ -168,7 +115,7 @@ def zoo_throughput(frameworks: list[str], batch: int, threads: int, seconds: flo
         })  # fmt: skip
         print(f"  {r.spec.name}: {r.status} {m.get(M.THROUGHPUT, 0):,.0f} samples/s")
 
-    with batch.Untracked() as runner:
+    with lifecycle.Untracked() as runner:
         runner.run(specs, keep)
     order = {(s.architecture, s.framework): i for i, s in enumerate(specs)}
     return sorted(rows, key=lambda r: order[(r["architecture"], r["framework"])])
@@ -280,9 +227,17 @@ def main() -> int:
     frameworks = args.frameworks.split(",")
     results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
     results |= {"machine": machine(), "batch_size": args.batch_size, "threads": args.threads}
+    if "noise" in sections:
+        results["noise"] = trust.noise()
+    if "replication" in sections:
+        results["replication"] = trust.replication()
+    if "power" in sections:
+        results["power"] = trust.power()
     if "overhead" in sections:
-        print("overhead and repeatability (mlp_deep, train)")
-        results["overhead"] = overhead(frameworks, args.repeats, args.batch_size, args.threads, args.seconds)
+        print("overhead: harness against a hand-written loop (mlp_deep, train), replicated and interleaved")
+        results.pop("overhead", None)  # the single-process figures this replaced
+        results["overhead_replicated"] = trust.overhead(frameworks, args.repeats, args.batch_size, args.seconds)
+    args.out.write_text(json.dumps(results, indent=2))  # each section is minutes: keep what is done
     if "fast" in sections:
         print("fast path against eager (mlp_deep, cnn1d; train, infer)")
         results["fast_vs_eager"] = fast_vs_eager(frameworks, args.batch_size, args.threads, args.seconds)
@@ -300,17 +255,9 @@ def main() -> int:
     args.out.write_text(json.dumps(results, indent=2))
     if "zoo" in results:
         print("\n" + zoo_table(results["zoo"], results["zoo_batch_size"]))
-    if "overhead" not in results or "fast_vs_eager" not in results:
+    print("\n" + trust.tables(results))
+    if "fast_vs_eager" not in results:
         return 0
-    print(
-        f"\n| framework | harness samples/s (median of {args.repeats}) | hand loop | ratio | ratio (mean-based) | CV |"
-    )
-    print("|---|---|---|---|---|---|")
-    for fw, r in results["overhead"].items():
-        print(
-            f"| {fw} | {np.median(r['harness_samples_per_s']):,.0f} | {np.median(r['hand_loop_samples_per_s']):,.0f} "
-            f"| {100 * r['ratio_median']:.1f}% | {100 * r['ratio_mean_based']:.1f}% | {100 * r['cv']:.1f}% |"
-        )
     print("\n| framework | architecture | mode | fast path | fast samples/s | compile s | eager samples/s | speedup |")
     print("|---|---|---|---|---|---|---|---|")
     for r in results["fast_vs_eager"]:

@@ -176,7 +176,7 @@ class Cell:
             if lat is None:
                 continue
             out[key] = lat.estimate
-            if lat.between_known and q in (50, 99):
+            if lat.between_known:
                 out[f"{key}_ci_low"], out[f"{key}_ci_high"] = lat.low, lat.high
         return out
 

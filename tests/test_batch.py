@@ -1,7 +1,8 @@
 """The batch lifecycle's faults, end to end through the CLI: a real embedded Ray, real workers, a real
 SQLite store and a real ``mlflow server`` on 127.0.0.1 (loopback only).
 
-1. a driver SIGKILLed mid-batch, then ``--resume``: MLflow ends with every journaled result exactly once;
+1. a driver SIGKILLed mid-batch, then ``--resume``: MLflow ends with every cell exactly once, from
+   exactly the processes the journal has;
 2. an MLflow store that does not answer: exit 2 before anything runs; one that goes away during the
    batch: trials finish, the journal has them, the user is told once to run ``harness sync``, exit 3;
 3. an unreachable ``--address``: one line, exit 2, no hang.
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from harness import journal
 from tests.test_cli import TINY, harness
 from tests.test_tracking_server import MlflowServer, free_port
 
@@ -77,16 +79,17 @@ def test_driver_killed_then_resumed_logs_every_result_exactly_once(tmp_path: Pat
     entries = {(r["trial_key"], r["attempt"]) for r in rows}
     assert len({key for key, _ in entries}) == 4  # the whole batch ran
     runs = _child_runs(uri, batch_id)
-    logged = [(r.data.tags["trial_key"], int(r.data.tags["attempt"])) for r in runs]  # type: ignore[attr-defined]
-    assert sorted(logged) == sorted(entries)  # every journal entry, each exactly once
+    logged = [(r.data.tags["trial_key"], r.data.tags["processes_digest"]) for r in runs]  # type: ignore[attr-defined]
+    cells = journal.group_cells(journal.Batch(tmp_path / "runs", batch_id).results())
+    assert sorted(logged) == sorted((k, journal.processes_digest(c)) for k, c in cells.items())  # each cell once
     assert all(r.info.status == "FINISHED" for r in runs)  # type: ignore[attr-defined]
     rows_shown = [line for line in resumed.proc.stdout.splitlines() if "mlp_shallow" in line and "│" in line]
     assert len(rows_shown) == 4  # the final table shows the whole batch, earlier rows included
 
     again = harness(tmp_path, "sync", batch_id)
     assert again.proc.returncode == 0, again.proc.stderr
-    assert "0 results logged" in again.proc.stdout
-    assert len(_child_runs(uri, batch_id)) == len(entries)
+    assert "0 cells logged" in again.proc.stdout
+    assert len(_child_runs(uri, batch_id)) == len(cells)
 
 
 def test_unreachable_tracking_server_is_a_one_line_error_before_anything_runs(tmp_path: Path) -> None:
@@ -131,7 +134,7 @@ def test_tracking_server_lost_mid_batch_keeps_results_and_sync_replays_them(tmp_
     try:
         synced = harness(tmp_path, "sync", batch_id, "--tracking-uri", server.url)
         assert synced.proc.returncode == 0, synced.proc.stdout + synced.proc.stderr
-        assert "2 results logged" in synced.proc.stdout
+        assert "2 cells logged" in synced.proc.stdout
         runs = _child_runs(server.url, batch_id)
         assert sorted(r.info.run_name for r in runs) == ["mlp_shallow-jax-infer", "mlp_shallow-torch-infer"]  # type: ignore[attr-defined]
     finally:

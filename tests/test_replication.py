@@ -107,12 +107,20 @@ def test_mlflow_has_one_run_per_cell_with_between_process_figures(replicated: tu
         assert sorted(row[0] for row in table["data"]) == [0, 1, 2]  # one row per process (replica first)
 
 
-def test_k1_cell_in_mlflow_says_spread_unknown(tmp_path: Path) -> None:
-    run = harness(tmp_path, "run", TINY, "--framework", "torch", "--mode", "infer")
+def test_k1_batch_says_spread_unknown_in_mlflow_and_in_compare(replicated: tuple[Run, Run, str]) -> None:
+    _, base, base_id = replicated
+    before = {p.parent.name for p in (base.cwd / "runs").glob("*/batch.json")}
+    run = harness(base.cwd, "run", TINY, "--framework", "torch", "--mode", "infer")  # an independent batch, K = 1
     assert run.proc.returncode == 0, run.proc.stderr[-3000:]
-    (child,) = _child_runs(run.uri, run.batch_id)
+    (single,) = {p.parent.name for p in (base.cwd / "runs").glob("*/batch.json")} - before
+    (child,) = _child_runs(run.uri, single)
     assert child.data.tags["interval"] == ONE_PROCESS and child.data.tags["unstable"] == ONE_PROCESS
     assert M.THROUGHPUT_CI_LOW not in child.data.metrics
+    verdicts = harness(base.cwd, "compare", base_id, single, "--json")
+    assert verdicts.proc.returncode == 0, verdicts.proc.stderr  # no verdict from one process: no gate
+    (row,) = json.loads(verdicts.proc.stdout)["rows"]
+    assert row["verdict"] == "inconclusive" and "run-to-run spread unknown" in row["note"]
+    assert json.loads(verdicts.proc.stdout)["unmatched"] == ["BASE mlp_shallow torch train bs32 cpu mnist1d"]
 
 
 def _copy_batch(run: Run, batch_id: str, name: str, change: Any) -> str:

@@ -171,6 +171,8 @@ def run(
         schedule.check_reachable(address)  # before the store: a failed check leaves nothing behind
     previous = {(r.trial_key, r.replica): r for r in batch.results()}  # the journal so far
     finished = {k for k, r in previous.items() if r.status in FINAL}
+    if resume:  # a resumed batch keeps the processes per cell it was started with (or more, if asked)
+        the_plan.repeats = max(the_plan.repeats, int(meta.get("repeats", 1)))
     order_seed = seed if seed is not None else random.SystemRandom().randrange(2**31)
     todo = the_plan.rounds(order_seed, finished)
     to_fork = [] if address else [s for s, _ in todo]
@@ -187,8 +189,10 @@ def run(
             schedule.connect(address, reserve)
         finally:
             tracker = _result_or_shutdown(store)
-    unpin: Callable[[], None] = _nothing if address else schedule.pin_to_reserved(reserve)
+    unpin: Callable[[], None] = _nothing
     try:
+        if not address:
+            unpin = schedule.pin_to_reserved(reserve)
         problems = schedule.unschedulable(the_plan.trials, reserve if not address else 0)
         if problems:
             raise SpecError("; ".join(problems))
@@ -205,6 +209,7 @@ def run(
             "unstable_cv": the_plan.suite.unstable_cv,
         }
         meta["order_seeds"] = [*meta.get("order_seeds", []), order_seed]  # one per invocation (resumes too)
+        meta["repeats"] = the_plan.repeats
         batch.write_meta(meta)
         tracking = _Tracking(batch, uri, tracker)
         with phases("mlflow"):

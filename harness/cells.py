@@ -157,6 +157,12 @@ class Cell:
         if not ok:
             return out
         out[M.REPEATS] = float(len(ok))
+        reached = sum(M.TIME_TO_TARGET_S in p.metrics for p in ok)
+        if 0 < reached < len(ok):  # a median over the processes that got there would flatter the cell
+            out.pop(M.TIME_TO_TARGET_S, None)
+            out.pop(M.STEPS_TO_TARGET, None)
+        if reached < len(ok) and self.spec.train.target_accuracy is not None and M.VAL_ACCURACY in out:
+            out[M.REACHED_TARGET_FRACTION] = reached / len(ok)
         thr = self.throughput
         if thr is not None:
             out[M.THROUGHPUT] = thr.estimate

@@ -110,7 +110,7 @@ def _run(the_plan: plan.Plan, args: argparse.Namespace, plan_s: float, suite: st
     outcome = _run_batch(the_plan, args)
     if outcome is None:
         return 130
-    for table in report.tables(outcome.results, f"batch {outcome.batch.batch_id} ({suite})"):
+    for table in report.tables(outcome.cells, f"batch {outcome.batch.batch_id} ({suite})"):
         console.print(table)
     phases = {"plan": plan_s, **outcome.phases}
     console.print(
@@ -290,7 +290,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     threshold = cmp.parse_threshold(args.threshold)
     if len(ids) < 2 and not args.by:
         batch_id, batch_cells = _batch_cells(args, ids[0] if ids else None)
-        for table in report.tables([p for c in batch_cells for p in c.processes], f"batch {batch_id}"):
+        for table in report.tables(batch_cells, f"batch {batch_id}"):
             console.print(table)
         return 0
     if args.by:
@@ -300,6 +300,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             batch_cells, args.by, args.baseline, value, source, label=batch_id, allow_mismatch=args.allow_mismatch
         )
         target, name = batch_id, f"by-{args.by}"
+        gate = False  # a comparison of frameworks (or compile modes...) describes; it does not gate
     else:
         base_id, base_cells = _batch_cells(args, ids[0])
         new_id, new_cells = _batch_cells(args, ids[1])
@@ -313,8 +314,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
             new_label=f"batch {new_id}",
             allow_mismatch=args.allow_mismatch,
         )
-        target, name = new_id, f"vs-{base_id}"
-    return _print_comparison(comparison, args, target, name)
+        target, name, gate = new_id, f"vs-{base_id}", True
+    return _print_comparison(comparison, args, target, name, gate)
 
 
 def _threshold(given: float | None, against: list[Cell]) -> tuple[float, str]:
@@ -325,7 +326,9 @@ def _threshold(given: float | None, against: list[Cell]) -> tuple[float, str]:
     return cmp.noise_threshold(against, noise.lookup)
 
 
-def _print_comparison(comparison: cmp.Comparison, args: argparse.Namespace, batch_id: str, name: str) -> int:
+def _print_comparison(
+    comparison: cmp.Comparison, args: argparse.Namespace, batch_id: str, name: str, gate: bool
+) -> int:
     if args.json:
         console.print_json(data=comparison.to_dict())
     elif args.markdown:
@@ -351,7 +354,7 @@ def _print_comparison(comparison: cmp.Comparison, args: argparse.Namespace, batc
     except Exception as e:  # the verdict stands without MLflow
         err_console.print(f"[yellow]could not log the verdicts to MLflow:[/] {type(e).__name__}: {str(e)[:200]}")
     regressions = comparison.regressions
-    if regressions:
+    if regressions and gate:
         err_console.print(f"[red]{len(regressions)} cell(s) slower beyond ±{comparison.threshold:.1%}[/]")
         return 1
     return 0
@@ -422,7 +425,8 @@ def reserve_arg(p: argparse.ArgumentParser) -> None:
         type=int,
         metavar="N",
         help="cores per node kept for the driver and Ray's processes, never given to trials (default: the "
-        "suite's reserve_cores, else 1; 0 lets trials share cores with them: several times the noise)",
+        "suite's reserve_cores, else 1: 0 on a 1-core node, 2 from 32 cores; 0 lets trials share cores with "
+        "them: several times the noise)",
     )
 
 

@@ -68,7 +68,11 @@ def lease_cores(
     lock_dir.mkdir(parents=True, exist_ok=True)
     cores = node_cpus()[reserve:]
     if count > len(cores):
-        raise RuntimeError(f"trial needs {count} cores, this node has {len(cores)} after {reserve} reserved")
+        raise RuntimeError(
+            f"trial needs {count} cores, this node has {len(cores)} after the {reserve} reserved for the harness "
+            f"(--reserve-cores); use --threads {max(1, len(cores))} or less, or start Ray with "
+            f"--num-cpus {len(cores)} on such nodes"
+        )
     while True:
         held: list[tuple[int, IO[Any]]] = []
         for core in cores:
@@ -107,6 +111,7 @@ def launch(
     cache_dir: str | None = None,
     fault: str | None = None,
     python: str | None = None,
+    cores: int | None = None,
 ) -> TrialResult:
     """Run ``spec`` in a fresh worker process and return its result, whatever happened to it.
 
@@ -123,7 +128,7 @@ def launch(
         fault=fault,  # type: ignore[arg-type]
         parent_pid=os.getpid(),
     )
-    cap = MemoryCap(spec.memory_limit_mb or default_limit_mb(spec.threads))
+    cap = MemoryCap(spec.memory_limit_mb or default_limit_mb(spec.threads, cores=cores))
     with tempfile.TemporaryDirectory(prefix="harness-trial-") as tmp:
         req_path, out_path, log_path = Path(tmp, "request.json"), Path(tmp, "result.json"), Path(tmp, "stderr.log")
         env = worker_env(spec)

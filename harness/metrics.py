@@ -22,7 +22,9 @@ COMPILE_S = "compile_s"  # first call of the timed scenario: tracing, compilatio
 COMPILE_S_SINGLE_STREAM = "compile_s_single_stream"
 IMPORT_S = "import_s"  # the framework's import, in the worker
 WORKER_START_S = "worker_start_s"  # launcher start to the worker's first line of work (interpreter start-up)
-LATENCY = "latency_ms"  # per request (infer: single stream) or per step (train); ``_p50`` ... ``_p99``
+# per request (infer: single stream, one request per clock read) or, for train, the step time of each
+# timed window (a window's mean over its window_steps steps); ``_p50`` ... ``_p99``
+LATENCY = "latency_ms"
 BATCH_LATENCY = "batch_latency_ms"  # infer: per offline batch
 PERCENTILES = (50, 90, 95, 99)
 
@@ -51,6 +53,7 @@ EVALUATIONS = "evaluations"
 TARGET_ACCURACY = "target_accuracy"
 TIME_TO_TARGET_S = "time_to_target_s"
 STEPS_TO_TARGET = "steps_to_target"
+REACHED_TARGET_FRACTION = "reached_target_fraction"  # of a cell's processes, when not all reached it
 
 # history series (step metrics in MLflow)
 LOSS = "loss"  # every training step

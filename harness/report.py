@@ -27,6 +27,9 @@ def _to_target(c: Cell) -> str:
     t = m.get(M.TIME_TO_TARGET_S)
     if t is not None:
         return f"{t:.2f}"
+    frac = m.get(M.REACHED_TARGET_FRACTION)
+    if frac:
+        return f"{frac:.0%} reached"
     reached_none = c.status == "ok" and c.spec.train.target_accuracy is not None and M.VAL_ACCURACY in m
     return "never" if reached_none else "-"
 
@@ -84,7 +87,7 @@ def comparison_table(results: Iterable[TrialResult] | Iterable[Cell], title: str
         ("samples/s", "right", lambda c: _num(c.metrics.get(M.THROUGHPUT), ",.0f")),
         ("95% CI", "right", _interval),
         ("CV", "right", _cv),
-        ("n", "right", lambda c: str(len(c.processes))),
+        ("n", "right", _processes),
         ("p50 ms", "right", lambda c: _num(c.metrics.get(p50), ".3f")),
         ("p99 ms", "right", lambda c: _num(c.metrics.get(p99), ".3f")),
         ("compile s", "right", lambda c: _num(c.metrics.get(M.COMPILE_S), ".2f")),
@@ -130,6 +133,11 @@ def comparison_table(results: Iterable[TrialResult] | Iterable[Cell], title: str
     return table
 
 
+def _processes(c: Cell) -> str:
+    failed = len(c.processes) - c.repeats
+    return f"{c.repeats} (+{failed} failed)" if failed and c.status != "unsupported" else str(c.repeats or 1)
+
+
 def _status(c: Cell) -> str:
     text = c.status if c.status == "ok" else f"{c.status}: {c.reason[:60]}"
     unstable = c.unstable
@@ -150,12 +158,12 @@ def skipped_table(results: Iterable[TrialResult]) -> Table:
     return table
 
 
-def tables(results: Iterable[TrialResult], title: str = "") -> list[Table]:
+def tables(batch_cells: list[Cell], title: str = "") -> list[Table]:
     """What ``run`` and ``compare`` print: the cells that ran (one row each), then the skipped cells."""
-    results = list(results)
-    ran = [r for r in results if r.status != "unsupported"]
-    out = [comparison_table(ran, title)] if ran or len(ran) == len(results) else []
-    return out + ([skipped_table(results)] if len(ran) < len(results) else [])
+    ran = [c for c in batch_cells if c.status != "unsupported"]
+    out = [comparison_table(ran, title)] if ran or len(ran) == len(batch_cells) else []
+    skipped = [p for c in batch_cells if c.status == "unsupported" for p in c.processes]
+    return out + ([skipped_table(skipped)] if skipped else [])
 
 
 VERDICT_STYLE = {"faster": "green", "slower": "red", "same": "cyan", "inconclusive": "yellow"}

@@ -94,26 +94,30 @@ def pin_to_reserved(reserve: int) -> Callable[[], None]:
 
     Trials lease only the other cores (:func:`harness.launch.lease_cores`) and set their own CPU set,
     so the driver's MLflow writes and Ray's heartbeats no longer preempt a timed step. Linux only; a
-    no-op without a reserve, and best effort for processes that are gone or not ours.
+    no-op without a reserve, and best effort for processes that are gone or not ours. New threads of
+    the driver started while pinned stay pinned after the undo (the undo restores the masks it saw).
     """
     if reserve <= 0 or not hasattr(os, "sched_setaffinity"):
         return lambda: None
     import psutil
 
-    everything, reserved = node_cpus(), set(node_cpus()[:reserve])
+    reserved = set(node_cpus()[:reserve])
     me = psutil.Process()
     pids = [me.pid] + [p.pid for p in me.children(recursive=True)]
+    before: list[tuple[int, set[int]]] = []
     for pid in pids:
         for tid in _threads(pid):
             try:
+                before.append((tid, os.sched_getaffinity(tid)))
                 os.sched_setaffinity(tid, reserved)
             except OSError:
                 continue
 
     def restore() -> None:
-        for tid in _threads(os.getpid()):
+        """Every pinned thread still alive (the driver's, fork servers that outlive the batch) as it was."""
+        for tid, mask in before:
             try:
-                os.sched_setaffinity(tid, everything)
+                os.sched_setaffinity(tid, mask)
             except OSError:
                 continue
 
@@ -188,13 +192,24 @@ def _run_trial(
     path = _materialize(*dataset) if dataset else None
     cache = str(datasets.cache_dir().parent)
     with lease_cores(spec.threads, reserve=reserve) as cpus:
-        result = launch(spec, cpus=cpus, dataset_path=path, cache_dir=cache, fault=fault)
+        cores = len(node_cpus()) - reserve  # the trials that fit share the node's memory (default cap)
+        result = launch(spec, cpus=cpus, dataset_path=path, cache_dir=cache, fault=fault, cores=cores)
     result.replica = replica
     result.environment["reserved_cores"] = node_cpus()[:reserve]
     return result.to_json()
 
 
 Run = tuple[TrialSpec, int]  # a cell and which of its processes (replica)
+
+
+def _slots(specs: list[TrialSpec]) -> int:
+    """How many of these trials the cluster holds at once (its CPUs, and GPUs/TPUs where asked)."""
+    have = ray.cluster_resources()
+    slots = int(have.get("CPU", 1) // max(1, min((s.threads for s in specs), default=1)))
+    for device, key in DEVICE_RESOURCE.items():
+        if any(s.device == device for s in specs):
+            slots = min(slots, int(have.get(key, 0))) if slots else int(have.get(key, 0))
+    return max(1, slots)
 
 
 def run_all(
@@ -216,7 +231,7 @@ def run_all(
         arrays = dict(np.load(prepared.path))
         shared[name] = (name, prepared.sha256, [ray.put(arrays)])
     task = ray.remote(max_retries=0)(_run_trial)
-    slots = max(1, int(ray.cluster_resources().get("CPU", 1) // max(1, min((s.threads for s in specs), default=1))))
+    slots = _slots(specs)
     queue = list(runs)
     pending: dict[Any, Run] = {}
 

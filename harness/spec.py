@@ -59,7 +59,9 @@ class SuiteSpec(Frozen):
         None, gt=0, description="cores per trial (default: the node's cores left after reserve_cores; --threads)"
     )
     reserve_cores: int | None = Field(
-        None, ge=0, description="cores per node kept for the driver and Ray's processes (default: 1; --reserve-cores)"
+        None,
+        ge=0,
+        description="cores per node kept for the driver and Ray (default 1; 0 on 1 core, 2 from 32; --reserve-cores)",
     )
     repeats: int = Field(1, ge=1, description="independent worker processes per cell (--repeats)")
     unstable_cv: float = Field(0.10, gt=0, description="a cell whose processes' throughput CV exceeds this is unstable")

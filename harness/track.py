@@ -189,7 +189,7 @@ class Tracker:
             "eval_every": s.train.eval_every,
             "target_accuracy": s.train.target_accuracy if s.train.target_accuracy is not None else "none",
             "seed": s.seed,
-            "repeats": len(cell.processes),
+            "repeats": cell.repeats,  # processes the figures come from (failed ones: tags.reason)
         }
         if s.options:
             params["options"] = json.dumps(s.options, sort_keys=True)
@@ -268,6 +268,11 @@ class Tracker:
         results = []
         with tempfile.TemporaryDirectory() as tmp:
             for run in runs:
-                path = self.client.download_artifacts(run.info.run_id, "results.json", tmp)
-                results += [TrialResult.from_dict(d) for d in json.loads(Path(path).read_text())["processes"]]
+                names = {a.path for a in self.client.list_artifacts(run.info.run_id)}
+                if "results.json" in names:  # one run per cell: every process
+                    path = self.client.download_artifacts(run.info.run_id, "results.json", tmp)
+                    results += [TrialResult.from_dict(d) for d in json.loads(Path(path).read_text())["processes"]]
+                elif "result.json" in names:  # logged before cells: one run per process
+                    path = self.client.download_artifacts(run.info.run_id, "result.json", tmp)
+                    results.append(TrialResult.from_json(Path(path).read_text()))
         return sorted(results, key=lambda r: r.started_at)

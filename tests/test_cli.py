@@ -213,7 +213,7 @@ def test_dry_run_shows_matrix_and_skips(tmp_path: Path) -> None:
     run = harness(tmp_path, "run", TINY, "--device", "cpu,tpu", "--framework", "torch", "--dry-run", timeout=60)
     assert run.proc.returncode == 0, run.proc.stderr
     out = run.proc.stdout
-    assert "2 trials to run, 2 skipped" in out
+    assert "2 cells x 1 process(es) to run, 2 skipped" in out
     assert "torch does not support device 'tpu'" in out
     assert "nothing was run" in out
     assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
@@ -224,7 +224,7 @@ def test_dry_run_with_datasets_shows_incompatible_pairs(tmp_path: Path) -> None:
     run = harness(tmp_path, "run", TINY, "--dataset", "mnist1d", "--dataset", "digits32", *args, timeout=60)
     assert run.proc.returncode == 0, run.proc.stderr
     out = run.proc.stdout
-    assert "3 trials to run, 1 skipped" in out
+    assert "3 cells x 1 process(es) to run, 1 skipped" in out
     for name in ("mlp_shallow-torch-train-mnist1d", "mlp_shallow-torch-train-digits32", "lenet5-torch-train-digits32"):
         assert name in out
     assert "mnist1d: lenet5 cannot take samples of shape (1, 40)" in out

@@ -78,7 +78,7 @@ def test_resume_and_until_stable_grow_every_cell_to_the_cap(replicated: tuple[Ru
     replicas = [int(r["replica"]) for r in rows]  # type: ignore[call-overload]
     assert replicas == sorted(replicas)  # interleaved by rounds: every cell's replica r before any r + 1
     meta = json.loads((grown.cwd / "runs" / grown_id / "batch.json").read_text())
-    assert meta["order_seeds"] == [7, 8] and meta["repeats"] == 1 and meta["reserve_cores"] == 1
+    assert meta["order_seeds"] == [7, 8] and meta["repeats"] == 2 and meta["reserve_cores"] == 1
 
 
 def test_processes_run_outside_the_reserved_core(replicated: tuple[Run, Run, str]) -> None:
@@ -176,6 +176,7 @@ def test_compare_logs_verdicts_on_the_new_batch_parent_run(replicated: tuple[Run
     harness(base.cwd, "sync", base_id)  # the parent run exists already; sync is idempotent
     run = harness(base.cwd, "compare", base_id, "--by", "mode", "--baseline", "train")
     assert run.proc.returncode == 2  # mode is not an axis to compare by
+    assert "invalid choice: 'mode'" in run.proc.stderr and "framework" in run.proc.stderr
     by = harness(base.cwd, "compare", base_id, base_id)
     assert by.proc.returncode == 0, by.proc.stderr
     client = MlflowClient(base.uri)

@@ -264,11 +264,13 @@ def _decide(comparison: Comparison) -> Comparison:
     return comparison
 
 
-def _comparable(base: Cell, new: Cell) -> str | None:
+def _pair(comparison: Comparison, pairs: list[tuple[str, Cell, Cell]], name: str, base: Cell, new: Cell) -> None:
+    """``(name, base, new)`` joins the pairs, or the comparison notes why it cannot (a side without throughput)."""
     for side, cell in (("BASE", base), ("NEW", new)):
         if cell.throughput is None:
-            return f"{side} has no throughput ({cell.status}: {cell.reason[:80]})"
-    return None
+            comparison.not_compared.append(f"{name}: {side} has no throughput ({cell.status}: {cell.reason[:80]})")
+            return
+    pairs.append((name, base, new))
 
 
 def between_batches(
@@ -291,11 +293,7 @@ def between_batches(
         if other is None:
             comparison.unmatched.append(f"NEW {_label(cell)}")
             continue
-        why = _comparable(other, cell)
-        if why:
-            comparison.not_compared.append(f"{_label(cell)}: {why}")
-        else:
-            pairs.append((_label(cell), other, cell))
+        _pair(comparison, pairs, _label(cell), other, cell)
     comparison.unmatched += [f"BASE {_label(c)}" for c in base if _identity(c, MATCH) not in new_ids]
     return _finish(comparison, pairs, ignore=set())
 
@@ -327,7 +325,7 @@ def within_batch(
     comparison = Comparison(
         f"{axis}={baseline}", f"other {axis}s ({label})", threshold, threshold_source, allow_mismatch=allow_mismatch
     )
-    pairs = []
+    pairs: list[tuple[str, Cell, Cell]] = []
     for members in groups.values():
         base = members.get(baseline)
         for value, cell in members.items():
@@ -337,11 +335,7 @@ def within_batch(
             if base is None:
                 comparison.unmatched.append(f"{name} (no {baseline} cell)")
                 continue
-            why = _comparable(base, cell)
-            if why:
-                comparison.not_compared.append(f"{name}: {why}")
-            else:
-                pairs.append((name, base, cell))
+            _pair(comparison, pairs, name, base, cell)
     return _finish(comparison, pairs, ignore=EXPECTED.get(axis, set()))
 
 

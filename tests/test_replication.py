@@ -22,17 +22,10 @@ from mlflow.tracking import MlflowClient
 
 from harness import metrics as M
 from harness.cells import ONE_PROCESS
+from tests.test_batch import _child_runs
 from tests.test_cli import TINY, Run, harness
 
 pytestmark = pytest.mark.slow
-
-
-def _child_runs(uri: str, batch_id: str) -> list[Any]:
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name("harness")
-    assert exp is not None
-    query = f"tags.batch_id = '{batch_id}' and tags.harness_kind = 'trial'"
-    return list(client.search_runs([exp.experiment_id], query, max_results=100))
 
 
 @pytest.fixture(scope="module")

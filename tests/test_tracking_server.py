@@ -82,7 +82,7 @@ def test_run_logs_to_tracking_server(server: str, tmp_path: Path) -> None:
     runs = client.search_runs([exp.experiment_id], f"tags.batch_id = '{run.batch_id}' and tags.harness_kind = 'trial'")
     assert [r.info.run_name for r in runs] == ["mlp_shallow-jax-infer"]
     assert runs[0].data.metrics["throughput_samples_per_s"] > 0
-    assert "result.json" in {a.path for a in client.list_artifacts(runs[0].info.run_id)}
+    assert {"results.json", "processes.json"} <= {a.path for a in client.list_artifacts(runs[0].info.run_id)}
 
     # sync replays the journal into the same server without duplicating the run
     synced = harness(tmp_path, "sync", run.batch_id, "--tracking-uri", server)

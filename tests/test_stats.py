@@ -257,3 +257,21 @@ def test_simulate() -> None:
     assert len({float(g[0]) for g in groups}) == 4  # process jitter: the levels differ
     many = simulate(np.random.default_rng(9), 2.0, 4000, 1, 0.1, 0.0)
     assert geomean([g[0] for g in many]) == pytest.approx(2.0, rel=0.01)
+
+
+def test_long_processes_draw_percentiles_as_order_statistics() -> None:
+    """Above 256 windows a resample's percentile is drawn from Beta order statistics: the same distribution as
+    resampling the windows (which costs O(n log n) per draw: seconds for thousands of single-stream requests)."""
+    from harness.stats import _order_statistic_draws
+
+    rng = np.random.default_rng(7)
+    w = np.sort(rng.lognormal(-7.0, 0.3, size=1000))
+    for q in (50.0, 99.0):
+        resampled = np.percentile(w[rng.integers(0, w.size, size=(3000, w.size))], q, axis=1)
+        drawn = _order_statistic_draws(w, q, 30000, rng)
+        spread = resampled.std()
+        assert abs(np.median(drawn) - np.median(resampled)) < 0.15 * spread, q
+        assert abs(drawn.std() / spread - 1) < 0.15, q
+    groups = simulate(np.random.default_rng(8), 1e-4, 5, 5000, 0.05, 0.2)  # 5 processes x 5000 requests
+    iv = cell_interval(groups, 99.0, seed=1)
+    assert iv.low < iv.estimate < iv.high and iv.between_known

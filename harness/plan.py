@@ -87,8 +87,9 @@ def core_warnings(threads: set[int], reserve: int, node_cores: int) -> list[str]
     if full:
         out.append(
             f"trials with {full[0]} threads use every core of this {node_cores}-core node: the driver, Ray and "
-            "MLflow writes preempt them and a step waits for its slowest thread (measured here: 11-37% "
-            f"between-process spread, against 2.5-16% with a core left free); use --threads {max(1, node_cores - 1)}"
+            "MLflow writes preempt them and a step waits for its slowest thread (on a 2-core VM once measured: "
+            "11-37% between-process spread against 2.5-16% with a core left free; `make bench` measures yours); "
+            f"use --threads {max(1, node_cores - 1)}"
         )
     return out
 

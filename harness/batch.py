@@ -26,6 +26,7 @@ stops further MLflow writes, and :attr:`BatchOutcome.tracking_error` says which 
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 import sys
 import time
@@ -75,8 +76,9 @@ class BatchOutcome:
     def ok(self) -> bool:
         return all(r.ok for r in self.results)
 
-    @property
+    @functools.cached_property
     def cells(self) -> list[Cell]:
+        """The batch's cells (computed once: their intervals are bootstraps)."""
         return cells(self.results, float(self.batch.meta().get("unstable_cv", 0.10)))
 
     @property

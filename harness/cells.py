@@ -100,19 +100,28 @@ class Cell:
         return ok[0] if ok else self.processes[-1]
 
     @cached_property
+    def step_groups(self) -> list[np.ndarray]:
+        """Per-step seconds of each ok process that timed its throughput scenario (one array per process)."""
+        return [g for g in map(step_times, self.ok_processes) if g is not None and g.size]
+
+    @cached_property
+    def latency_groups(self) -> list[np.ndarray]:
+        """Latency seconds of each ok process (see :func:`latency_times`)."""
+        return [g for g in map(latency_times, self.ok_processes) if g is not None and g.size]
+
+    @cached_property
     def throughput(self) -> stats.Interval | None:
         """Samples per second: estimate and 95% interval (between processes when K >= 2)."""
-        groups = [g for g in map(step_times, self.ok_processes) if g is not None and g.size]
-        if not groups:
+        if not self.step_groups:
             return None
-        t = stats.cell_interval(groups, 50.0, seed=self.seed)
+        t = stats.cell_interval(self.step_groups, 50.0, seed=self.seed)
         bs = self.spec.batch_size
         return stats.Interval(bs / t.estimate, bs / t.high, bs / t.low, t.processes, t.between_known)
 
     @cached_property
     def process_throughputs(self) -> list[float]:
         bs = self.spec.batch_size
-        return [bs / stats.process_value(g) for g in map(step_times, self.ok_processes) if g is not None and g.size]
+        return [bs / stats.process_value(g) for g in self.step_groups]
 
     @property
     def cv_between(self) -> float | None:
@@ -136,10 +145,9 @@ class Cell:
 
     def latency(self, q: float) -> stats.Interval | None:
         """Latency percentile ``q`` in milliseconds over processes (the ``latency_ms`` metric)."""
-        groups = [g for g in map(latency_times, self.ok_processes) if g is not None and g.size]
-        if not groups:
+        if not self.latency_groups:
             return None
-        t = stats.cell_interval(groups, q, seed=self.seed)
+        t = stats.cell_interval(self.latency_groups, q, seed=self.seed)
         return stats.Interval(t.estimate * 1e3, t.low * 1e3, t.high * 1e3, t.processes, t.between_known)
 
     @property

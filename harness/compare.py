@@ -229,17 +229,9 @@ def _differences(pairs: list[tuple[Cell, Cell]], ignore: set[str]) -> list[str]:
 
 
 def _row(label: str, base: Cell, new: Cell, seed: int) -> Row:
-    base_groups = _groups(base)
-    new_groups = _groups(new)
-    ratio = stats.ratio_interval(base_groups, new_groups, 50.0, higher_is_better=True, seed=seed)
+    ratio = stats.ratio_interval(base.step_groups, new.step_groups, 50.0, higher_is_better=True, seed=seed)
     b, n = base.process_throughputs, new.process_throughputs
     return Row(label, base, new, ratio, stats.welch_p(b, n), stats.mann_whitney_p(b, n))
-
-
-def _groups(cell: Cell) -> list[Any]:
-    from harness.cells import step_times
-
-    return [g for g in map(step_times, cell.ok_processes) if g is not None and g.size]
 
 
 def _decide(comparison: Comparison) -> Comparison:

@@ -32,6 +32,8 @@ class FrameworkInfo:
     one_thread_flags: tuple[tuple[str, str], ...] = ()  # (variable, flags appended) when threads == 1
     runtime_env: tuple[tuple[str, str], ...] = ()  # defaults unless the user set them (e.g. no preallocation)
     preload: tuple[str, ...] = ()  # modules a fork server imports too (trials would import them lazily)
+    data_parallel: str | None = None  # its native collectives ("torch.distributed"); None: no multi-worker path
+    why_not_data_parallel: str = ""
 
     def worker_env(self, threads: int, environ: Mapping[str, str]) -> dict[str, str]:
         """Variables to set in a worker's environment (read before the framework initialises)."""
@@ -53,6 +55,18 @@ class FrameworkInfo:
             return f"{self.name} does not support precision {precision!r} (supports {', '.join(self.precisions)})"
         return None
 
+    def multi_worker_reason(self, workers: int, mode: str, trains_on_data: bool) -> str | None:
+        """Why a cell of ``workers`` data-parallel processes cannot run (None when it can)."""
+        if workers == 1:
+            return None
+        if self.data_parallel is None:
+            return f"{self.name} has no multi-worker path: {self.why_not_data_parallel}"
+        if mode != "train":
+            return "multi-worker trials train data-parallel; inference cells run with workers = 1"
+        if trains_on_data:
+            return "multi-worker trials measure training throughput; accuracy runs use workers = 1"
+        return None
+
 
 FRAMEWORKS: dict[str, FrameworkInfo] = {
     f.name: f
@@ -66,6 +80,7 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
             ("eager", "inductor"),
             thread_vars=("OMP_NUM_THREADS", "MKL_NUM_THREADS"),
             preload=("torch._dynamo",),  # the first optimiser constructed imports it (about 2 s)
+            data_parallel="torch.distributed (gloo on CPU, NCCL on GPU)",
         ),
         FrameworkInfo(
             "tensorflow",
@@ -77,6 +92,7 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
             thread_vars=("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"),
             one_thread_flags=_XLA_ONE_THREAD,
             runtime_env=(("TF_FORCE_GPU_ALLOW_GROWTH", "true"),),  # peaks mean nothing after a grab-all
+            data_parallel="MultiWorkerMirroredStrategy's collective all-reduce (ring/gloo on CPU, NCCL on GPU)",
         ),
         FrameworkInfo(
             "jax",
@@ -87,6 +103,7 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
             ("eager", "jit"),
             one_thread_flags=_XLA_ONE_THREAD,
             runtime_env=(("XLA_PYTHON_CLIENT_PREALLOCATE", "false"),),  # peaks mean nothing after a grab-all
+            data_parallel="jax.distributed (gloo on CPU; NCCL/ICI on GPU/TPU), one global mesh",
         ),
         FrameworkInfo(
             "mxnet",
@@ -100,6 +117,10 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
             why_not=(
                 ("gpu", "MXNet's last GPU wheels (1.9.1, CUDA <= 11.7) predate CUDA 11.8 and current drivers"),
                 ("tpu", "MXNet has no TPU backend"),
+            ),
+            why_not_data_parallel=(
+                "its kvstore dist_sync needs ps-lite's scheduler and server processes beside the workers "
+                "(DMLC_ROLE roles), which the harness does not run; MXNet 1.9.1 is the retired last release"
             ),
         ),
     )

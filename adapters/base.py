@@ -53,6 +53,7 @@ class BuildOptions(Optimization):
     threads: int = 1
     trainable: bool = True  # False: inference only, no optimiser state is built
     extra: Mapping[str, Any] = field(default_factory=dict)  # framework options (FrameworkInfo.options)
+    workers: int = 1  # data-parallel processes training this model (after init_distributed)
 
     @classmethod
     def for_training(cls, optimization: Optimization, **build: Any) -> BuildOptions:
@@ -73,6 +74,25 @@ class Adapter(ABC):
     def __init__(self, arch: Architecture, params: dict[str, np.ndarray], options: BuildOptions):
         self.arch = arch
         self.options = options
+        self.comm_s = 0.0  # data-parallel: seconds spent in the gradient all-reduce, where it can be timed
+        self.comm_steps = 0  # ... over this many training steps
+
+    @classmethod
+    def init_distributed(cls, rank: int, peers: list[str], timeout_s: float) -> None:
+        """Join a data-parallel job of ``len(peers)`` processes before the first model is built.
+
+        ``peers[0]`` is the coordinator's ``host:port`` and ``peers[r]`` rank ``r``'s endpoint, chosen
+        by the harness. Collective operations time out after ``timeout_s``. A model built afterwards
+        with ``options.workers == len(peers)`` trains data-parallel: each process computes on its own
+        share of the global batch (``to_device`` takes the local share), the gradients are averaged
+        over every process with the framework's own collectives, and every process applies the same
+        update, so that one step equals the single-process step on the whole global batch.
+        """
+        raise NotImplementedError(f"{cls.name} has no data-parallel path")
+
+    def comm_s_per_step(self) -> float | None:
+        """Mean seconds per training step in the gradient all-reduce (None where not measurable)."""
+        return self.comm_s / self.comm_steps if self.comm_steps else None
 
     @property
     @abstractmethod

@@ -34,7 +34,17 @@ class JaxAdapter(Adapter):
 
     def __init__(self, arch: Architecture, params: dict[str, np.ndarray], options: BuildOptions):
         super().__init__(arch, params, options)
-        self.device = jax.devices(options.device)[0]
+        self.device = jax.local_devices(backend=options.device)[0]
+        # data-parallel: one mesh over every process's devices; the weights replicated, batches split
+        # along it. jit then partitions the single-process step (XLA inserts the gradient all-reduce
+        # itself; batch-norm statistics are over the global batch), so no step code changes.
+        self._sharded = options.workers > 1
+        if self._sharded:
+            from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+            mesh = Mesh(np.array(jax.devices(options.device)), ("data",))
+            self._replicated = NamedSharding(mesh, PartitionSpec())
+            self._split = NamedSharding(mesh, PartitionSpec("data"))
         self._jit = options.compile != "off"
         forward = build(arch)
         lr, momentum, optimizer = options.learning_rate, options.momentum, options.optimizer
@@ -65,6 +75,23 @@ class JaxAdapter(Adapter):
         self._last: Any = None
         self.load_params(params)
 
+    @classmethod
+    def init_distributed(cls, rank: int, peers: list[str], timeout_s: float) -> None:
+        """``jax.distributed`` with its coordinator at ``peers[0]`` (CPU collectives: gloo, JAX's default)."""
+        jax.distributed.initialize(
+            coordinator_address=peers[0],
+            num_processes=len(peers),
+            process_id=rank,
+            initialization_timeout=max(1, int(timeout_s)),
+            heartbeat_timeout_seconds=max(10, int(timeout_s)),
+        )
+
+    def _put(self, value: np.ndarray) -> jax.Array:
+        """A canonical array on this adapter's device, or replicated over the data-parallel mesh."""
+        if not self._sharded:
+            return jax.device_put(value, self.device)
+        return jax.make_array_from_callback(value.shape, self._replicated, lambda index: value[index])
+
     @property
     def compile_mode(self) -> str:
         return "jit" if self._jit else "eager"
@@ -74,6 +101,8 @@ class JaxAdapter(Adapter):
         return str(jax.__version__)
 
     def to_device(self, x: np.ndarray) -> jax.Array:
+        if self._sharded:  # this process's share of the global batch
+            return jax.make_array_from_process_local_data(self._split, to_channel_last(x))
         return jax.device_put(to_channel_last(x), self.device)  # int token ids stay int
 
     def train_step(self, x: jax.Array, y: jax.Array) -> jax.Array:
@@ -96,29 +125,33 @@ class JaxAdapter(Adapter):
         return all(a.is_ready() for a in self._pending() if isinstance(a, jax.Array))  # type: ignore[attr-defined]
 
     def to_numpy(self, value: jax.Array) -> np.ndarray:
+        if not value.is_fully_addressable:  # replicated over the processes: this process's copy
+            value = value.addressable_data(0)
         return np.asarray(value)
 
     def load_params(self, params: dict[str, np.ndarray]) -> None:
         check_params(self.arch, params)
 
         def put(keys: dict[str, Any]) -> Params:
-            return {k: jax.device_put(to_native_kernel(params[k]), self.device) for k in keys}
+            return {k: self._put(to_native_kernel(params[k])) for k in keys}
 
         self.params, self.state = put(self.arch.param_layout()), put(self.arch.state_layout())
 
         def zeros() -> Params:  # fresh buffers per slot: jit donates them
-            return {k: jnp.zeros_like(v) for k, v in self.params.items()}
+            return {k: self._put(np.zeros(v.shape, np.float32)) for k, v in self.params.items()}
 
         if not self.options.trainable:
             self.opt_state = {}
         elif self.options.optimizer == "sgd":
             self.opt_state = {"v": zeros()}
         else:
-            self.opt_state = {"t": jnp.zeros((), jnp.int32), "m": zeros(), "s": zeros()}
+            self.opt_state = {"t": self._put(np.zeros((), np.int32)), "m": zeros(), "s": zeros()}
 
     def export_params(self) -> dict[str, np.ndarray]:
         values = self.params | self.state
-        return {k: to_canonical_kernel(np.asarray(values[k], np.float32)) for k in self.arch.variable_layout()}
+        return {
+            k: to_canonical_kernel(self.to_numpy(values[k]).astype(np.float32)) for k in self.arch.variable_layout()
+        }
 
     def native_param_count(self) -> int:
         return sum(int(v.size) for v in jax.tree_util.tree_leaves(self.params))
@@ -137,6 +170,8 @@ class JaxAdapter(Adapter):
             "matmul_precision": str(jax.config.jax_default_matmul_precision),  # type: ignore[attr-defined]
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "schedulable_cpus": cpus,
+            "processes": jax.process_count(),
+            "global_devices": jax.device_count(),
         }
 
 

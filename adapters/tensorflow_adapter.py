@@ -12,8 +12,10 @@ forward pass, never seen by the gradient or the optimiser.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -31,6 +33,21 @@ from adapters.base import ADAM_BETAS, ADAM_EPS, Adapter, BuildOptions, check_par
 from adapters.layout import to_canonical_kernel, to_channel_last, to_native_kernel  # noqa: E402
 from adapters.tensorflow_layers import build  # noqa: E402
 from workloads.architectures import Architecture  # noqa: E402
+
+_STRATEGY: tf.distribute.Strategy | None = None  # set by init_distributed (multi-worker trials)
+
+
+@tf.function
+def _all_reduce_mean(grads: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    assert _STRATEGY is not None
+
+    def reduce(g: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        local = {k: tf.identity(v) for k, v in g.items()}  # on this replica's device (collectives need one)
+        out: dict[str, tf.Tensor] = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.MEAN, local)
+        return out
+
+    result: dict[str, tf.Tensor] = _STRATEGY.run(reduce, args=(grads,))
+    return result
 
 
 def _configure(threads: int) -> None:
@@ -65,12 +82,16 @@ class TensorflowAdapter(Adapter):
         b1, b2 = ADAM_BETAS
         forward = partial(build(arch), self.vars)
 
-        def train(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        def gradients(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
             with tf.GradientTape() as tape:
                 logits = forward(x, True)
                 loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits))
             # the embedding table's gradient comes as IndexedSlices: made dense, as the update touches every row
-            grads = {k: tf.convert_to_tensor(g) for k, g in zip(order, tape.gradient(loss, variables), strict=True)}
+            return loss, {
+                k: tf.convert_to_tensor(g) for k, g in zip(order, tape.gradient(loss, variables), strict=True)
+            }
+
+        def apply(grads: dict[str, tf.Tensor]) -> None:
             s = self._slots
             if optimizer == "sgd":
                 for k in order:
@@ -84,10 +105,17 @@ class TensorflowAdapter(Adapter):
                     m = s[f"m.{k}"].assign(b1 * s[f"m.{k}"] + (1 - b1) * g)
                     v = s[f"s.{k}"].assign(b2 * s[f"s.{k}"] + (1 - b2) * g * g)
                     self.vars[k].assign_sub(lr * (m / c1) / (tf.sqrt(v / c2) + ADAM_EPS))
+
+        def train(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+            loss, grads = gradients(x, y)
+            apply(grads)
             return loss
 
         wrap: Callable[[Any], Any] = (lambda f: tf.function(f, jit_compile=True)) if self._jit else (lambda f: f)
         self._train = wrap(train)
+        if options.workers > 1:  # XLA cannot compile the collective: gradients and update compile apart
+            self._gradients, self._apply = wrap(gradients), wrap(apply)
+            self._train = self._data_parallel_step
         self._infer = wrap(lambda x: forward(x, False))
         self._synced = True
 
@@ -99,6 +127,28 @@ class TensorflowAdapter(Adapter):
         for k, z in zeros.items():
             slots[f"m.{k}"], slots[f"s.{k}"] = tf.Variable(z), tf.Variable(z)
         return slots
+
+    @classmethod
+    def init_distributed(cls, rank: int, peers: list[str], timeout_s: float) -> None:
+        """``MultiWorkerMirroredStrategy`` over ``peers`` (TF_CONFIG), collectives timing out after ``timeout_s``.
+
+        Only its cross-worker all-reduce is used (the variables stay plain, one copy per worker,
+        updated identically); it must exist before TensorFlow's runtime starts."""
+        global _STRATEGY
+        os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": peers}, "task": {"type": "worker", "index": rank}})
+        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout_s)
+        _STRATEGY = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+
+    def _data_parallel_step(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        """Local gradients (XLA), their mean over the workers (the strategy's collective, timed), the update."""
+        assert _STRATEGY is not None, "init_distributed first"
+        loss, grads = self._gradients(x, y)
+        t0 = time.perf_counter()
+        mean = _all_reduce_mean(grads)
+        self.comm_s += time.perf_counter() - t0  # CPU collectives return finished; GPU: enqueue time only
+        self.comm_steps += 1
+        self._apply(mean)
+        return loss
 
     @property
     def compile_mode(self) -> str:

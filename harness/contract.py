@@ -31,11 +31,13 @@ from workloads.architectures import ARCHITECTURES
 from workloads.datasets import DATASETS, SYNTHETIC
 
 Mode = Literal["train", "infer"]
+Scaling = Literal["weak", "strong"]
 Status = Literal["ok", "failed", "timeout", "oom", "crash", "unsupported", "diverged"]
 Scenario = Literal["train_throughput", "train_to_accuracy", "infer_offline", "infer_single_stream"]
 MODES: tuple[str, ...] = get_args(Mode)
 DEVICES: tuple[str, ...] = get_args(Device)
 COMPILE: tuple[str, ...] = get_args(CompileChoice)
+SCALINGS: tuple[str, ...] = get_args(Scaling)
 STATUSES: tuple[str, ...] = get_args(Status)
 PRECISIONS: tuple[str, ...] = ("float32",)
 # Outcomes that are deterministic: ``--resume`` skips them. Others (crash, timeout, ...) run again.
@@ -251,12 +253,51 @@ class TrialSpec(Record):
     train: TrainSpec = TrainSpec()
     measure: MeasureSpec = MeasureSpec()
     options: dict[str, bool | int | float | str] = field(default_factory=dict)  # framework build options
+    # data-parallel workers, each a process of the framework (gang-scheduled); see global_batch
+    workers: int = field(default=1, metadata=_range(ge=1))
+    scaling: Scaling = "weak"  # weak: batch_size per worker; strong: batch_size global, split over workers
+    tpu_slice: str | None = None  # a TPU pod slice type ("v4-16"): one worker per host of one slice
+    accelerator_type: str | None = None  # Ray's accelerator type ("A100", "H100", "TPU-V4"): only such nodes
+
+    # fields left out of the canonical JSON while they hold these values (the keys of older journals)
+    _KEY_DEFAULTS: ClassVar[dict[str, object]] = {
+        "workers": 1,
+        "scaling": "weak",
+        "tpu_slice": None,
+        "accelerator_type": None,
+    }
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.scaling == "strong" and self.batch_size % self.workers:
+            raise ContractError(
+                f"batch_size: strong scaling splits the global batch of {self.batch_size} over {self.workers} "
+                f"workers; choose a multiple of {self.workers}"
+            )
+
+    @property
+    def global_batch(self) -> int:
+        """Samples one optimiser step consumes over all workers."""
+        return self.batch_size * self.workers if self.scaling == "weak" else self.batch_size
+
+    @property
+    def local_batch(self) -> int:
+        """Samples each worker computes on per step."""
+        return self.global_batch // self.workers
+
+    @property
+    def distributed(self) -> bool:
+        return self.workers > 1
 
     @property
     def name(self) -> str:
-        """``{arch}-{fw}-{mode}``, plus ``-{dataset}`` for cells on a real dataset (unique per suite)."""
+        """``{arch}-{fw}-{mode}``, plus ``-{dataset}`` for cells on a real dataset, ``-w{workers}`` for
+        multi-worker cells and ``-{tpu_slice}`` on a TPU slice."""
         base = f"{self.architecture}-{self.framework}-{self.mode}"
-        return base if self.dataset == SYNTHETIC else f"{base}-{self.dataset}"
+        base = base if self.dataset == SYNTHETIC else f"{base}-{self.dataset}"
+        if self.workers > 1:
+            base += f"-w{self.workers}"
+        return f"{base}-{self.tpu_slice}" if self.tpu_slice else base
 
     @property
     def trains_to_accuracy(self) -> bool:
@@ -278,6 +319,9 @@ class TrialSpec(Record):
         if data["train"]["target_accuracy"] is None:
             del data["train"]["target_accuracy"]
         del data["memory_limit_mb"]  # a resource limit, not what is measured: raising it resumes the same cell
+        for key, default in self._KEY_DEFAULTS.items():
+            if data[key] == default:
+                del data[key]
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     @functools.cached_property
@@ -295,6 +339,10 @@ class TrialRequest(Record):
     cache_dir: str | None = None  # where the GEMM peak calibration is cached
     fault: Literal["crash", "hang", "raise", "alloc"] | None = None  # test hook, never set by default
     parent_pid: int | None = None  # the launcher: the worker dies with it
+    rank: int = field(default=0, metadata=_range(ge=0))  # of spec.workers (0: the one whose result is kept)
+    peers: list[str] = field(default_factory=list)  # "host:port" of each rank's framework endpoint (rank 0:
+    # the coordinator); empty for a single-process trial
+    group: str | None = None  # "host:port" of rank 0's harness channel (step agreement, failures)
 
 
 @dataclass(kw_only=True)

@@ -35,6 +35,11 @@ ACHIEVED_GFLOPS = "achieved_gflops"
 NODE_PEAK_GFLOPS = "node_peak_gflops"
 PEAK_FRACTION = "peak_fraction"
 
+# multi-worker (data-parallel) trials: throughput above is global (all workers' samples per second)
+WORKERS = "workers"
+COMM_S_PER_STEP = "comm_s_per_step"  # gradient all-reduce, mean per step (where the framework lets it be timed)
+SCALING_EFFICIENCY = "scaling_efficiency"  # throughput / (workers x the batch's 1-worker cell of the same spec)
+
 # memory
 PEAK_HOST_RSS_MB = "peak_host_rss_mb"
 HOST_MEM_DELTA_MB = "host_mem_delta_mb"

@@ -259,8 +259,25 @@ def test_unset_target_keeps_the_keys_of_earlier_journals() -> None:
     earlier = spec.to_dict()
     del earlier["train"]["target_accuracy"]  # the spec as it was before targets existed
     del earlier["memory_limit_mb"]  # ... and before memory limits
+    for key in ("workers", "scaling", "tpu_slice", "accelerator_type"):  # ... and multi-worker trials
+        del earlier[key]
     text = json.dumps(earlier, sort_keys=True, separators=(",", ":"))
     assert spec.trial_key == hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def test_multi_worker_fields_change_the_key_only_when_set() -> None:
+    one = make()
+    assert one.replace(workers=1, scaling="weak").trial_key == one.trial_key
+    keys = {one.replace(**c).trial_key for c in ({"workers": 2}, {"tpu_slice": "v4-16"}, {"accelerator_type": "A100"})}
+    assert len(keys) == 3 and one.trial_key not in keys
+    two = make(batch_size=8, workers=2)
+    assert (two.global_batch, two.local_batch, two.name.endswith("-w2")) == (16, 8, True)
+    strong = two.replace(scaling="strong")
+    assert (strong.global_batch, strong.local_batch) == (8, 4)
+    with pytest.raises(ContractError, match="multiple of 3"):
+        make(batch_size=8, workers=3, scaling="strong")
+    with pytest.raises(ContractError, match="greater than or equal to 1"):
+        make(workers=0)
 
 
 def test_memory_limit_is_optional_and_not_part_of_the_key() -> None:

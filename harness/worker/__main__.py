@@ -52,8 +52,12 @@ def _inject(fault: str | None) -> None:
 
 
 def _status_for(exc: BaseException) -> str:
+    from harness.worker.group import PeerLost
+
     if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
         return "oom"
+    if isinstance(exc, PeerLost):  # a peer of a multi-worker trial died or hung: this one gave up
+        return "crash"
     return "failed"
 
 

@@ -22,7 +22,7 @@ import os
 import resource
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +31,7 @@ import numpy as np
 from harness.contract import MeasureSpec
 
 Clock = Callable[[], float]
+Agree = Callable[[Sequence[float]], list[float]]
 MAX_WINDOW_STEPS = 100_000
 
 
@@ -50,27 +51,43 @@ class Timing:
 
 
 def run_timed(
-    step: Callable[[], object], sync: Callable[[], None], budget: MeasureSpec, clock: Clock = time.perf_counter
+    step: Callable[[], object],
+    sync: Callable[[], None],
+    budget: MeasureSpec,
+    clock: Clock = time.perf_counter,
+    agree: Agree | None = None,
 ) -> Timing:
-    """Time ``step`` by the protocol above; ``sync`` is called before every clock read."""
+    """Time ``step`` by the protocol above; ``sync`` is called before every clock read.
+
+    ``agree`` (the workers of a multi-worker trial, :class:`harness.worker.group.Group.max`): the
+    element-wise maximum over every worker. The workers then use the same steps per window, start
+    the timed windows together, stop after the same window, and record each window as the slowest
+    worker's; the exchange happens between windows, untimed.
+    """
+    same = agree or (lambda values: list(values))
     sync()
     t0 = clock()
     step()
     sync()
-    compile_s = clock() - t0
+    compile_s = same([clock() - t0])[0]
     for _ in range(budget.warmup_steps):
         step()
-    per_window = calibrate_window(step, sync, budget, clock)
+    per_window = int(same([calibrate_window(step, sync, budget, clock)])[0])
     windows: list[float] = []
     sync()
+    same([0.0])  # a barrier: every worker starts its first window now
     start = last = clock()
-    while len(windows) * per_window < budget.min_steps or last - start < budget.min_time_s:
+    while True:
         for _ in range(per_window):
             step()
         sync()
         now = clock()
-        windows.append(now - last)
-        last = now
+        more = (len(windows) + 1) * per_window < budget.min_steps or now - start < budget.min_time_s
+        window, go_on = same([now - last, float(more)])
+        windows.append(window)
+        if not go_on:
+            break
+        last = now if agree is None else clock()
     return Timing(compile_s, windows, per_window)
 
 

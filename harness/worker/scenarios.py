@@ -24,7 +24,7 @@ import numpy as np
 from adapters.base import Adapter
 from harness import metrics as M
 from harness.contract import Scenario, TrialSpec
-from harness.worker.measure import Timing, run_timed, summarize
+from harness.worker.measure import Agree, Timing, run_timed, summarize
 from workloads.architectures import Architecture
 from workloads.datasets import Dataset
 
@@ -41,6 +41,7 @@ class TrialData:
     y: np.ndarray
     dataset: Dataset | None  # the real dataset, in the architecture's input shape (train_to_accuracy)
     node_peak_gflops: float
+    agree: Agree | None = None  # multi-worker trials: the maximum over every worker (measure.run_timed)
 
 
 @dataclass
@@ -60,9 +61,12 @@ def _latency(prefix: str, step_s: np.ndarray) -> dict[str, float]:
 
 
 def _throughput(timing: Timing, trial: TrialSpec, data: TrialData) -> dict[str, float]:
-    """Throughput (median step), its within-process interval, FLOP rate and fraction of the node's peak."""
+    """Throughput (median step), its within-process interval, FLOP rate and fraction of the node's peak.
+
+    Multi-worker trials: samples of the global batch per second, and the FLOP rate of all workers
+    against the peak of one worker's cores (so the peak fraction is summed over the workers)."""
     stats = summarize(timing.step_s)
-    bs = trial.batch_size
+    bs = trial.global_batch
     throughput = bs / stats["median"]
     flops = data.arch.flops_per_sample(trial.mode)
     gflops = flops * throughput / 1e9
@@ -88,11 +92,14 @@ def train_throughput(adapter: Adapter, trial: TrialSpec, data: TrialData) -> Out
     def step() -> None:
         last[0] = adapter.train_step(xd, yd)
 
-    timing = run_timed(step, adapter.sync, trial.measure)
+    timing = run_timed(step, adapter.sync, trial.measure, agree=data.agree)
     out = Outcome(
         metrics=_latency(M.LATENCY, timing.step_s) | _throughput(timing, trial, data),
         samples={M.TRAIN_WINDOW_S: timing.window_s},
     )
+    comm = adapter.comm_s_per_step()
+    if comm is not None:
+        out.metrics[M.COMM_S_PER_STEP] = comm
     final = float(adapter.to_numpy(last[0]))
     if not math.isfinite(final):
         out.diverged = f"training loss became {final} on the synthetic batch"

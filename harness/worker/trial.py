@@ -21,7 +21,9 @@ from adapters import load_adapter
 from adapters.base import BuildOptions
 from harness import metrics as M
 from harness.contract import TrialRequest, TrialResult, TrialSpec
+from harness.worker.group import Group
 from harness.worker.measure import current_rss_mb, gemm_peak_gflops, peak_rss_mb
+from harness.worker.node import node_info
 from harness.worker.scenarios import SCENARIOS, TrialData
 from workloads import datasets
 from workloads.architectures import get
@@ -29,8 +31,11 @@ from workloads.architectures import get
 THREAD_ENV_KEYS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "XLA_FLAGS", "CUDA_VISIBLE_DEVICES")
 
 
-def prepare(spec: TrialSpec, dataset_path: str | None, node_peak_gflops: float) -> TrialData:
-    """The architecture (resized for the trial's dataset), canonical weights, timing batch and data."""
+def prepare(spec: TrialSpec, dataset_path: str | None, node_peak_gflops: float, rank: int = 0) -> TrialData:
+    """The architecture (resized for the trial's dataset), canonical weights, timing batch and data.
+
+    The timing batch is the global batch (``spec.global_batch`` samples); worker ``rank`` of a
+    multi-worker trial keeps its consecutive share of it, so the workers together see that batch."""
     arch = get(spec.architecture)
     data = None
     if spec.dataset != datasets.SYNTHETIC:  # sized for the dataset's samples (the planner checked it can be)
@@ -42,9 +47,10 @@ def prepare(spec: TrialSpec, dataset_path: str | None, node_peak_gflops: float) 
             data = _fit(datasets.load(spec.dataset, dataset_path), arch.input_shape)
     # timing batch: synthetic, in the (resized) architecture's input shape; int ids for token models
     x, y = datasets.synthetic(
-        arch.input_shape, arch.num_classes, spec.batch_size, spec.seed + 1, vocab_size=arch.vocab_size
+        arch.input_shape, arch.num_classes, spec.global_batch, spec.seed + 1, vocab_size=arch.vocab_size
     )
-    return TrialData(arch, arch.init_variables(spec.seed), x, y, data, node_peak_gflops)
+    share = slice(rank * spec.local_batch, (rank + 1) * spec.local_batch)
+    return TrialData(arch, arch.init_variables(spec.seed), x[share], y[share], data, node_peak_gflops)
 
 
 def _fit(data: datasets.Dataset, input_shape: tuple[int, ...]) -> datasets.Dataset:
@@ -68,7 +74,16 @@ def run_trial(request: TrialRequest, preloaded: dict[str, float] | None = None) 
     t0 = time.perf_counter()
     adapter_cls = load_adapter(spec.framework)
     import_s = (preloaded or {}).get(spec.framework, time.perf_counter() - t0)
-    data = prepare(spec, request.dataset_path, peak)
+    group = None
+    if spec.distributed:
+        if request.group is None or len(request.peers) != spec.workers:
+            raise ValueError(f"{spec.name}: {spec.workers} workers need {spec.workers} peers and a group address")
+        timeout = collective_timeout_s(spec.timeout_s)
+        group = Group(request.rank, spec.workers, request.group, timeout)  # every worker is up, or PeerLost
+        adapter_cls.init_distributed(request.rank, request.peers, timeout)
+    data = prepare(spec, request.dataset_path, peak, request.rank)
+    if group is not None:
+        data = replace(data, agree=group.max)
     baseline_mb = current_rss_mb()
     options = BuildOptions.for_training(
         spec.train,
@@ -78,6 +93,7 @@ def run_trial(request: TrialRequest, preloaded: dict[str, float] | None = None) 
         threads=spec.threads,
         trainable=spec.mode == "train",
         extra=spec.options,
+        workers=spec.workers,
     )
     adapter = adapter_cls(data.arch, data.params, options)
     if adapter.native_param_count() != data.arch.param_count():
@@ -88,7 +104,7 @@ def run_trial(request: TrialRequest, preloaded: dict[str, float] | None = None) 
         trial_key=spec.trial_key,
         spec=spec,
         status="ok",
-        metrics={M.PARAM_COUNT: float(data.arch.param_count()), M.IMPORT_S: import_s},
+        metrics={M.PARAM_COUNT: float(data.arch.param_count()), M.IMPORT_S: import_s, M.WORKERS: float(spec.workers)},
         compile_mode=adapter.compile_mode,
         framework_version=adapter.framework_version(),
     )
@@ -110,7 +126,17 @@ def run_trial(request: TrialRequest, preloaded: dict[str, float] | None = None) 
     result.environment["process"] = "fork" if preloaded else "spawn"  # of a fork server / a fresh interpreter
     if preloaded:
         result.environment["fork_server_pid"] = os.getppid()
+    if group is not None:
+        result.environment["rank"] = request.rank
+        group.close()
     return result
+
+
+def collective_timeout_s(trial_timeout_s: float) -> float:
+    """How long a worker of a multi-worker trial waits for its peers (joining, each exchange, each
+    collective): a third of the trial's timeout, 10 s to 5 min, so that a dead or hung peer ends the
+    trial with its name well before the launcher's timeout would."""
+    return min(300.0, max(10.0, trial_timeout_s / 3))
 
 
 def _cpu_model() -> str:
@@ -136,4 +162,5 @@ def environment(runtime: dict[str, Any], threads: int) -> dict[str, Any]:
         "niceness": os.getpriority(os.PRIO_PROCESS, 0),
         "thread_env": {k: os.environ[k] for k in THREAD_ENV_KEYS if k in os.environ},
         "framework_runtime": runtime,
+        "node": node_info(),
     }

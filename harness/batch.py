@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import random
 import sys
 import time
@@ -37,10 +38,13 @@ from pathlib import Path
 from typing import Any
 
 from harness import forking, journal, track
+from harness import metrics as M
 from harness.cells import Cell, cells
 from harness.contract import FINAL, TrialResult, TrialSpec
 from harness.plan import Plan
 from harness.spec import SpecError
+
+BATCH_ID_ENV = "HARNESS_BATCH_ID"  # a new batch's id chosen beforehand (`harness submit` sets it for its job)
 
 
 @dataclass
@@ -119,9 +123,20 @@ class _Tracking:
 
         def write() -> None:
             assert self.parent is not None
+            # through cells(): a multi-worker cell is linked to its 1-worker cell (scaling efficiency)
+            every = {c.trial_key: c for c in cells(self.batch.results(), unstable_cv)}
+            logged = {processes[0].trial_key for processes in pending}
             for processes in pending:
-                run_id = self.tracker.log_cell(self.parent, self.batch.batch_id, Cell(processes, unstable_cv))
+                cell = every.get(processes[0].trial_key) or Cell(processes, unstable_cv)
+                run_id = self.tracker.log_cell(self.parent, self.batch.batch_id, cell)
                 self.batch.mark_synced(self.uri, processes, run_id)
+            # a multi-worker cell logged before its 1-worker cell gets its scaling efficiency now
+            runs = self.batch.synced(self.uri)
+            for c in every.values():
+                if c.single is not None and c.single.trial_key in logged and c.trial_key not in logged:
+                    efficiency = c.metrics.get(M.SCALING_EFFICIENCY)
+                    if efficiency is not None and c.trial_key in runs:
+                        self.tracker.client.log_metric(runs[c.trial_key][1], M.SCALING_EFFICIENCY, efficiency)
 
         if pending:
             self._guard(write)
@@ -137,7 +152,10 @@ class _Tracking:
 
 def _open_batch(runs_dir: Path, resume: str | None) -> tuple[journal.Batch, dict[str, Any]]:
     if not resume:
-        return journal.Batch(runs_dir, journal.new_batch_id()), {}
+        preset = os.environ.get(BATCH_ID_ENV)  # chosen by `harness submit`, which printed it
+        if preset and journal.Batch(runs_dir, preset).exists():
+            raise SpecError(f"batch {preset!r} ({BATCH_ID_ENV}) is already in {runs_dir}/; continue it with --resume")
+        return journal.Batch(runs_dir, preset or journal.new_batch_id()), {}
     batch = journal.Batch(runs_dir, resume)
     if not batch.exists():
         known = ", ".join(p.parent.name for p in sorted(runs_dir.glob("*/batch.json"))) or "none"

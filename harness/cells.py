@@ -55,6 +55,8 @@ class Cell:
     unstable_cv: float = UNSTABLE_CV
     seed: int = 0
     _metrics: dict[str, float] | None = field(default=None, repr=False)
+    # multi-worker cells: the batch's 1-worker cell of the same spec (scaling efficiency), set by cells()
+    single: Cell | None = field(default=None, repr=False)
 
     @property
     def spec(self) -> TrialSpec:
@@ -115,12 +117,12 @@ class Cell:
         if not self.step_groups:
             return None
         t = stats.cell_interval(self.step_groups, 50.0, seed=self.seed)
-        bs = self.spec.batch_size
+        bs = self.spec.global_batch
         return stats.Interval(bs / t.estimate, bs / t.high, bs / t.low, t.processes, t.between_known)
 
     @cached_property
     def process_throughputs(self) -> list[float]:
-        bs = self.spec.batch_size
+        bs = self.spec.global_batch
         return [bs / stats.process_value(g) for g in self.step_groups]
 
     @property
@@ -185,6 +187,9 @@ class Cell:
             if len(ok) > 1:  # one process's own window jitter says nothing about the cell
                 out.pop(M.THROUGHPUT_WITHIN_CI_LOW, None)
                 out.pop(M.THROUGHPUT_WITHIN_CI_HIGH, None)
+            base = self.single.throughput if self.single is not None else None
+            if base is not None:
+                out[M.SCALING_EFFICIENCY] = thr.estimate / (self.spec.workers * base.estimate)
         for q, key in M.percentile_keys(M.LATENCY).items():
             lat = self.latency(q)
             if lat is None:
@@ -220,4 +225,15 @@ class Cell:
 
 def cells(results: list[TrialResult], unstable_cv: float = UNSTABLE_CV) -> list[Cell]:
     """The cells of a batch's results (latest attempt per replica), in order of first appearance."""
-    return [Cell(group, unstable_cv) for group in group_cells(results).values()]
+    out = [Cell(group, unstable_cv) for group in group_cells(results).values()]
+    by_key = {c.trial_key: c for c in out}
+    for c in out:
+        if c.spec.workers > 1:
+            c.single = by_key.get(single_worker(c.spec).trial_key)
+    return out
+
+
+def single_worker(spec: TrialSpec) -> TrialSpec:
+    """The 1-worker cell a multi-worker cell's scaling efficiency is measured against: the same spec
+    in one process, on the per-worker batch (weak scaling) or the same global batch (strong)."""
+    return spec.replace(workers=1, scaling="weak", tpu_slice=None)

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from harness import batch, envs, journal, plan, report, track
+from harness import batch, envs, jobs, journal, plan, report, track
 from harness import compare as cmp
 from harness.cells import Cell, cells
 from harness.launch import node_cpus
@@ -78,6 +78,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         memory_limit_mb=args.memory_limit,
         repeats=args.repeats,
         reserve_cores=args.reserve_cores,
+        workers=_ints(args.workers),
+        scaling=args.scaling,
+        tpu_slices=_csv(args.tpu_slice),
+        accelerator_types=_csv(args.accelerator_type),
     )
     if args.max_repeats is not None and args.max_repeats <= 0:
         raise SpecError(f"max repeats must be a positive integer, got {args.max_repeats}")
@@ -161,11 +165,15 @@ def _print_plan(p: plan.Plan) -> None:
         f"{p.reserve_cores} core(s) reserved per node"
     )
     table = Table(title=title, header_style="bold")
-    for col in ("trial", "device", "batch", "threads", "dataset", "compile", "trial key", "skip reason"):
+    for col in ("trial", "device", "batch", "workers", "threads", "dataset", "compile", "trial key", "skip reason"):
         table.add_column(col)
     rows = [(s, "") for s in p.trials] + p.skipped
     for s, reason in rows:
-        table.add_row(s.name, s.device, str(s.batch_size), str(s.threads), s.dataset, s.compile, s.trial_key, reason)
+        workers = f"{s.workers} ({s.scaling})" if s.workers > 1 else "1"
+        device = f"{s.device} {s.tpu_slice or s.accelerator_type or ''}".strip()
+        table.add_row(
+            s.name, device, str(s.batch_size), workers, str(s.threads), s.dataset, s.compile, s.trial_key, reason
+        )
     console.print(table)
     console.print("dry run: nothing was run")
 
@@ -460,6 +468,18 @@ def build_parser() -> argparse.ArgumentParser:
     axis("--batch-size", "batch sizes")
     axis("--device", "devices: cpu, gpu, tpu")
     axis("--dataset", "datasets train cells run on (default: the suite's); infer cells always use synthetic data")
+    axis(
+        "--workers",
+        "data-parallel workers per train cell, e.g. 1,2,4: each a process of its framework, gang-scheduled on a "
+        "Ray placement group (default: the suite's, else 1)",
+    )
+    r.add_argument(
+        "--scaling",
+        choices=("weak", "strong"),
+        help="multi-worker cells: weak keeps --batch-size per worker (default), strong splits it over the workers",
+    )
+    axis("--tpu-slice", "TPU pod slice types for --device tpu, e.g. v4-8,v4-16: one worker per host of one slice")
+    axis("--accelerator-type", "Ray accelerator types for gpu/tpu cells, e.g. A100,H100 (only nodes of that type)")
     r.add_argument("--compile", help="auto (each framework's fast path where it pays), on, off (eager)")
     r.add_argument(
         "--threads",
@@ -556,6 +576,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("batch_id", metavar="BATCH_ID")
     common(s)
     s.set_defaults(func=cmd_sync)
+
+    jobs.add_parsers(sub)  # submit, jobs, logs, stop: a batch as a Ray Job (after run: submit takes its options)
     return p
 
 

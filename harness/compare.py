@@ -33,8 +33,8 @@ from harness import stats
 from harness.cells import Cell
 from harness.spec import SpecError
 
-MATCH = ("architecture", "framework", "mode", "device", "batch_size", "dataset")
-AXES = ("framework", "compile", "batch_size", "device")
+MATCH = ("architecture", "framework", "mode", "device", "batch_size", "dataset", "workers", "scaling")
+AXES = ("framework", "compile", "batch_size", "device", "workers")
 # what differs by design when comparing along an axis (with the framework: its version)
 EXPECTED = {
     "framework": {"framework_version", "compile mode", "options"},  # each its own path and build options
@@ -200,6 +200,8 @@ class Comparison:
 def _label(cell: Cell, skip: str | None = None) -> str:
     s = cell.spec
     parts = [s.architecture, s.framework, s.mode, f"bs{s.batch_size}", s.device]
+    if s.workers > 1:
+        parts.append(f"w{s.workers}-{s.scaling}")
     if s.dataset != "synthetic":
         parts.append(s.dataset)
     if skip is not None:

@@ -29,7 +29,13 @@ START_TIMEOUT_S = 300.0  # a framework import on a busy node
 
 
 def enabled(spec: TrialSpec) -> bool:
-    return sys.platform.startswith("linux") and spec.device == "cpu" and os.environ.get(PROCESS_ENV) != "spawn"
+    # multi-worker trials start fresh: a fork would inherit a framework runtime their collectives must set up first
+    return (
+        sys.platform.startswith("linux")
+        and spec.device == "cpu"
+        and spec.workers == 1
+        and os.environ.get(PROCESS_ENV) != "spawn"
+    )
 
 
 def _folder() -> Path:

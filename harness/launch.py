@@ -112,6 +112,9 @@ def launch(
     fault: str | None = None,
     python: str | None = None,
     cores: int | None = None,
+    rank: int = 0,
+    peers: list[str] | None = None,
+    group: str | None = None,
 ) -> TrialResult:
     """Run ``spec`` in a fresh worker process and return its result, whatever happened to it.
 
@@ -127,6 +130,9 @@ def launch(
         cache_dir=cache_dir,
         fault=fault,  # type: ignore[arg-type]
         parent_pid=os.getpid(),
+        rank=rank,
+        peers=peers or [],
+        group=group,
     )
     cap = MemoryCap(spec.memory_limit_mb or default_limit_mb(spec.threads, cores=cores))
     with tempfile.TemporaryDirectory(prefix="harness-trial-") as tmp:

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from adapters import FRAMEWORKS
-from harness.contract import COMPILE, DEVICES, MODES, ContractError, TrainSpec, TrialSpec, unknown_choice
-from harness.spec import SpecError, SuiteSpec
+from harness.contract import COMPILE, DEVICES, MODES, SCALINGS, ContractError, TrainSpec, TrialSpec, unknown_choice
+from harness.spec import SpecError, SuiteSpec, check_slice_type
 from workloads.architectures import ARCHITECTURES, get
 from workloads.datasets import DATASETS, INFO, SYNTHETIC
 
@@ -33,6 +33,10 @@ class Overrides:
     memory_limit_mb: int | None = None
     repeats: int | None = None
     reserve_cores: int | None = None
+    workers: Sequence[int] | None = None
+    scaling: str | None = None
+    tpu_slices: Sequence[str] | None = None
+    accelerator_types: Sequence[str] | None = None
 
 
 @dataclass
@@ -122,6 +126,26 @@ def validate(o: Overrides) -> None:
         raise SpecError(f"repeats must be a positive integer, got {o.repeats}")
     if o.reserve_cores is not None and o.reserve_cores < 0:
         raise SpecError(f"reserve cores must be 0 or more, got {o.reserve_cores}")
+    for w in o.workers or ():
+        if w <= 0:
+            raise SpecError(f"workers must be a positive integer, got {w}")
+    if o.scaling is not None:
+        _check("scaling", [o.scaling], SCALINGS)
+    for t in o.tpu_slices or ():
+        try:
+            check_slice_type(t)
+        except ValueError as e:
+            raise SpecError(str(e)) from None
+
+
+def _slice_hosts(slice_type: str) -> int:
+    """Hosts of a TPU slice type: one worker each."""
+    from harness.gang import Unplaceable, tpu_hosts
+
+    try:
+        return tpu_hosts(slice_type)[0]
+    except Unplaceable as e:
+        raise SpecError(str(e)) from None
 
 
 def _unique(values: Sequence[T]) -> list[T]:
@@ -166,6 +190,8 @@ def expand(
     validate(o)
     unavailable = unavailable or {}
     plan = Plan(suite, repeats=o.repeats or suite.repeats, reserve_cores=reserve_cores)
+    slices: list[str | None] = list(_unique(o.tpu_slices or suite.tpu_slices)) or [None]
+    kinds: list[str | None] = list(_unique(o.accelerator_types or suite.accelerator_types)) or [None]
     axes = itertools.product(  # each axis de-duplicated, order kept: one trial per cell
         _unique(o.architectures or suite.architectures),
         _unique(o.datasets or suite.datasets),
@@ -173,11 +199,20 @@ def expand(
         _unique(o.modes or suite.modes),
         _unique(o.devices or suite.devices),
         _unique(o.batch_sizes or suite.batch_sizes),
+        _unique(o.workers or suite.workers),
+        slices,
+        kinds,
     )
     seen: set[str] = set()
     impossible: list[str] = []
-    for arch, dataset, fw, mode, device, batch in axes:
+    for arch, dataset, fw, mode, device, batch, workers, tpu_slice, kind in axes:
         dataset = dataset if mode == "train" else SYNTHETIC
+        tpu_slice = tpu_slice if device == "tpu" else None  # slices and accelerator types: device cells only
+        kind = kind if device != "cpu" else None
+        if tpu_slice:
+            workers = _slice_hosts(tpu_slice)
+        elif mode != "train":
+            workers = 1  # inference runs in one process (one cell, whatever the workers axis)
         train = TrainSpec()
         if mode == "train":
             train = suite.train.replace(target_accuracy=suite.targets.get(dataset))
@@ -199,6 +234,10 @@ def expand(
                     "train": train,
                     "measure": suite.measure,
                     "options": suite.options.get(fw, {}),
+                    "workers": workers,
+                    "scaling": o.scaling or suite.scaling,
+                    "tpu_slice": tpu_slice,
+                    "accelerator_type": kind,
                 }
             )
         except ContractError as e:
@@ -209,7 +248,13 @@ def expand(
         problem = data_problem(arch, dataset, batch)
         if problem:
             impossible.append(problem)
-        reason = unavailable.get(fw) or FRAMEWORKS[fw].unsupported_reason(device, suite.precision, mode) or problem
+        info = FRAMEWORKS[fw]
+        reason = (
+            unavailable.get(fw)
+            or info.unsupported_reason(device, suite.precision, mode)
+            or info.multi_worker_reason(spec.workers, mode, spec.trains_to_accuracy)
+            or problem
+        )
         if reason:
             plan.skipped.append((spec, reason))
         else:

@@ -41,6 +41,10 @@ def _compact(x: float) -> str:
     return f"{x:.3g}"
 
 
+def _workers(c: Cell) -> str:
+    return str(c.spec.workers) if c.spec.workers == 1 else f"{c.spec.workers} {c.spec.scaling}"
+
+
 def _interval(c: Cell) -> str:
     t = c.throughput
     if t is None:
@@ -83,6 +87,11 @@ def comparison_table(results: Iterable[TrialResult] | Iterable[Cell], title: str
         ("dataset", "left", lambda c: c.spec.dataset),
         ("device", "left", lambda c: c.spec.device),
         ("batch", "right", lambda c: str(c.spec.batch_size)),
+        (
+            "workers",
+            "right",
+            lambda c: str(c.spec.workers) if c.spec.workers == 1 else f"{c.spec.workers} {c.spec.scaling}",
+        ),
         ("exec", "left", lambda c: c.representative.compile_mode or "-"),
         ("samples/s", "right", lambda c: _num(c.metrics.get(M.THROUGHPUT), ",.0f")),
         ("95% CI", "right", _interval),
@@ -93,6 +102,7 @@ def comparison_table(results: Iterable[TrialResult] | Iterable[Cell], title: str
         ("compile s", "right", lambda c: _num(c.metrics.get(M.COMPILE_S), ".2f")),
         ("RSS MB", "right", lambda c: _num(c.metrics.get(M.PEAK_HOST_RSS_MB), ".0f")),
         ("% peak", "right", peak),
+        ("scaling eff", "right", lambda c: _num(c.metrics.get(M.SCALING_EFFICIENCY), ".2f")),
         ("val acc", "right", lambda c: _num(c.metrics.get(M.VAL_ACCURACY), ".3f")),
         ("to target s", "right", _to_target),
         ("status", "left", _status),
@@ -100,11 +110,18 @@ def comparison_table(results: Iterable[TrialResult] | Iterable[Cell], title: str
     hidden = set() if trained else {"dataset", "val acc", "to target s"}
     if len({c.spec.device for c in rows}) <= 1:
         hidden.add("device")  # one device: the title says it
+    if all(c.spec.workers == 1 for c in rows):
+        hidden |= {"workers", "scaling eff"}
     columns = [col for col in columns if col[0] not in hidden]
     single = sum(1 for c in rows if c.unstable == ONE_PROCESS)
     caption = "samples/s: geometric mean over the cell's n processes; 95% interval and CV between processes"
     if single:
         caption += f"\n{single} cell(s) with {ONE_PROCESS} (--repeats 3 or more for an interval)"
+    if any(c.spec.workers > 1 for c in rows):
+        caption += (
+            "\nworkers: samples/s of all workers (weak: batch per worker; strong: global batch); "
+            "scaling eff: samples/s / (workers x the 1-worker cell's)"
+        )
     targets = sorted({(c.spec.dataset, c.spec.train.target_accuracy) for c in rows if c.spec.train.target_accuracy})
     if trained and targets:
         caption += "\nto target s: training seconds to held-out accuracy " + ", ".join(
@@ -126,6 +143,7 @@ def comparison_table(results: Iterable[TrialResult] | Iterable[Cell], title: str
             c.spec.batch_size,
             c.spec.device,
             c.spec.framework,
+            c.spec.workers,
         ),
     )
     for c in ordered:

@@ -13,17 +13,19 @@ import os
 import socket
 import threading
 from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import numpy as np
 import ray
 
+from harness import faults, gang
 from harness.contract import TrialResult, TrialSpec
 from harness.launch import NODE_CPUS_ENV, launch, lease_cores, node_cpus
 from harness.spec import SpecError
 from workloads import datasets
 
-DEVICE_RESOURCE = {"gpu": "GPU", "tpu": "TPU"}
+DEVICE_RESOURCE = gang.DEVICE_RESOURCE
 
 
 CONNECT_TIMEOUT_S = 30.0
@@ -158,30 +160,52 @@ def shutdown() -> None:
 
 
 def resources(spec: TrialSpec) -> dict[str, Any]:
-    req: dict[str, Any] = {"num_cpus": spec.threads}
-    if spec.device == "gpu":
-        req["num_gpus"] = 1
-    elif spec.device == "tpu":
-        req["resources"] = {"TPU": 1}
+    """Ray's options for one worker of ``spec`` (from its placement-group bundle)."""
+    b = gang.bundle(spec)
+    req: dict[str, Any] = {"num_cpus": b.pop("CPU")}
+    if "GPU" in b:
+        req["num_gpus"] = b.pop("GPU")
+    if b:
+        req["resources"] = b
     return req
 
 
 def unschedulable(specs: Iterable[TrialSpec], reserve: int = 0) -> list[str]:
-    """Why some trials could run on no node of the cluster (empty when all can)."""
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    """Why some trials could run on no node (set) of the cluster (empty when all can)."""
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    nodes = [n["Resources"] for n in alive]
     problems: list[str] = []
-    for device, threads in sorted({(s.device, s.threads) for s in specs}):
-        key = DEVICE_RESOURCE.get(device)
-        if key and not any(r.get(key, 0) >= 1 for r in nodes):
+    wanted = sorted({s.accelerator_type for s in specs if s.accelerator_type})
+    have_types = sorted({k.split(":", 1)[1] for r in nodes for k in r if k.startswith("accelerator_type:")})
+    for kind in wanted:
+        if kind not in have_types:
+            problems.append(
+                f"no node in the Ray cluster has accelerator type {kind} "
+                f"(cluster has: {', '.join(have_types) or 'no typed accelerators'})"
+            )
+    checked: set[tuple[str, int, int, str | None, str | None]] = set()
+    for s in specs:
+        key = (s.device, s.threads, s.workers, s.tpu_slice, s.accelerator_type)
+        if key in checked or (s.accelerator_type and s.accelerator_type not in have_types):
+            continue
+        checked.add(key)
+        device = DEVICE_RESOURCE.get(s.device)
+        if device and not any(r.get(device, 0) >= 1 for r in nodes):
             have = ", ".join(sorted({k for r in nodes for k in r if k in ("CPU", "GPU", "TPU")}))
-            problems.append(f"no node in the Ray cluster has a {device.upper()} (cluster has: {have})")
-        elif not any(r.get("CPU", 0) >= threads and (not key or r.get(key, 0) >= 1) for r in nodes):
+            problems.append(f"no node in the Ray cluster has a {s.device.upper()} (cluster has: {have})")
+            continue
+        if s.workers > 1 or s.tpu_slice:
+            try:
+                gang.placement(s, alive)
+            except gang.Unplaceable as e:
+                problems.append(str(e))
+        elif not any(r.get("CPU", 0) >= s.threads and (not device or r.get(device, 0) >= 1) for r in nodes):
             most = max((int(r.get("CPU", 0)) for r in nodes), default=0)
             kept = f" after {reserve} reserved for the harness (--reserve-cores)" if reserve else ""
             problems.append(
-                f"trials need {threads} CPUs on one node; the largest node offers {most}{kept} (use --threads)"
+                f"trials need {s.threads} CPUs on one node; the largest node offers {most}{kept} (use --threads)"
             )
-    return problems
+    return list(dict.fromkeys(problems))
 
 
 def _materialize(name: str, sha256: str, arrays_ref: list[Any]) -> str:
@@ -195,44 +219,71 @@ def _materialize(name: str, sha256: str, arrays_ref: list[Any]) -> str:
 
 
 def _run_trial(
-    spec_json: str, replica: int, dataset: tuple[str, str, list[Any]] | None, fault: str | None, reserve: int
+    spec_json: str,
+    replica: int,
+    dataset: tuple[str, str, list[Any]] | None,
+    fault: str | None,
+    reserve: int,
+    rank: int = 0,
+    peers: list[str] | None = None,
+    group: str | None = None,
 ) -> str:
     spec = TrialSpec.from_json(spec_json)
     path = _materialize(*dataset) if dataset else None
     cache = str(datasets.cache_dir().parent)
     with lease_cores(spec.threads, reserve=reserve) as cpus:
         cores = len(node_cpus()) - reserve  # the trials that fit share the node's memory (default cap)
-        result = launch(spec, cpus=cpus, dataset_path=path, cache_dir=cache, fault=fault, cores=cores)
+        result = launch(
+            spec,
+            cpus=cpus,
+            dataset_path=path,
+            cache_dir=cache,
+            fault=fault,
+            cores=cores,
+            rank=rank,
+            peers=peers,
+            group=group,
+        )
     result.replica = replica
     result.environment["reserved_cores"] = node_cpus()[:reserve]
+    result.environment["ray_node_id"] = ray.get_runtime_context().get_node_id()
     return result.to_json()
 
 
 Run = tuple[TrialSpec, int]  # a cell and which of its processes (replica)
 
 
-def _slots(specs: list[TrialSpec]) -> int:
-    """How many of these trials the cluster holds at once (its CPUs, and GPUs/TPUs where asked)."""
-    have = ray.cluster_resources()
-    slots = int(have.get("CPU", 1) // max(1, min((s.threads for s in specs), default=1)))
-    for device, key in DEVICE_RESOURCE.items():
-        if any(s.device == device for s in specs):
-            slots = min(slots, int(have.get(key, 0))) if slots else int(have.get(key, 0))
-    return max(1, slots)
+def _cpus(spec: TrialSpec) -> int:
+    return spec.threads * spec.workers
+
+
+def _task_failed(spec: TrialSpec, replica: int, e: BaseException) -> TrialResult:
+    """The result of a trial's Ray task that died without one (its node lost, its worker killed)."""
+    return TrialResult(
+        trial_key=spec.trial_key,
+        spec=spec,
+        status="crash",
+        reason=faults.task_failure_reason(e)[:2000],
+        replica=replica,
+    )
 
 
 def run_all(
     runs: list[Run],
     on_result: Callable[[TrialResult], None],
-    faults: dict[str, str] | None = None,
+    faults_by_name: dict[str, str] | None = None,
     reserve: int = 0,
 ) -> None:
     """Run every (cell, replica) in the given order and hand each result to ``on_result`` as it completes.
 
-    At most as many are in flight as the cluster's CPUs hold at once, and the next is submitted as
-    one finishes, so they start in the given (interleaved) order rather than in Ray's.
+    At most as many are in flight as the cluster's CPUs hold at once (a multi-worker trial counts
+    all its workers), and the next is submitted as one finishes, so they start in the given
+    (interleaved) order rather than in Ray's. Each run is driven by a thread of this driver: a
+    single-process trial is one Ray task; a multi-worker trial is gang-scheduled
+    (:func:`harness.gang.run_gang`). A fault (test hook) goes to a single-process trial, or to the
+    last worker of a multi-worker one.
     """
-    faults = faults or {}
+    injected = faults_by_name or {}
     specs = [s for s, _ in runs]
     shared: dict[str, tuple[str, str, list[Any]]] = {}
     for name in {s.dataset for s in specs if s.trains_to_accuracy}:
@@ -240,30 +291,49 @@ def run_all(
         arrays = dict(np.load(prepared.path))
         shared[name] = (name, prepared.sha256, [ray.put(arrays)])
     task = ray.remote(max_retries=0)(_run_trial)
-    slots = _slots(specs)
-    queue = list(runs)
-    pending: dict[Any, Run] = {}
+    capacity = max(1, int(ray.cluster_resources().get("CPU", 1)))
 
-    def submit() -> None:
-        while queue and len(pending) < slots:
-            spec, replica = queue.pop(0)
-            ds = shared.get(spec.dataset) if spec.trains_to_accuracy else None
-            ref = task.options(**resources(spec)).remote(spec.to_json(), replica, ds, faults.get(spec.name), reserve)
-            pending[ref] = (spec, replica)
+    def execute(spec: TrialSpec, replica: int) -> TrialResult:
+        ds = shared.get(spec.dataset) if spec.trains_to_accuracy else None
+        fault = injected.get(spec.name)
+        if spec.workers == 1 and not spec.tpu_slice:
+            ref = task.options(**resources(spec)).remote(spec.to_json(), replica, ds, fault, reserve)
+            try:
+                return TrialResult.from_json(ray.get(ref))
+            except Exception as e:  # the Ray task itself died (node lost, worker killed)
+                return _task_failed(spec, replica, e)
 
-    submit()
-    while pending:
-        done, _ = ray.wait(list(pending), num_returns=1)
-        spec, replica = pending.pop(done[0])
-        try:
-            result = TrialResult.from_json(ray.get(done[0]))
-        except Exception as e:  # the Ray task itself died (node lost, worker killed)
-            result = TrialResult(
-                trial_key=spec.trial_key,
-                spec=spec,
-                status="crash",
-                reason=f"Ray task failed: {e}"[:2000],
-                replica=replica,
+        def start(rank: int, peers: list[str], group: str, options: dict[str, Any]) -> Any:
+            last = rank == spec.workers - 1
+            return task.options(**resources(spec), **options).remote(
+                spec.to_json(), replica, ds, fault if last else None, reserve, rank, peers, group
             )
-        submit()  # the next one starts while this result is recorded
-        on_result(result)
+
+        result = gang.run_gang(spec, start, lambda rank, e: _task_failed(spec, replica, e))
+        result.replica = replica
+        return result
+
+    queue = list(runs)
+    in_flight: dict[Future[TrialResult], Run] = {}
+    used = 0
+    with ThreadPoolExecutor(max_workers=max(1, min(len(runs), capacity)), thread_name_prefix="trial") as pool:
+
+        def submit() -> None:
+            nonlocal used
+            while queue and (not in_flight or used + _cpus(queue[0][0]) <= capacity):
+                spec, replica = queue.pop(0)
+                used += _cpus(spec)
+                in_flight[pool.submit(execute, spec, replica)] = (spec, replica)
+
+        submit()
+        while in_flight:
+            done, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
+            for future in done:
+                spec, replica = in_flight.pop(future)
+                used -= _cpus(spec)
+                try:
+                    result = future.result()
+                except Exception as e:  # a bug in the driver's own code: recorded, the batch goes on
+                    result = _task_failed(spec, replica, e)
+                submit()  # the next one starts while this result is recorded
+                on_result(result)

@@ -22,11 +22,25 @@ from harness.contract import (
     Device,
     MeasureSpec,
     Mode,
+    Scaling,
     TrainSpec,
     unknown_choice,
 )
 from workloads.architectures import ARCHITECTURES
 from workloads.datasets import DATASETS, SYNTHETIC
+
+TPU_GENERATIONS = ("v2", "v3", "v4", "v5p", "v5litepod", "v6e", "v7x")
+
+
+def check_slice_type(value: str) -> str:
+    """A TPU pod slice type: generation and TensorCore/chip count, e.g. ``v4-16`` or ``v6e-8``."""
+    generation, _, size = value.partition("-")
+    if generation not in TPU_GENERATIONS or not size.isdigit() or int(size) <= 0:
+        raise ValueError(
+            f"unknown TPU slice type {value!r}; give GENERATION-SIZE with GENERATION one of "
+            f"{', '.join(TPU_GENERATIONS)} (e.g. v4-16)"
+        )
+    return value
 
 
 def _choice(kind: str, value: str, choices: Any) -> str:
@@ -64,6 +78,16 @@ class SuiteSpec(Frozen):
         description="cores per node kept for the driver and Ray (default 1; 0 on 1 core, 2 from 32; --reserve-cores)",
     )
     repeats: int = Field(1, ge=1, description="independent worker processes per cell (--repeats)")
+    workers: list[int] = Field(
+        default_factory=lambda: [1], description="data-parallel workers per train cell, each a process (--workers)"
+    )
+    scaling: Scaling = Field("weak", description="weak: batch size per worker; strong: global batch (--scaling)")
+    tpu_slices: list[str] = Field(
+        default_factory=list, description="TPU pod slice types for device tpu, e.g. v4-16: one worker per host"
+    )
+    accelerator_types: list[str] = Field(
+        default_factory=list, description="Ray accelerator types for GPU/TPU cells, e.g. A100, H100 (an axis)"
+    )
     unstable_cv: float = Field(0.10, gt=0, description="a cell whose processes' throughput CV exceeds this is unstable")
     seed: int = 0
     timeout_s: float = Field(600.0, gt=0)
@@ -108,6 +132,20 @@ class SuiteSpec(Frozen):
     @classmethod
     def _archs(cls, v: list[str]) -> list[str]:
         return [_choice("architecture", x, ARCHITECTURES) for x in v]
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, v: list[int]) -> list[int]:
+        if not v or any(w <= 0 for w in v):
+            raise ValueError(f"workers must be positive integers, got {v}")
+        return v
+
+    @field_validator("tpu_slices")
+    @classmethod
+    def _slices(cls, v: list[str]) -> list[str]:
+        for t in v:
+            check_slice_type(t)
+        return v
 
     @field_validator("batch_sizes")
     @classmethod

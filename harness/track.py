@@ -190,7 +190,14 @@ class Tracker:
             "target_accuracy": s.train.target_accuracy if s.train.target_accuracy is not None else "none",
             "seed": s.seed,
             "repeats": cell.repeats,  # processes the figures come from (failed ones: tags.reason)
+            "workers": s.workers,  # data-parallel processes per trial (throughput is global)
         }
+        if s.workers > 1:
+            params["scaling"] = s.scaling
+        if s.tpu_slice:
+            params["tpu_slice"] = s.tpu_slice
+        if s.accelerator_type:
+            params["accelerator_type"] = s.accelerator_type
         if s.options:
             params["options"] = json.dumps(s.options, sort_keys=True)
         tags = {  # besides the identity tags the run was created with

@@ -56,13 +56,15 @@ def run_timed(
     budget: MeasureSpec,
     clock: Clock = time.perf_counter,
     agree: Agree | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> Timing:
     """Time ``step`` by the protocol above; ``sync`` is called before every clock read.
 
     ``agree`` (the workers of a multi-worker trial, :class:`harness.worker.group.Group.max`): the
     element-wise maximum over every worker. The workers then use the same steps per window, start
     the timed windows together, stop after the same window, and record each window as the slowest
-    worker's; the exchange happens between windows, untimed.
+    worker's; the exchange happens between windows, untimed. ``on_start`` is called just before
+    the first timed window (e.g. to reset counters that should cover the timed steps only).
     """
     same = agree or (lambda values: list(values))
     sync()
@@ -76,6 +78,8 @@ def run_timed(
     windows: list[float] = []
     sync()
     same([0.0])  # a barrier: every worker starts its first window now
+    if on_start is not None:
+        on_start()
     start = last = clock()
     while True:
         for _ in range(per_window):

@@ -92,7 +92,10 @@ def train_throughput(adapter: Adapter, trial: TrialSpec, data: TrialData) -> Out
     def step() -> None:
         last[0] = adapter.train_step(xd, yd)
 
-    timing = run_timed(step, adapter.sync, trial.measure, agree=data.agree)
+    def timed_from_here() -> None:  # the all-reduce time over the timed steps only
+        adapter.comm_s, adapter.comm_steps = 0.0, 0
+
+    timing = run_timed(step, adapter.sync, trial.measure, agree=data.agree, on_start=timed_from_here)
     out = Outcome(
         metrics=_latency(M.LATENCY, timing.step_s) | _throughput(timing, trial, data),
         samples={M.TRAIN_WINDOW_S: timing.window_s},

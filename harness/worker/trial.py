@@ -87,7 +87,7 @@ def run_trial(request: TrialRequest, preloaded: dict[str, float] | None = None) 
     baseline_mb = current_rss_mb()
     options = BuildOptions.for_training(
         spec.train,
-        device=spec.device,
+        device=backend_device(spec.device),
         precision=spec.precision,
         compile=spec.compile,
         threads=spec.threads,
@@ -126,10 +126,22 @@ def run_trial(request: TrialRequest, preloaded: dict[str, float] | None = None) 
     result.environment["process"] = "fork" if preloaded else "spawn"  # of a fork server / a fresh interpreter
     if preloaded:
         result.environment["fork_server_pid"] = os.getppid()
+    if options.device != spec.device:
+        result.environment[TPU_AS_CPU_ENV] = f"ran on the {options.device} backend: a fake {spec.device} (test hook)"
     if group is not None:
         result.environment["rank"] = request.rank
         group.close()
     return result
+
+
+TPU_AS_CPU_ENV = "HARNESS_TPU_AS_CPU"  # test hook: fake TPU nodes (Ray resources only) run on the CPU backend
+
+
+def backend_device(device: str) -> str:
+    """The device the adapter builds on: the trial's, except that with ``HARNESS_TPU_AS_CPU=1`` a TPU
+    trial runs on the CPU backend. Only tests of TPU placement on fake Ray nodes set it (they prove
+    placement, coordination and result collection, not TPU numbers); results then say so."""
+    return "cpu" if device == "tpu" and os.environ.get(TPU_AS_CPU_ENV) == "1" else device
 
 
 def collective_timeout_s(trial_timeout_s: float) -> float:

@@ -1,0 +1,183 @@
+"""Multi-worker (data-parallel) trials: parity of the native collectives, gang scheduling, faults.
+
+Parity: from the canonical weights, one SGD step of W = 2 processes, each on its half of the batch,
+must give the weights of one process's step on the whole batch. Averaging two half-batch mean
+gradients is the whole-batch mean gradient up to float32 reassociation (the sums run in another
+order), so the tolerance is float32's: measured here, the largest difference after the step was
+3e-8 absolute in every framework (weights of order 0.1-1, lr 0.05); ``atol=1e-6, rtol=1e-5``
+leaves a factor of 30 for other kernel paths (AVX-512 vs AVX2 reorder the same sums).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from adapters import FRAMEWORKS
+from harness import gang
+from harness.contract import TrialSpec
+from tests.conftest import REPO
+from tests.test_cli import TINY, harness
+
+DP_FRAMEWORKS = [fw for fw, info in FRAMEWORKS.items() if info.data_parallel]
+
+
+def _ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _probe(framework: str, arch: str, peers: list[str], out: Path) -> None:
+    """Run ``tests.dp_probe`` as ``len(peers)`` processes; rank 0 writes ``out``."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.dp_probe", framework, arch, str(rank), ",".join(peers), str(out)],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in range(len(peers))
+    ]
+    errors = [p.communicate(timeout=180)[1] for p in procs]
+    for p, err in zip(procs, errors, strict=True):
+        assert p.returncode == 0, err[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("framework", DP_FRAMEWORKS)
+def test_two_workers_on_halves_take_the_one_worker_step_on_the_whole_batch(framework: str, tmp_path: Path) -> None:
+    one, two = tmp_path / "w1.npz", tmp_path / "w2.npz"
+    _probe(framework, "mlp_deep", ["127.0.0.1:1"], one)
+    _probe(framework, "mlp_deep", [f"127.0.0.1:{p}" for p in _ports(2)], two)
+    a, b = np.load(one), np.load(two)
+    names = [k for k in a.files if k != "loss"]
+    assert names and set(names) == {k for k in b.files if k != "loss"}
+    for k in names:
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-6, err_msg=f"{framework}: {k}")
+    # the step really happened (the weights are not the initial ones in either run)
+    from workloads.architectures import get
+
+    initial = get("mlp_deep").init_variables(0)
+    assert max(float(np.max(np.abs(a[k] - initial[k]))) for k in names) > 1e-3
+
+
+def test_mxnet_multi_worker_cells_are_unsupported_with_the_reason() -> None:
+    reason = FRAMEWORKS["mxnet"].multi_worker_reason(2, "train", False)
+    assert reason is not None and "dist_sync" in reason
+    assert FRAMEWORKS["torch"].multi_worker_reason(2, "infer", False) is not None
+    assert FRAMEWORKS["torch"].multi_worker_reason(2, "train", True) is not None
+    assert FRAMEWORKS["torch"].multi_worker_reason(2, "train", False) is None
+    assert FRAMEWORKS["mxnet"].multi_worker_reason(1, "train", False) is None
+
+
+def _spec(**kw: object) -> TrialSpec:
+    base: dict[str, object] = {"architecture": "mlp_shallow", "framework": "jax", "mode": "train", "batch_size": 8}
+    return TrialSpec.from_dict(base | {"threads": 1} | kw)
+
+
+def _node(resources: dict[str, float], labels: dict[str, str] | None = None) -> dict[str, object]:
+    return {"Alive": True, "Resources": resources, "Labels": labels or {}}
+
+
+def test_placement_packs_on_one_node_when_it_fits_else_spreads() -> None:
+    big, small = _node({"CPU": 4.0}), _node({"CPU": 1.0})
+    assert gang.placement(_spec(workers=2), [big]).strategy == "STRICT_PACK"
+    assert gang.placement(_spec(workers=2), [small, small]).strategy == "SPREAD"
+    with pytest.raises(gang.Unplaceable, match="fit nowhere"):
+        gang.placement(_spec(workers=3), [small, small])
+    gpu = gang.placement(_spec(workers=2, device="gpu", accelerator_type="A100"), [
+        _node({"CPU": 8.0, "GPU": 2.0, "accelerator_type:A100": 1.0})
+    ])  # fmt: skip
+    assert gpu.bundles == [{"CPU": 1.0, "GPU": 1.0, "accelerator_type:A100": 0.001}] * 2
+
+
+def test_tpu_slice_bundles_target_each_host_of_one_slice() -> None:
+    assert gang.tpu_hosts("v4-16") == (2, 4) and gang.tpu_hosts("v4-8") == (1, 4)
+    labels = {"ray.io/tpu-slice-name": "s1", "ray.io/tpu-pod-type": "v4-16"}
+    hosts = [
+        _node({"CPU": 2.0, "TPU": 4.0, "s1": 1.0, "TPU-v4-16-head": 1.0}, labels | {"ray.io/tpu-worker-id": "0"}),
+        _node({"CPU": 2.0, "TPU": 4.0, "s1": 1.0}, labels | {"ray.io/tpu-worker-id": "1"}),
+    ]
+    p = gang.placement(_spec(device="tpu", tpu_slice="v4-16", workers=2), hosts)
+    assert p.strategy == "STRICT_SPREAD"
+    assert p.bundles[0] == {"CPU": 1.0, "TPU": 4.0, "s1": 1.0, "TPU-v4-16-head": 1.0}
+    assert p.bundles[1] == {"CPU": 1.0, "TPU": 4.0, "s1": 1.0}
+    assert p.label_selectors == [{**labels_of(0)}, {**labels_of(1)}]
+    with pytest.raises(gang.Unplaceable, match="no TPU slice of type v4-8.*slices: v4-16"):
+        gang.placement(_spec(device="tpu", tpu_slice="v4-8", workers=1), hosts)
+
+
+def labels_of(worker: int) -> dict[str, str]:
+    return {"ray.io/tpu-slice-name": "s1", "ray.io/tpu-worker-id": str(worker)}
+
+
+# --- end to end on the embedded Ray: two workers on the node's two cores --------------------------
+
+DP_RUN = ("--mode", "train", "--dataset", "synthetic", "--reserve-cores", "0", "--threads", "1")
+
+
+@pytest.mark.slow
+def test_two_worker_cells_run_gang_scheduled_with_scaling_efficiency(tmp_path: Path) -> None:
+    run = harness(tmp_path, "run", TINY, "--framework", "torch", "--workers", "1,2", *DP_RUN)
+    assert run.proc.returncode == 0, run.proc.stderr[-3000:]
+    rows = {int(r["spec"].get("workers", 1)): r for r in run.journal()}  # type: ignore[attr-defined]
+    assert set(rows) == {1, 2} and all(r["status"] == "ok" for r in rows.values())
+    two = rows[2]
+    workers = two["environment"]["workers"]  # type: ignore[index]
+    assert [w["rank"] for w in workers] == [0, 1]
+    assert {tuple(w["cpus"]) for w in workers} == {(0,), (1,)}  # each worker leased its own core
+    assert two["metrics"]["comm_s_per_step"] > 0  # type: ignore[index]
+    # throughput is global: the step's samples of both workers
+    assert two["metrics"]["workers"] == 2  # type: ignore[index]
+    client = MlflowClient(run.uri)
+    exp = client.get_experiment_by_name("harness")
+    assert exp is not None
+    (child,) = client.search_runs([exp.experiment_id], "params.workers = '2'")
+    eff = child.data.metrics["scaling_efficiency"]
+    thr = {w: client.search_runs([exp.experiment_id], f"params.workers = '{w}'")[0] for w in (1, 2)}
+    expected = thr[2].data.metrics["throughput_samples_per_s"] / (2 * thr[1].data.metrics["throughput_samples_per_s"])
+    assert eff == pytest.approx(expected, rel=1e-9)
+    assert child.data.params["scaling"] == "weak"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("fault", "status", "words"), [("crash", "crash", "SIGSEGV"), ("hang", "timeout", "rank")])
+def test_one_worker_failing_ends_the_trial_and_names_it(fault: str, status: str, words: str, tmp_path: Path) -> None:
+    env = {"HARNESS_INJECT_FAULTS": f"mlp_shallow-torch-train-w2={fault}"}
+    run = harness(tmp_path, "run", TINY, "--framework", "torch", "--workers", "2", "--timeout", "30", *DP_RUN, env=env)
+    assert run.proc.returncode == 1
+    (row,) = run.journal()
+    assert row["status"] == status, row["reason"]
+    reason = str(row["reason"])
+    assert reason.startswith("worker ") and " of 2 " in reason and words in reason
+    if fault == "crash":
+        assert reason.startswith("worker 1 of 2")  # the last worker got the fault
+    else:
+        assert "1" in reason.split("never joined")[0] or "rank 1" in reason
+    # no worker process is left behind
+    out = subprocess.run(["pgrep", "-f", "harness.worker --request"], capture_output=True, text=True)
+    assert out.stdout.strip() == ""
+
+
+@pytest.mark.slow
+def test_workers_that_fit_nowhere_exit_2_before_anything_runs(tmp_path: Path) -> None:
+    run = harness(tmp_path, "run", TINY, "--framework", "torch", "--workers", "2", "--mode", "train",
+                  "--dataset", "synthetic", "--reserve-cores", "1")  # fmt: skip
+    assert run.proc.returncode == 2
+    assert "fit nowhere" in run.proc.stderr
+    assert not list((tmp_path / "runs").glob("*/journal.jsonl")) or not run.journal()

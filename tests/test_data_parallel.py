@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -118,7 +119,7 @@ def test_tpu_slice_bundles_target_each_host_of_one_slice() -> None:
     assert p.bundles[0] == {"CPU": 1.0, "TPU": 4.0, "s1": 1.0, "TPU-v4-16-head": 1.0}
     assert p.bundles[1] == {"CPU": 1.0, "TPU": 4.0, "s1": 1.0}
     assert p.label_selectors == [{**labels_of(0)}, {**labels_of(1)}]
-    with pytest.raises(gang.Unplaceable, match="no TPU slice of type v4-8.*slices: v4-16"):
+    with pytest.raises(gang.Unplaceable, match=r"no TPU slice of type v4-8 .*slices: v4-16"):
         gang.placement(_spec(device="tpu", tpu_slice="v4-8", workers=1), hosts)
 
 
@@ -181,3 +182,71 @@ def test_workers_that_fit_nowhere_exit_2_before_anything_runs(tmp_path: Path) ->
     assert run.proc.returncode == 2
     assert "fit nowhere" in run.proc.stderr
     assert not list((tmp_path / "runs").glob("*/journal.jsonl")) or not run.journal()
+
+
+# --- a fake TPU pod slice and typed GPU nodes: a real Ray cluster of several nodes on this machine --
+
+
+@pytest.fixture(scope="module")
+def tpu_cluster() -> Iterator[str]:
+    """A head without CPUs, a v4-16 slice of two hosts advertising exactly what Ray gives TPU hosts
+    (``TPU`` chips, the slice-name resource, ``TPU-v4-16-head`` on worker 0, the ``ray.io/tpu-*``
+    labels), and a node of accelerator type A100. Nothing here has a TPU or a GPU: the trial's
+    workers run JAX's CPU backend (``HARNESS_TPU_AS_CPU=1``, inherited by the nodes' workers), so the
+    test proves placement, coordination and result collection on a slice, not TPU numbers."""
+    from ray.cluster_utils import Cluster
+
+    saved = os.environ.get("HARNESS_TPU_AS_CPU")
+    os.environ["HARNESS_TPU_AS_CPU"] = "1"
+    c = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 0})
+    labels = {"ray.io/tpu-slice-name": "slice-a", "ray.io/tpu-pod-type": "v4-16", "ray.io/tpu-topology": "2x2x2"}
+    for worker in range(2):
+        head = {"TPU-v4-16-head": 1} if worker == 0 else {}
+        c.add_node(
+            num_cpus=1,
+            resources={"TPU": 4, "slice-a": 1, **head},
+            labels=labels | {"ray.io/tpu-worker-id": str(worker)},
+        )
+    c.add_node(num_cpus=1, num_gpus=1, resources={"accelerator_type:A100": 1})
+    try:
+        yield str(c.address)
+    finally:
+        c.shutdown()  # type: ignore[no-untyped-call]
+        if saved is None:
+            os.environ.pop("HARNESS_TPU_AS_CPU", None)
+        else:
+            os.environ["HARNESS_TPU_AS_CPU"] = saved
+
+
+SLICE_RUN = ("--framework", "jax", "--device", "tpu", "--mode", "train", "--dataset", "synthetic",
+             "--threads", "1", "--reserve-cores", "0")  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_tpu_slice_trial_runs_one_worker_per_host(tpu_cluster: str, tmp_path: Path) -> None:
+    run = harness(tmp_path, "run", TINY, "--address", tpu_cluster, "--tpu-slice", "v4-16", *SLICE_RUN)
+    assert run.proc.returncode == 0, run.proc.stderr[-3000:]
+    (row,) = run.journal()
+    assert row["status"] == "ok", row["reason"]
+    spec = row["spec"]
+    assert (spec["tpu_slice"], spec["workers"]) == ("v4-16", 2)  # type: ignore[index]
+    env = row["environment"]
+    assert "fake tpu" in env["HARNESS_TPU_AS_CPU"]  # type: ignore[index]  # the result says it was not a TPU
+    workers = env["workers"]  # type: ignore[index]
+    assert [w["rank"] for w in workers] == [0, 1]
+    # worker i ran on the host whose tpu-worker-id is i (two distinct Ray nodes)
+    assert len({w["cpus"][0] for w in workers}) == 2
+    assert row["metrics"]["workers"] == 2  # type: ignore[index]
+    assert row["environment"]["framework_runtime"]["processes"] == 2  # type: ignore[index]
+
+
+@pytest.mark.slow
+def test_a_slice_type_or_accelerator_type_the_cluster_lacks_exits_2(tpu_cluster: str, tmp_path: Path) -> None:
+    run = harness(tmp_path, "run", TINY, "--address", tpu_cluster, "--tpu-slice", "v4-8", *SLICE_RUN)
+    assert run.proc.returncode == 2
+    assert "no TPU slice of type v4-8" in run.proc.stderr and "v4-16" in run.proc.stderr
+    (tmp_path / "b").mkdir()
+    run = harness(tmp_path / "b", "run", TINY, "--address", tpu_cluster, "--framework", "torch", "--device", "gpu",
+                  "--accelerator-type", "H100", "--mode", "infer")  # fmt: skip
+    assert run.proc.returncode == 2
+    assert "no node in the Ray cluster has accelerator type H100" in run.proc.stderr and "A100" in run.proc.stderr

@@ -36,7 +36,7 @@ from urllib.parse import urlparse
 from rich.console import Console
 from rich.table import Table
 
-from harness import journal
+from harness import journal, track
 from harness.batch import BATCH_ID_ENV
 from harness.envs import PROJECT_ROOT
 from harness.spec import SpecError
@@ -305,7 +305,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     console, err = _consoles()
     url = _url(args.address)
     uri = tracking_uri(args.tracking_uri, _host_port(url)[0], args.store_on_cluster)
-    env_vars = {"MLFLOW_TRACKING_URI": uri, "RAY_worker_niceness": "0"}
+    # the shipped copy has no .git: the job records the commit it was submitted from
+    env_vars = {"MLFLOW_TRACKING_URI": uri, "RAY_worker_niceness": "0", track.GIT_COMMIT_ENV: track.git_commit()}
     for item in args.env or []:
         key, sep, value = item.partition("=")
         if not sep or not key:

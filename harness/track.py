@@ -43,7 +43,15 @@ def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
+GIT_COMMIT_ENV = "HARNESS_GIT_COMMIT"  # images and Ray job working dirs ship the code without .git
+
+
 def git_commit() -> str:
+    """The project's commit (``-dirty`` with local changes); ``$HARNESS_GIT_COMMIT`` where there is no
+    ``.git`` (container images built with ``--build-arg GIT_COMMIT=...``, a Ray job's working dir)."""
+    given = os.environ.get(GIT_COMMIT_ENV)
+    if given:
+        return given
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short=12", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10

@@ -13,6 +13,7 @@ FROM python:3.11-slim-bookworm
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
 ARG GIT_COMMIT=unknown
+ENV HARNESS_GIT_COMMIT=${GIT_COMMIT}
 
 LABEL org.opencontainers.image.title="dl-bench-harness-cpu" \
       org.opencontainers.image.description="dl-bench-harness: torch, tensorflow, jax, mxnet on CPU, Ray, MLflow client" \

@@ -18,6 +18,7 @@ ARG TORCH_VERSION=2.13.0
 ARG JAX_VERSION=0.10.2
 ARG TF_VERSION=2.21.0
 ARG GIT_COMMIT=unknown
+ENV HARNESS_GIT_COMMIT=${GIT_COMMIT}
 
 LABEL org.opencontainers.image.title="dl-bench-harness-cuda" \
       org.opencontainers.image.description="dl-bench-harness: torch, jax, tensorflow on CUDA 12, Ray worker" \

@@ -17,6 +17,7 @@ FROM python:3.11-slim-bookworm
 ARG JAX_VERSION=0.10.2
 ARG TF_TPU_VERSION=2.20.0
 ARG GIT_COMMIT=unknown
+ENV HARNESS_GIT_COMMIT=${GIT_COMMIT}
 
 LABEL org.opencontainers.image.title="dl-bench-harness-tpu" \
       org.opencontainers.image.description="dl-bench-harness: jax and tensorflow on Cloud TPU, Ray worker" \

@@ -198,7 +198,9 @@ def unschedulable(specs: Iterable[TrialSpec], reserve: int = 0) -> list[str]:
             try:
                 gang.placement(s, alive)
             except gang.Unplaceable as e:
-                problems.append(str(e))
+                kept = f" after {reserve} reserved per node (--reserve-cores)" if reserve else ""
+                hint = "" if s.tpu_slice else f"{kept}; use fewer --workers or --threads, or more nodes"
+                problems.append(f"{e}{hint}")
         elif not any(r.get("CPU", 0) >= s.threads and (not device or r.get(device, 0) >= 1) for r in nodes):
             most = max((int(r.get("CPU", 0)) for r in nodes), default=0)
             kept = f" after {reserve} reserved for the harness (--reserve-cores)" if reserve else ""

@@ -275,15 +275,27 @@ def test_cpu_image_builds_the_mxnet_venv_as_make_setup_does() -> None:
 # --- KubeRay ------------------------------------------------------------------------------------
 
 
+def kuberay_docs(kind: str) -> list[tuple[str, dict[str, Any]]]:
+    """``(file name, document)`` of every KubeRay manifest of ``kind``."""
+    return [(p.name, d) for p in sorted(KUBERAY.glob("*.yaml")) for d in yaml_docs(p) if d.get("kind") == kind]
+
+
 def kuberay(kind: str) -> dict[str, Any]:
-    (doc,) = (d for p in sorted(KUBERAY.glob("*.yaml")) for d in yaml_docs(p) if d.get("kind") == kind)
-    assert isinstance(doc, dict)
+    """The one manifest of ``kind`` (the RayCluster)."""
+    ((_name, doc),) = kuberay_docs(kind)
     return doc
 
 
 def cluster_specs() -> Iterator[tuple[str, dict[str, Any]]]:
-    yield "RayCluster", kuberay("RayCluster")["spec"]
-    yield "RayJob", kuberay("RayJob")["spec"]["rayClusterSpec"]
+    """Each Ray cluster the manifests make: the RayCluster's spec, each RayJob's rayClusterSpec."""
+    for name, doc in kuberay_docs("RayCluster"):
+        yield name, doc["spec"]
+    for name, doc in kuberay_docs("RayJob"):
+        yield name, doc["spec"]["rayClusterSpec"]
+
+
+CLUSTERS = [name for name, _spec in cluster_specs()]  # test ids: the manifests' file names
+RAYJOBS = [name for name, _doc in kuberay_docs("RayJob")]
 
 
 def ray_container(group: dict[str, Any]) -> dict[str, Any]:
@@ -304,15 +316,41 @@ def cores(quantity: str) -> int:
     return int(quantity)
 
 
-@pytest.mark.parametrize("kind", ["RayCluster", "RayJob"])
-def test_kuberay_manifest_header(kind: str) -> None:
-    doc = kuberay(kind)
+def limits(group: dict[str, Any]) -> dict[str, Any]:
+    found = ray_container(group)["resources"]["limits"]
+    assert isinstance(found, dict)
+    return found
+
+
+def tpu_groups(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """The worker groups whose pods ask GKE for TPU chips (google.com/tpu)."""
+    return [g for g in spec["workerGroupSpecs"] if "google.com/tpu" in limits(g)]
+
+
+def slice_type(group: dict[str, Any]) -> str:
+    """The TPU type of a group's slice (``v4-16``) from its GKE node selectors, as Ray's KubeRay autoscaler names it."""
+    from ray.autoscaler._private.kuberay.utils import tpu_node_selectors_to_type
+
+    selectors = group["template"]["spec"]["nodeSelector"]
+    kind = tpu_node_selectors_to_type(
+        selectors["cloud.google.com/gke-tpu-topology"], selectors["cloud.google.com/gke-tpu-accelerator"]
+    )
+    assert kind, f"{group['groupName']}: {selectors}: no TPU type"
+    return kind
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in KUBERAY.glob("*.yaml")))
+def test_kuberay_manifest_header(name: str) -> None:
+    doc = one_doc(KUBERAY / name)
     # The KubeRay operator's CRDs: apiVersion ray.io/v1 (v1alpha1 is gone), metadata.name set.
-    assert doc["apiVersion"] == "ray.io/v1"
+    assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] in ("RayCluster", "RayJob")
     assert doc["metadata"]["name"]
+    # Each manifest makes its own objects: kubectl apply of one must not replace another's.
+    names = [d["metadata"]["name"] for _n, d in kuberay_docs(doc["kind"])]
+    assert len(names) == len(set(names)), f"{doc['kind']} names: {names}"
 
 
-@pytest.mark.parametrize("which", ["RayCluster", "RayJob"])
+@pytest.mark.parametrize("which", CLUSTERS)
 def test_kuberay_cluster_spec(which: str) -> None:
     spec = dict(cluster_specs())[which]
     # rayVersion: KubeRay picks the submitter's `ray job submit` syntax from it; the images' Ray.
@@ -345,54 +383,100 @@ def test_kuberay_cluster_spec(which: str) -> None:
         # ray.io/v1 WorkerGroupSpec: groupName, minReplicas, maxReplicas, rayStartParams, template required.
         assert {"groupName", "minReplicas", "maxReplicas", "rayStartParams", "template"} <= group.keys(), where
         assert 0 <= group["minReplicas"] <= group.get("replicas", 0) <= group["maxReplicas"], f"{where}: replicas"
-        limit = cores(ray_container(group)["resources"]["limits"]["cpu"])
+        # numOfHosts (KubeRay v1.1+): pods per replica, an integer of at least 1 (1 when absent).
+        assert isinstance(group.get("numOfHosts", 1), int) and group.get("numOfHosts", 1) >= 1, where
+        limit = cores(limits(group)["cpu"])
         # One core per node stays with Ray's daemons (the default --reserve-cores 1 below 32 cores).
         assert group["rayStartParams"].get("num-cpus") == str(limit - 1), f"{where}: num-cpus = cpu limit - 1"
 
 
-def test_kuberay_gpu_and_tpu_groups() -> None:
-    from ray._private.accelerators.tpu import VALID_TPU_TOPOLOGY, TPUAcceleratorManager
-    from ray.autoscaler._private.kuberay.utils import gke_tpu_accelerator_to_generation, tpu_node_selectors_to_type
+@pytest.mark.parametrize("which", CLUSTERS)
+def test_kuberay_gpu_and_tpu_groups(which: str) -> None:
+    from ray._private.accelerators.tpu import VALID_TPU_TOPOLOGY, TPUAcceleratorManager, get_num_chips_from_topology
+    from ray.autoscaler._private.kuberay.utils import gke_tpu_accelerator_to_generation
 
-    for which, spec in cluster_specs():
-        groups = {g["groupName"]: g for g in spec["workerGroupSpecs"]}
-        gpu, tpu = groups["gpu"], groups["tpu"]
-        limits = ray_container(gpu)["resources"]["limits"]
+    spec = dict(cluster_specs())[which]
+    gpus = [g for g in spec["workerGroupSpecs"] if "nvidia.com/gpu" in limits(g)]
+    assert gpus, f"{which}: every cluster here has GPU workers"
+    for gpu in gpus:
         # The NVIDIA device plugin serves nvidia.com/gpu; KubeRay passes the count to ray start --num-gpus.
-        assert int(limits["nvidia.com/gpu"]) >= 1, which
+        assert int(limits(gpu)["nvidia.com/gpu"]) >= 1, which
         assert image_kind(ray_container(gpu)) == "cuda", which
-        limits = ray_container(tpu)["resources"]["limits"]
+    for tpu in tpu_groups(spec):
+        where = f"{which}: {tpu['groupName']}"
         selectors = tpu["template"]["spec"]["nodeSelector"]
         accelerator = selectors["cloud.google.com/gke-tpu-accelerator"]
         topology = selectors["cloud.google.com/gke-tpu-topology"]
         # GKE: the accelerator and topology node selectors pick the TPU slice's node pool.
         generation = gke_tpu_accelerator_to_generation.get(accelerator)
-        assert generation, f"{which}: {accelerator}: not a GKE TPU accelerator Ray knows"
-        assert topology in VALID_TPU_TOPOLOGY[generation], f"{which}: {topology}: not a {generation} topology"
+        assert generation, f"{where}: {accelerator}: not a GKE TPU accelerator Ray knows"
+        assert topology in VALID_TPU_TOPOLOGY[generation], f"{where}: {topology}: not a {generation} topology"
         # KubeRay: one pod per TPU VM host of a slice (numOfHosts), each asking for its host's chips
-        # (google.com/tpu, served by GKE): the hosts together hold the topology's chips.
-        chips = 1
-        for n in topology.split("x"):
-            chips *= int(n)
-        hosts = tpu["numOfHosts"]
-        assert hosts >= 1 and int(limits["google.com/tpu"]) * hosts == chips, f"{which}: chips per host x hosts"
-        kind = tpu_node_selectors_to_type(topology, accelerator)
-        assert kind and TPUAcceleratorManager.is_valid_tpu_accelerator_type(kind)
-        assert image_kind(ray_container(tpu)) == "tpu", which
+        # (google.com/tpu, served by GKE): the hosts together hold the topology's chips. The KubeRay
+        # TPU webhook rejects the RayCluster otherwise (numOfHosts = max(chips / google.com/tpu, 1)).
+        hosts = tpu.get("numOfHosts", 1)
+        chips = int(limits(tpu)["google.com/tpu"])
+        assert hosts >= 1 and chips * hosts == get_num_chips_from_topology(topology), f"{where}: chips per host x hosts"
+        assert TPUAcceleratorManager.is_valid_tpu_accelerator_type(slice_type(tpu)), where
+        assert image_kind(ray_container(tpu)) == "tpu", where
+        # The KubeRay TPU webhook (TPU_WORKER_ID, TPU_NAME, TPU_WORKER_HOSTNAMES) mutates only pods
+        # labelled app.kubernetes.io/name: kuberay, which KubeRay sets unless the template overrides it.
+        labels = tpu["template"].get("metadata", {}).get("labels", {})
+        assert labels.get("app.kubernetes.io/name", "kuberay") == "kuberay", f"{where}: webhook's pod label"
 
 
-def test_kuberay_specs_as_rays_autoscaler_reads_them() -> None:
+def test_kuberay_v4_16_slice_group() -> None:
+    """The RayCluster's multi-host group: one TPU v4-16 slice, the harness's --tpu-slice v4-16."""
+    from harness.gang import tpu_hosts
+
+    spec = kuberay("RayCluster")["spec"]
+    tpus = tpu_groups(spec)
+    # Single-host trials keep their v5e group; the slice is a group of its own.
+    assert any(g.get("numOfHosts", 1) == 1 for g in tpus), "the single-host TPU group"
+    multi = [g for g in tpus if g.get("numOfHosts", 1) > 1]
+    assert len(multi) == 1, f"one multi-host TPU group, got {[g['groupName'] for g in multi]}"
+    (group,) = multi
+    selectors = group["template"]["spec"]["nodeSelector"]
+    # GKE: a TPU v4 slice of 2x2x2 chips is a multi-host node pool (ct4p-hightpu-4t hosts) with these labels.
+    assert selectors["cloud.google.com/gke-tpu-accelerator"] == "tpu-v4-podslice"
+    assert selectors["cloud.google.com/gke-tpu-topology"] == "2x2x2"
+    # Ray (KubeRay autoscaler; TPU_ACCELERATOR_TYPE on the hosts): that slice is a v4-16, and worker 0
+    # holds TPU-v4-16-head, where harness/gang.py find_slice() looks for a slice of --tpu-slice v4-16.
+    assert slice_type(group) == "v4-16"
+    hosts, chips = tpu_hosts("v4-16")
+    # harness/gang.py placement(): one worker per host of the slice (2), each bundle holding its host's
+    # chips (4): the group's pods per slice are those hosts, each asking GKE for those chips.
+    assert (group["numOfHosts"], int(limits(group)["google.com/tpu"])) == (hosts, chips) == (2, 4)
+    # KubeRay: replicas count slices (numOfHosts pods each); GKE provides one slice per node pool.
+    assert group["replicas"] >= 1 and group["maxReplicas"] >= group["replicas"]
+    assert int(group["rayStartParams"]["num-cpus"]) >= 1
+
+
+@pytest.mark.parametrize("which", CLUSTERS)
+def test_kuberay_specs_as_rays_autoscaler_reads_them(which: str) -> None:
     """Ray's KubeRay autoscaler turns a RayCluster spec into node types (and validates the result
     against Ray's cluster-config schema): what each group offers the harness's trials."""
     from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
 
-    for which, spec in cluster_specs():
-        cr = {"metadata": {"name": "harness", "namespace": "default"}, "spec": copy.deepcopy(spec)}
-        types = _derive_autoscaling_config_from_ray_cr(cr)["available_node_types"]
-        assert types["headgroup"]["resources"]["CPU"] == 0, which
-        assert types["gpu"]["resources"]["GPU"] >= 1, which
-        tpu = types["tpu"]["resources"]
-        assert tpu["TPU"] >= 1 and any(k.startswith("TPU-") and k.endswith("-head") for k in tpu), which
+    spec = dict(cluster_specs())[which]
+    cr = {"metadata": {"name": "harness", "namespace": "default"}, "spec": copy.deepcopy(spec)}
+    types = _derive_autoscaling_config_from_ray_cr(cr)["available_node_types"]
+    assert types["headgroup"]["resources"]["CPU"] == 0, which
+    for group in spec["workerGroupSpecs"]:
+        where = f"{which}: {group['groupName']}"
+        node = types[group["groupName"]]
+        if "nvidia.com/gpu" in limits(group):
+            assert node["resources"]["GPU"] >= 1, where
+        if "google.com/tpu" in limits(group):
+            # Each pod offers Ray its host's chips; the type's TPU-<type>-head marks a slice's worker 0.
+            assert node["resources"]["TPU"] == int(limits(group)["google.com/tpu"]), where
+            assert node["resources"].get(f"TPU-{slice_type(group)}-head") == 1, where
+        # A multi-host replica is numOfHosts Ray nodes, scaled as one (Ray 2.32+, KubeRay 1.1+).
+        hosts = group.get("numOfHosts", 1)
+        assert (node["min_workers"], node["max_workers"]) == (
+            group["minReplicas"] * hosts,
+            group["maxReplicas"] * hosts,
+        ), where
 
 
 def options(args: list[str]) -> dict[str, str]:
@@ -406,8 +490,9 @@ def options(args: list[str]) -> dict[str, str]:
     return found
 
 
-def test_rayjob_runs_one_batch_and_cleans_up() -> None:
-    spec = kuberay("RayJob")["spec"]
+@pytest.mark.parametrize("name", RAYJOBS)
+def test_rayjob_runs_one_batch_and_cleans_up(name: str) -> None:
+    spec = dict(kuberay_docs("RayJob"))[name]["spec"]
     # KubeRay deletes the RayCluster when the job ends, ttlSecondsAfterFinished later (only with shutdown on).
     assert spec["shutdownAfterJobFinishes"] is True
     assert isinstance(spec["ttlSecondsAfterFinished"], int) and spec["ttlSecondsAfterFinished"] > 0
@@ -415,6 +500,9 @@ def test_rayjob_runs_one_batch_and_cleans_up() -> None:
     assert spec.get("submissionMode", "K8sJobMode") in ("K8sJobMode", "HTTPMode")
     # rayClusterSpec: KubeRay creates the cluster (clusterSelector would reuse one, never deleting it).
     assert "rayClusterSpec" in spec and "clusterSelector" not in spec
+    # KubeRay's submitter runs `... ray job submit ... -- ENTRYPOINT ; fi` in a shell: a `;`, `&&` or
+    # `|` in the entrypoint would end the job's command there and run the rest in the submitter pod.
+    assert not re.search(r"[;&|`$]", spec["entrypoint"]), "one command, no shell operators"
     args = shlex.split(spec["entrypoint"])
     assert args[:2] == ["harness", "run"], "the entrypoint is a harness run line"
     opts = options(args[3:])  # after `harness run SUITE`
@@ -425,13 +513,30 @@ def test_rayjob_runs_one_batch_and_cleans_up() -> None:
     # and the basic-auth credentials the recipe's server asks for (MLflow's client reads them).
     assert "--tracking-uri" in opts or "MLFLOW_TRACKING_URI" in head_env
     assert {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"} <= head_env
-    # The harness refuses a batch whose device no node offers (harness/schedule.py unschedulable()),
-    # and trials need --threads CPUs on one node: the groups the entrypoint's devices need exist from the start.
-    groups = {g["groupName"]: g for g in spec["rayClusterSpec"]["workerGroupSpecs"]}
-    for device in opts["--device"].split(","):
-        group = groups[device]
-        assert group["minReplicas"] >= 1, f"{device}: minReplicas >= 1"
-        assert int(group["rayStartParams"]["num-cpus"]) >= int(opts["--threads"]), f"{device}: --threads fit"
+    # The harness refuses a batch whose trials no node (set) can hold (harness/schedule.py
+    # unschedulable(), before the first trial) rather than wait for a scale-up: every worker group
+    # is fixed, its pods there from the start (whether they suffice: test_harness_lines_fit_their_cluster).
+    for group in spec["rayClusterSpec"]["workerGroupSpecs"]:
+        assert group["minReplicas"] == group["replicas"] == group["maxReplicas"] >= 1, group["groupName"]
+
+
+def test_rayjob_scaling_runs_data_parallel_cells() -> None:
+    """rayjob-scaling.yaml: W = 1 and 2 of each framework, the 2-worker cells across two GPU pods."""
+    spec = dict(kuberay_docs("RayJob"))["rayjob-scaling.yaml"]["spec"]
+    args = shlex.split(spec["entrypoint"])
+    opts = options(args[3:])
+    # harness/cells.py: scaling_efficiency of a W-worker cell needs the batch's 1-worker cell of the same spec.
+    workers = [int(w) for w in opts["--workers"].split(",")]
+    assert 1 in workers and max(workers) > 1
+    # Multi-worker cells measure training throughput on the synthetic batch (else planned unsupported).
+    assert opts["--mode"] == "train" and opts["--dataset"] == "synthetic"
+    assert {"torch", "jax", "tensorflow"} <= set(opts["--framework"].split(","))
+    # The dry run plans against this machine's cores: --threads and --reserve-cores are explicit.
+    assert "--threads" in opts and opts.get("--reserve-cores") == "1"
+    gpus = [g for g in spec["rayClusterSpec"]["workerGroupSpecs"] if "nvidia.com/gpu" in limits(g)]
+    # One GPU per pod: W workers of one GPU each need W GPU pods (harness/gang.py: SPREAD across nodes).
+    pods = sum(g["replicas"] * g.get("numOfHosts", 1) * int(limits(g)["nvidia.com/gpu"]) for g in gpus)
+    assert pods >= max(workers), f"{pods} GPUs for {max(workers)} workers"
 
 
 # --- Ray cluster launcher -----------------------------------------------------------------------
@@ -487,6 +592,36 @@ def test_launcher_config_as_ray_up_reads_it() -> None:
     # Ray's raylet reads RAY_worker_niceness (the images set it, the start commands say it again).
     assert start.count("RAY_worker_niceness=0") == 2
     assert "--num-cpus=0" in " ".join(config["head_start_ray_commands"])
+
+
+def test_launcher_multi_host_tpu_slice() -> None:
+    """A multi-host TPU node type: one TPU pod, one Ray node per host, a slice the harness can find."""
+    from ray._private.accelerators.tpu import get_num_tpu_visible_chips_per_host, get_total_chips_from_accelerator_type
+    from ray.autoscaler._private.util import prepare_config
+
+    from harness.gang import tpu_hosts
+
+    config = prepare_config(copy.deepcopy(one_doc(LAUNCHER)))
+    types = config["available_node_types"]
+    pods = {
+        name: t
+        for name, t in types.items()
+        if "acceleratorType" in t["node_config"]
+        and get_total_chips_from_accelerator_type(t["node_config"]["acceleratorType"])
+        > get_num_tpu_visible_chips_per_host(t["node_config"]["acceleratorType"])
+    }
+    # Ray's GCP provider (gcp/config.py _is_single_host_tpu): more chips than one host sees is a TPU pod.
+    assert pods, "a multi-host TPU node type"
+    for name, t in pods.items():
+        kind = t["node_config"]["acceleratorType"]
+        hosts, chips = tpu_hosts(kind)
+        # Each host runs `ray start` with the type's resources (gcp/tpu_command_runner.py): per host,
+        # the chips one worker's bundle asks for in harness/gang.py placement() (a v5litepod-16: 4 x 4).
+        assert hosts > 1 and t["resources"]["TPU"] == chips, f"{name}: {kind}: {hosts} hosts x {chips} chips"
+        # Ray warns it cannot autoscale TPU pods (every host runs one program): a fixed count, started with `ray up`.
+        assert t["min_workers"] == t["max_workers"] >= 1, f"{name}: min_workers = max_workers"
+    # `max_workers` bounds the workers of all types together (Ray: each TPU pod counts as one).
+    assert sum(t["min_workers"] for n, t in types.items() if n != config["head_node_type"]) <= config["max_workers"]
 
 
 # --- MLflow tracking server ---------------------------------------------------------------------
@@ -692,17 +827,151 @@ def dry_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, ...], 
 def test_harness_lines_are_found() -> None:
     lines = harness_lines()
     where = set(lines.values())
-    # The entrypoint of the RayJob, each image's CMD, the usage lines of the cluster recipes.
-    for path in ("infra/kuberay/rayjob.yaml", "infra/kuberay/raycluster.yaml", "infra/ray/cluster-gcp.yaml"):
+    # The entrypoint of each RayJob, each image's CMD, the usage lines of the cluster recipes.
+    recipes = [f"infra/kuberay/{p.name}" for p in sorted(KUBERAY.glob("*.yaml"))] + [str(LAUNCHER.relative_to(REPO))]
+    for path in recipes:
         assert path in where, f"no harness line found in {path}"
     for kind in IMAGE_KINDS:
         assert f"infra/images/{kind}.Dockerfile" in where
-    entrypoint = tuple(shlex.split(kuberay("RayJob")["spec"]["entrypoint"]))
-    assert entrypoint in lines
+    for name, doc in kuberay_docs("RayJob"):
+        assert tuple(shlex.split(doc["spec"]["entrypoint"])) in lines, f"{name}: entrypoint"
     for tokens in lines:
         # Only `harness run` has --dry-run: the recipes hold no other subcommand.
         assert tokens[:2] == ("harness", "run"), f"{lines[tokens]}: {shlex.join(tokens)}"
         assert "--dry-run" not in tokens
+    # Multi-worker trials: data-parallel scaling (--workers) in the scaling RayJob, one worker per host
+    # of a TPU slice (--tpu-slice) where a recipe has a slice: the RayCluster's v4-16 group, the
+    # launcher's TPU pod.
+    multi = {(lines[t], o) for t in lines for o in ("--workers", "--tpu-slice") if o in t}
+    assert ("infra/kuberay/rayjob-scaling.yaml", "--workers") in multi
+    assert ("infra/kuberay/raycluster.yaml", "--tpu-slice") in multi
+    assert (str(LAUNCHER.relative_to(REPO)), "--tpu-slice") in multi
+    for tokens, path in lines.items():
+        if "--tpu-slice" in tokens:
+            # harness/plan.py: a slice's cells are TPU cells (on other devices the slice is dropped).
+            assert options(list(tokens[3:]))["--device"] == "tpu", f"{path}: {shlex.join(tokens)}"
+
+
+def ray_node(resources: dict[str, Any], labels: dict[str, str] | None = None) -> dict[str, Any]:
+    """A live node as ``ray.nodes()`` lists it (the fields harness/schedule.py and harness/gang.py read)."""
+    return {"Alive": True, "Resources": {k: float(v) for k, v in resources.items()}, "Labels": labels or {}}
+
+
+def slice_nodes(name: str, kind: str, hosts: int, resources: dict[str, Any]) -> list[dict[str, Any]]:
+    """The Ray nodes of one TPU slice of type ``kind`` named ``name``: each host offers ``resources``
+    and the slice's name as a resource, labelled ray.io/tpu-slice-name and ray.io/tpu-worker-id;
+    worker 0 alone holds TPU-<kind>-head (Ray's TPUAcceleratorManager on each host; the launcher's
+    TPU command runner strips it from the other hosts)."""
+    from harness.gang import SLICE_LABEL, WORKER_ID_LABEL
+
+    head = f"TPU-{kind}-head"
+    shared = {k: v for k, v in resources.items() if k != head}
+    return [
+        ray_node({**shared, name: 1, **({head: 1} if i == 0 else {})}, {SLICE_LABEL: name, WORKER_ID_LABEL: str(i)})
+        for i in range(hosts)
+    ]
+
+
+def kuberay_nodes(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """The Ray nodes of a KubeRay cluster spec once its pods run: each group's resources as Ray's
+    KubeRay autoscaler derives them, `replicas` x numOfHosts pods; a TPU group's replica is a slice
+    named as the KubeRay TPU webhook's TPU_NAME (<group>-<replica>)."""
+    from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
+
+    cr = {"metadata": {"name": "harness", "namespace": "default"}, "spec": copy.deepcopy(spec)}
+    types = _derive_autoscaling_config_from_ray_cr(cr)["available_node_types"]
+    nodes = [ray_node(types["headgroup"]["resources"])]
+    for group in spec["workerGroupSpecs"]:
+        name, hosts = group["groupName"], group.get("numOfHosts", 1)
+        resources = types[name]["resources"]
+        for replica in range(group["replicas"]):
+            if "google.com/tpu" in limits(group):
+                nodes += slice_nodes(f"{name}-{replica}", slice_type(group), hosts, resources)
+            else:
+                nodes += [ray_node(resources) for _ in range(hosts)]
+    return nodes
+
+
+def launcher_nodes() -> list[dict[str, Any]]:
+    """The Ray nodes `ray up` starts from the launcher config: the head and min_workers of each type;
+    a TPU type is one TPU VM (pod) whose every host runs `ray start` with the type's resources, plus
+    the TPU-<type>-head Ray's GCP provider adds (fillout_available_node_types_resources)."""
+    from ray._private.accelerators.tpu import get_num_tpu_visible_chips_per_host, get_total_chips_from_accelerator_type
+    from ray.autoscaler._private.util import prepare_config
+
+    config = prepare_config(copy.deepcopy(one_doc(LAUNCHER)))
+    nodes: list[dict[str, Any]] = []
+    for name, t in config["available_node_types"].items():
+        count = 1 if name == config["head_node_type"] else t["min_workers"]
+        kind = t["node_config"].get("acceleratorType")
+        for i in range(count):
+            if kind:
+                chips = get_total_chips_from_accelerator_type(kind)
+                hosts = max(1, chips // get_num_tpu_visible_chips_per_host(kind))
+                nodes += slice_nodes(f"ray-harness-worker-{name}-{i}-tpu", kind, hosts, t["resources"])
+            else:
+                nodes.append(ray_node(t["resources"]))
+    return nodes
+
+
+def planned(tokens: tuple[str, ...]) -> list[Any]:
+    """The trials `harness run` plans for a line: harness/plan.py expand() with the line's selections
+    (as harness/cli.py cmd_run passes them), every framework available (the images have them)."""
+    from harness import plan
+    from harness.spec import load_suite
+
+    opts = options(list(tokens[3:]))
+
+    def csv(name: str) -> list[str] | None:
+        return opts[name].split(",") if name in opts else None
+
+    def ints(name: str) -> list[int] | None:
+        return [int(v) for v in opts[name].split(",")] if name in opts else None
+
+    threads = int(opts["--threads"])
+    overrides = plan.Overrides(
+        frameworks=csv("--framework"),
+        architectures=csv("--arch"),
+        modes=csv("--mode"),
+        batch_sizes=ints("--batch-size"),
+        devices=csv("--device"),
+        datasets=csv("--dataset"),
+        threads=threads,
+        workers=ints("--workers"),
+        scaling=opts.get("--scaling"),
+        tpu_slices=csv("--tpu-slice"),
+        accelerator_types=csv("--accelerator-type"),
+    )
+    return list(plan.expand(load_suite(tokens[2]), overrides, threads, {}).trials)
+
+
+def test_harness_lines_fit_their_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every line of a cluster recipe passes harness/schedule.py unschedulable(), the check the harness
+    makes against ray.nodes() before the first trial (exit 2 otherwise), on the nodes that recipe
+    starts: each trial's device and --threads on one node, multi-worker cells placed by
+    harness/gang.py placement() (a TPU slice: its hosts, worker 0 holding TPU-<type>-head)."""
+    import ray
+
+    from harness import schedule
+
+    clusters = {f"infra/kuberay/{name}": spec for name, spec in cluster_specs()}
+    checked: list[str] = []
+    for tokens, path in harness_lines().items():
+        if path == str(LAUNCHER.relative_to(REPO)):
+            nodes = launcher_nodes()
+        elif path in clusters:
+            nodes = kuberay_nodes(clusters[path])
+        else:
+            continue  # an image's CMD: an embedded Ray on the container's own machine
+        specs = planned(tokens)
+        assert specs, f"{path}: {shlex.join(tokens)}: nothing planned"
+        monkeypatch.setattr(ray, "nodes", lambda nodes=nodes: nodes)
+        reserve = int(options(list(tokens[3:])).get("--reserve-cores", "0"))
+        problems = schedule.unschedulable(specs, reserve)
+        assert not problems, f"{path}: {shlex.join(tokens)}: {problems}"
+        checked.append(path)
+    # The slices and the scaling job among them (test_harness_lines_are_found lists which).
+    assert len(checked) >= 6, checked
 
 
 def test_every_harness_line_dry_runs(dry_runs: dict[tuple[str, ...], tuple[str, Path, dict[str, Any]]]) -> None:

@@ -236,6 +236,67 @@ def bench(trials: int, nodes: int, repeats: int, timeout_s: float) -> dict[str, 
         shutil.rmtree(root, ignore_errors=True)
 
 
+SCALING_FRAMEWORKS = ("torch", "jax", "tensorflow")  # MXNet has no multi-worker path (unsupported)
+
+
+def scaling(repeats: int, frameworks: tuple[str, ...] = SCALING_FRAMEWORKS) -> dict[str, Any]:
+    """Weak-scaling efficiency of W = 2 against W = 1 on a fake cluster of two one-CPU nodes (one core of
+    this machine each): ``harness run compare --workers 1,2`` (mlp_deep and cnn1d training, batch 128
+    per worker, K processes per cell). Efficiency = the W = 1 cell's step time / the W = 2 cell's (the
+    global throughput over 2x the 1-worker throughput), with a 95% interval from the processes of both
+    cells (``stats.ratio_interval``). On this 2-core VM the driver and Ray share the cores with the
+    workers (``--reserve-cores 0``): the figures include that contention."""
+    from harness import stats
+    from harness.cells import cells, single_worker
+    from harness.journal import Batch
+
+    root = Path(tempfile.mkdtemp(prefix="hs-"))
+    cluster = None
+    try:
+        os.environ["HARNESS_CACHE"] = str(root / "cache")
+        cluster = start_cluster(2, root)
+        env = {
+            **os.environ,
+            "HARNESS_RUNS_DIR": str(root / "runs"),
+            "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'm.db'}",
+        }
+        env.pop("RAY_ADDRESS", None)
+        cmd = [sys.executable, "-m", "harness.cli", "run", "compare", "--address", str(cluster.address)]
+        cmd += ["--framework", ",".join(frameworks), "--arch", "mlp_deep,cnn1d", "--mode", "train"]
+        cmd += ["--workers", "1,2", "--repeats", str(repeats), "--reserve-cores", "0", "--threads", "1", "--seed", "0"]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        if proc.returncode not in (0, 1):
+            raise RuntimeError(f"harness run exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+        (meta_path,) = (root / "runs").glob("*/batch.json")
+        found = cells(Batch(root / "runs", meta_path.parent.name).results())
+        by_key = {c.trial_key: c for c in found}
+        rows = []
+        for c in found:
+            if c.spec.workers != 2:
+                continue
+            one = by_key.get(single_worker(c.spec).trial_key)
+            row: dict[str, Any] = {"framework": c.spec.framework, "architecture": c.spec.architecture,
+                                   "status": c.status, "reason": c.reason[:300]}  # fmt: skip
+            if one is not None and c.step_groups and one.step_groups:
+                eff = stats.ratio_interval(one.step_groups, c.step_groups)
+                row |= {
+                    "samples_per_s_w1": one.throughput.estimate if one.throughput else None,
+                    "samples_per_s_w2": c.throughput.estimate if c.throughput else None,
+                    "efficiency": eff.estimate,
+                    "efficiency_ci": [eff.low, eff.high],
+                    "processes": eff.processes,
+                    "comm_s_per_step": c.metrics.get(M.COMM_S_PER_STEP),
+                }
+            rows.append(row)
+        return {"repeats": repeats, "wall_s": round(wall, 1), "rows": rows, "date": time.strftime("%Y-%m-%d")}
+    finally:
+        if cluster is not None:
+            cluster.shutdown()
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.cluster", description=__doc__.split("\n\n")[0])
     p.add_argument("--trials", type=int, default=200, help="trial processes in the batch")
@@ -243,12 +304,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=1, help="processes per cell (--trials / --repeats cells)")
     p.add_argument("--timeout", type=float, default=120.0, help="per-trial timeout, seconds")
     p.add_argument("--out", type=Path, default=HERE / "results.json")
+    p.add_argument("--sections", default="overhead,scaling", help="comma list of overhead, scaling")
+    p.add_argument("--scaling-repeats", type=int, default=3, help="processes per cell of the scaling section")
     args = p.parse_args(argv)
+    sections = args.sections.split(",")
+    if "scaling" in sections:
+        print(f"weak scaling W = 1, 2 on a fake 2-node cluster ({args.scaling_repeats} processes per cell)")
+        found = scaling(args.scaling_repeats)
+        results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
+        results["scaling"] = found
+        args.out.write_text(json.dumps(results, indent=2))
+        for r in found["rows"]:
+            if "efficiency" in r:
+                lo, hi = r["efficiency_ci"]
+                print(f"  {r['framework']} {r['architecture']}: efficiency {r['efficiency']:.2f} [{lo:.2f}, {hi:.2f}]")
+            else:
+                print(f"  {r['framework']} {r['architecture']}: {r['status']} {r['reason']}")
+    if "overhead" not in sections:
+        return 0
     if args.trials < 2 or args.nodes < 1 or args.repeats < 1:
         p.error("--trials must be at least 2, --nodes and --repeats at least 1")
     print(f"{args.trials} trials on a fake {args.nodes}-node cluster (harness run --address)")
     result = bench(args.trials, args.nodes, args.repeats, args.timeout)
-    results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
+    results = json.loads(args.out.read_text()) if args.out.exists() else {}
     results["cluster"] = result
     args.out.write_text(json.dumps(results, indent=2))
     rss = result["driver_rss"]

@@ -78,7 +78,7 @@ class Adapter(ABC):
         self.comm_steps = 0  # ... over this many training steps
 
     @classmethod
-    def init_distributed(cls, rank: int, peers: list[str], timeout_s: float) -> None:
+    def init_distributed(cls, rank: int, peers: list[str], timeout_s: float, device: str = "cpu") -> None:
         """Join a data-parallel job of ``len(peers)`` processes before the first model is built.
 
         ``peers[0]`` is the coordinator's ``host:port`` and ``peers[r]`` rank ``r``'s endpoint, chosen
@@ -89,6 +89,12 @@ class Adapter(ABC):
         update, so that one step equals the single-process step on the whole global batch.
         """
         raise NotImplementedError(f"{cls.name} has no data-parallel path")
+
+    @classmethod
+    def shutdown_distributed(cls) -> None:
+        """Leave the data-parallel job, every process together (after a barrier): a process whose
+        coordinator has already exited may otherwise be aborted by the framework's runtime."""
+        return None  # TensorFlow's strategy needs no leaving
 
     def comm_s_per_step(self) -> float | None:
         """Mean seconds per training step in the gradient all-reduce (None where not measurable)."""

@@ -76,7 +76,7 @@ class JaxAdapter(Adapter):
         self.load_params(params)
 
     @classmethod
-    def init_distributed(cls, rank: int, peers: list[str], timeout_s: float) -> None:
+    def init_distributed(cls, rank: int, peers: list[str], timeout_s: float, device: str = "cpu") -> None:
         """``jax.distributed`` with its coordinator at ``peers[0]`` (CPU collectives: gloo, JAX's default)."""
         jax.distributed.initialize(
             coordinator_address=peers[0],
@@ -85,6 +85,12 @@ class JaxAdapter(Adapter):
             initialization_timeout=max(1, int(timeout_s)),
             heartbeat_timeout_seconds=max(10, int(timeout_s)),
         )
+
+    @classmethod
+    def shutdown_distributed(cls) -> None:
+        """Every process disconnects from the coordination service together: when the coordinator (rank
+        0) exits first, JAX aborts the processes still connected."""
+        jax.distributed.shutdown()
 
     def _put(self, value: np.ndarray) -> jax.Array:
         """A canonical array on this adapter's device, or replicated over the data-parallel mesh."""

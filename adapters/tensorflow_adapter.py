@@ -129,7 +129,7 @@ class TensorflowAdapter(Adapter):
         return slots
 
     @classmethod
-    def init_distributed(cls, rank: int, peers: list[str], timeout_s: float) -> None:
+    def init_distributed(cls, rank: int, peers: list[str], timeout_s: float, device: str = "cpu") -> None:
         """``MultiWorkerMirroredStrategy`` over ``peers`` (TF_CONFIG), collectives timing out after ``timeout_s``.
 
         Only its cross-worker all-reduce is used (the variables stay plain, one copy per worker,

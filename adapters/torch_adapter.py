@@ -41,11 +41,11 @@ class TorchAdapter(Adapter):
         self.load_params(params)
 
     @classmethod
-    def init_distributed(cls, rank: int, peers: list[str], timeout_s: float) -> None:
-        """``torch.distributed`` over a TCP store at ``peers[0]``: gloo on CPU, NCCL when CUDA is there."""
+    def init_distributed(cls, rank: int, peers: list[str], timeout_s: float, device: str = "cpu") -> None:
+        """``torch.distributed`` over a TCP store at ``peers[0]``: gloo for CPU trials, NCCL for GPU ones."""
         import torch.distributed as dist
 
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        backend = "nccl" if device == "gpu" else "gloo"
         dist.init_process_group(
             backend,
             init_method=f"tcp://{peers[0]}",
@@ -53,6 +53,13 @@ class TorchAdapter(Adapter):
             world_size=len(peers),
             timeout=timedelta(seconds=timeout_s),
         )
+
+    @classmethod
+    def shutdown_distributed(cls) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
     def _all_reduce_gradients(self) -> None:
         """Average the gradients over the workers: one flat all-reduce (DDP's bucketing, one bucket),

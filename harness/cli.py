@@ -44,14 +44,14 @@ def _csv(value: str | Sequence[str] | None) -> list[str] | None:
     return [v.strip() for part in parts for v in part.split(",") if v.strip()] or None
 
 
-def _ints(value: str | Sequence[str] | None) -> list[int] | None:
+def _ints(value: str | Sequence[str] | None, what: str = "batch sizes") -> list[int] | None:
     items = _csv(value)
     if items is None:
         return None
     try:
         return [int(v) for v in items]
     except ValueError:
-        raise SpecError(f"batch sizes must be integers, got {value!r}") from None
+        raise SpecError(f"{what} must be integers, got {value!r}") from None
 
 
 def _runs_dir(args: argparse.Namespace) -> Path:
@@ -78,7 +78,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         memory_limit_mb=args.memory_limit,
         repeats=args.repeats,
         reserve_cores=args.reserve_cores,
-        workers=_ints(args.workers),
+        workers=_ints(args.workers, "workers"),
         scaling=args.scaling,
         tpu_slices=_csv(args.tpu_slice),
         accelerator_types=_csv(args.accelerator_type),

@@ -33,7 +33,8 @@ from harness import stats
 from harness.cells import Cell
 from harness.spec import SpecError
 
-MATCH = ("architecture", "framework", "mode", "device", "batch_size", "dataset", "workers", "scaling")
+MATCH = ("architecture", "framework", "mode", "device", "batch_size", "dataset", "workers", "scaling", "tpu_slice",
+         "accelerator_type")  # fmt: skip
 AXES = ("framework", "compile", "batch_size", "device", "workers")
 # what differs by design when comparing along an axis (with the framework: its version)
 EXPECTED = {
@@ -202,6 +203,7 @@ def _label(cell: Cell, skip: str | None = None) -> str:
     parts = [s.architecture, s.framework, s.mode, f"bs{s.batch_size}", s.device]
     if s.workers > 1:
         parts.append(f"w{s.workers}-{s.scaling}")
+    parts += [v for v in (s.tpu_slice, s.accelerator_type) if v]
     if s.dataset != "synthetic":
         parts.append(s.dataset)
     if skip is not None:
@@ -312,7 +314,8 @@ def within_batch(
         raise SpecError(f"baseline {baseline!r} is not a {axis} of batch {label}; choose from {', '.join(values)}")
     if len(values) < 2:
         raise SpecError(f"batch {label} has only one {axis} ({baseline}): nothing to compare --by {axis}")
-    rest = [f for f in (*MATCH, "threads", "precision", "compile") if f != axis]
+    # along workers, the 1-worker cell is compared with every multi-worker cell, weak or strong
+    rest = [f for f in (*MATCH, "threads", "precision", "compile") if f != axis and (axis, f) != ("workers", "scaling")]
     groups: dict[tuple[Any, ...], dict[str, Cell]] = {}
     for c in cells:
         groups.setdefault(_identity(c, rest), {})[str(_spec_value(c, axis))] = c

@@ -28,11 +28,10 @@ import ray
 from harness.contract import Status, TrialResult, TrialSpec
 
 DEVICE_RESOURCE = {"gpu": "GPU", "tpu": "TPU"}
-PLACEMENT_TIMEOUT_S = 120.0  # a group whose nodes are busy waits this long before the trial fails
+PLACEMENT_TIMEOUT_S = 60.0  # how often a waiting group checks that the live nodes can still hold it
 GRACE_S = 5.0  # after the first failure, how long the other workers may take to report their own end
 SLICE_LABEL = "ray.io/tpu-slice-name"
 WORKER_ID_LABEL = "ray.io/tpu-worker-id"
-PEER_LOST = "PeerLost: "
 
 
 class Unplaceable(ValueError):
@@ -83,8 +82,11 @@ class Placement:
     label_selectors: list[dict[str, str]] | None = None
 
 
-def find_slice(slice_type: str, nodes: Sequence[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
-    """A slice of ``slice_type``: its name and its hosts (worker 0 holds ``TPU-<type>-head``)."""
+def find_slice(
+    slice_type: str, nodes: Sequence[dict[str, Any]], available: dict[str, float] | None = None
+) -> tuple[str, list[dict[str, Any]]]:
+    """A slice of ``slice_type``: its name and its hosts (worker 0 holds ``TPU-<type>-head``); with
+    ``available`` (Ray's free resources), a slice no trial holds now where there is one."""
     head = f"TPU-{slice_type}-head"
     heads = [n for n in nodes if n["Resources"].get(head, 0) >= 1]
     if not heads:
@@ -98,20 +100,29 @@ def find_slice(slice_type: str, nodes: Sequence[dict[str, Any]]) -> tuple[str, l
         )
         have = ", ".join(types) or "none"
         raise Unplaceable(f"no TPU slice of type {slice_type} in the Ray cluster (no node has {head}; slices: {have})")
-    name = str(heads[0].get("Labels", {}).get(SLICE_LABEL, ""))
-    if not name:
+    names = [str(n.get("Labels", {}).get(SLICE_LABEL, "")) for n in heads]
+    if not all(names):
         raise Unplaceable(f"the {slice_type} slice head has no {SLICE_LABEL} label (Ray sets it on TPU hosts)")
-    hosts = [n for n in nodes if n.get("Labels", {}).get(SLICE_LABEL) == name]
-    return name, hosts
+    # several slices of the type: one that is free now (its slice-name resource fully available)
+    free = dict(available) if available is not None else {}
+    name = next((n for n in names if free.get(n, 0.0) >= _hosts_of(n, nodes) - 1e-9), names[0])
+    return name, [n for n in nodes if n.get("Labels", {}).get(SLICE_LABEL) == name]
 
 
-def placement(spec: TrialSpec, nodes: Sequence[dict[str, Any]] | None = None) -> Placement:
-    """The placement group of ``spec``'s workers on the live nodes (raises :class:`Unplaceable`)."""
+def _hosts_of(name: str, nodes: Sequence[dict[str, Any]]) -> int:
+    return sum(1 for n in nodes if n.get("Labels", {}).get(SLICE_LABEL) == name)
+
+
+def placement(
+    spec: TrialSpec, nodes: Sequence[dict[str, Any]] | None = None, available: dict[str, float] | None = None
+) -> Placement:
+    """The placement group of ``spec``'s workers on the live nodes (raises :class:`Unplaceable`).
+    Packing is decided on the nodes' totals: whether the group can ever be placed, not whether now."""
     nodes = list(nodes if nodes is not None else _alive())
     one = bundle(spec)
     w = spec.workers
     if spec.tpu_slice:
-        name, hosts = find_slice(spec.tpu_slice, nodes)
+        name, hosts = find_slice(spec.tpu_slice, nodes, available)
         if len(hosts) != w:
             raise Unplaceable(f"TPU slice {name} ({spec.tpu_slice}) has {len(hosts)} hosts in Ray, the type has {w}")
         head = f"TPU-{spec.tpu_slice}-head"
@@ -160,28 +171,27 @@ TaskFn = Callable[..., Any]  # a remote function's .options(...).remote
 def run_gang(
     spec: TrialSpec,
     start: Callable[[int, list[str], str, dict[str, Any]], Any],
-    failed: Callable[[int, BaseException], TrialResult],
+    failed: Callable[[Any, BaseException], TrialResult],
 ) -> TrialResult:
     """Place ``spec``'s workers, start them (``start(rank, peers, group, options)`` -> ObjectRef of a
-    result's JSON) and return the trial's result; ``failed(rank, exception)`` describes a task that
+    result's JSON) and return the trial's result; ``failed(ref, exception)`` describes a task that
     died without one."""
     from ray.util.placement_group import placement_group, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     try:
-        plan = placement(spec)
+        plan = placement(spec, available=ray.available_resources())  # type: ignore[no-untyped-call]
     except Unplaceable as e:  # the plan checked it could be placed: the cluster changed since
         return _end(spec, "failed", str(e))
     pg = placement_group(plan.bundles, strategy=plan.strategy, bundle_label_selector=plan.label_selectors)
     try:
-        ready, _ = ray.wait([pg.ready()], timeout=PLACEMENT_TIMEOUT_S)
-        if not ready:
-            return _end(
-                spec,
-                "failed",
-                f"the placement group of {len(plan.bundles)} x {_describe(plan.bundles[0])} ({plan.strategy}) "
-                f"was not placed within {PLACEMENT_TIMEOUT_S:g} s; free now: {ray.available_resources()}",  # type: ignore[no-untyped-call]
-            )
+        ready = pg.ready()
+        while not ray.wait([ready], timeout=PLACEMENT_TIMEOUT_S)[0]:
+            # other trials hold the resources: wait on, as long as the live nodes could ever hold the group
+            try:
+                placement(spec)
+            except Unplaceable as e:
+                return _end(spec, "failed", f"placement group never placed: {e}")
 
         def on(i: int) -> PlacementGroupSchedulingStrategy:
             return PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i)
@@ -191,12 +201,14 @@ def run_gang(
         peers = [f"{ip}:{port}" for ip, port, _ in ends]
         group = f"{ends[0][0]}:{ends[0][2]}"
         refs = [start(i, peers, group, {"scheduling_strategy": on(i)}) for i in range(spec.workers)]
-        return _collect(spec, refs, failed)
+        return _collect(spec, refs, failed, [ip for ip, _, _ in ends])
     finally:
         remove_placement_group(pg)
 
 
-def _collect(spec: TrialSpec, refs: list[Any], failed: Callable[[int, BaseException], TrialResult]) -> TrialResult:
+def _collect(
+    spec: TrialSpec, refs: list[Any], failed: Callable[[Any, BaseException], TrialResult], hosts: list[str]
+) -> TrialResult:
     """Wait for every worker; on the first failure give the rest :data:`GRACE_S`, then cancel them."""
     pending = {ref: rank for rank, ref in enumerate(refs)}
     results: dict[int, TrialResult] = {}
@@ -207,7 +219,7 @@ def _collect(spec: TrialSpec, refs: list[Any], failed: Callable[[int, BaseExcept
         try:
             results[rank] = TrialResult.from_json(ray.get(ref))
         except Exception as e:
-            results[rank] = failed(rank, e)
+            results[rank] = failed(ref, e)
         order.append(rank)
 
     while pending:
@@ -223,7 +235,7 @@ def _collect(spec: TrialSpec, refs: list[Any], failed: Callable[[int, BaseExcept
             break
     if all(r.ok for r in results.values()) and len(results) == spec.workers:
         return combine(spec, [results[i] for i in range(spec.workers)])
-    return _failure(spec, results, order)
+    return _failure(spec, results, order, hosts)
 
 
 def combine(spec: TrialSpec, workers: list[TrialResult]) -> TrialResult:
@@ -244,29 +256,47 @@ def combine(spec: TrialSpec, workers: list[TrialResult]) -> TrialResult:
     return result
 
 
-def _failure(spec: TrialSpec, results: dict[int, TrialResult], order: list[int]) -> TrialResult:
+# what a worker reports when a peer, not itself, went wrong: the harness channel, gloo, TF's collectives
+PEER_SIGNS = ("PeerLost: ", "Connection closed by peer", "Connection reset by peer", "Timed out waiting",
+              "DeadlineExceeded", "timed out after", "Socket Timeout")  # fmt: skip
+
+
+def _peer_report(r: TrialResult) -> bool:
+    return any(sign in r.reason for sign in PEER_SIGNS)
+
+
+def _failure(spec: TrialSpec, results: dict[int, TrialResult], order: list[int], hosts: list[str]) -> TrialResult:
+    """The trial's end when a worker failed: the worker at fault, its status and stderr tail.
+
+    At fault: the first worker that failed for a reason of its own, a dead process first (a crash
+    before the collective error it causes in its peers); else, when the others only report a lost or
+    silent peer, a worker that had to be stopped (it hung: ``timeout``); else the first report."""
     failed = [i for i in order if not results[i].ok]
-    # a worker whose process died is the cause before one whose collective then broke
     own = sorted(
-        (i for i in failed if not results[i].reason.startswith(PEER_LOST)),
+        (i for i in failed if not _peer_report(results[i])),
         key=lambda i: results[i].status not in ("crash", "oom", "timeout"),
     )
-    culprit = (own or failed)[0]
-    r = results[culprit]
-    status: Status = r.status
-    if not own and any(w in r.reason for w in ("sent nothing", "never joined")):
-        status = "timeout"  # only peers' reports: a worker hung
-    host = r.environment.get("hostname") or "its node"
     stopped = sorted(set(range(spec.workers)) - set(results))
-    tail = f"; workers {stopped} were stopped" if stopped else ""
-    reason = f"worker {culprit} of {spec.workers} ({host}): {r.status}: {r.reason}{tail}"
+    first = failed[0]
+    if own:
+        culprit, status, what = own[0], results[own[0]].status, results[own[0]].reason
+    elif stopped:
+        culprit, status = stopped[0], "timeout"
+        what = f"stopped answering; worker {first} reported: {results[first].reason}"
+    else:
+        culprit, status, what = first, results[first].status, results[first].reason
+    rest = [i for i in stopped if i != culprit]
+    tail = f"; workers {rest} were stopped" if rest else ""
+    reason = f"worker {culprit} of {spec.workers} ({hosts[culprit]}): {status}: {what}{tail}"
     end = _end(spec, status, reason)
-    end.stderr_tail = r.stderr_tail
+    end.stderr_tail = results[culprit].stderr_tail if culprit in results else results[first].stderr_tail
     end.environment = {
         "workers": [
-            {"rank": i, "status": results[i].status, "reason": results[i].reason[:300]} for i in sorted(results)
+            {"rank": i, "host": hosts[i], "status": results[i].status if i in results else "stopped",
+             "reason": results[i].reason[:300] if i in results else ""}
+            for i in range(spec.workers)
         ]
-    }
+    }  # fmt: skip
     return end
 
 

@@ -235,7 +235,8 @@ def expand(
                     "measure": suite.measure,
                     "options": suite.options.get(fw, {}),
                     "workers": workers,
-                    "scaling": o.scaling or suite.scaling,
+                    # scaling only means something for several workers: 1-worker cells keep one key
+                    "scaling": (o.scaling or suite.scaling) if workers > 1 else "weak",
                     "tpu_slice": tpu_slice,
                     "accelerator_type": kind,
                 }

@@ -9,11 +9,12 @@ trial asks Ray for ``threads`` CPUs and then leases that many distinct cores of 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
 import socket
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import numpy as np
@@ -230,44 +231,68 @@ def _run_trial(
     peers: list[str] | None = None,
     group: str | None = None,
 ) -> str:
-    spec = TrialSpec.from_json(spec_json)
-    path = _materialize(*dataset) if dataset else None
-    cache = str(datasets.cache_dir().parent)
-    with lease_cores(spec.threads, reserve=reserve) as cpus:
-        cores = len(node_cpus()) - reserve  # the trials that fit share the node's memory (default cap)
-        result = launch(
-            spec,
-            cpus=cpus,
-            dataset_path=path,
-            cache_dir=cache,
-            fault=fault,
-            cores=cores,
-            rank=rank,
-            peers=peers,
-            group=group,
-        )
-    result.replica = replica
-    result.environment["reserved_cores"] = node_cpus()[:reserve]
-    result.environment["ray_node_id"] = ray.get_runtime_context().get_node_id()
-    return result.to_json()
+    with faults.announced() as node_id:  # the driver names this node if the task dies with it
+        spec = TrialSpec.from_json(spec_json)
+        path = _materialize(*dataset) if dataset else None
+        cache = str(datasets.cache_dir().parent)
+        with lease_cores(spec.threads, reserve=reserve) as cpus:
+            cores = len(node_cpus()) - reserve  # the trials that fit share the node's memory (default cap)
+            result = launch(
+                spec,
+                cpus=cpus,
+                dataset_path=path,
+                cache_dir=cache,
+                fault=fault,
+                cores=cores,
+                rank=rank,
+                peers=peers,
+                group=group,
+            )
+        result.replica = replica
+        result.environment["reserved_cores"] = node_cpus()[:reserve]
+        result.environment["ray_node_id"] = node_id
+        return result.to_json()
 
 
 Run = tuple[TrialSpec, int]  # a cell and which of its processes (replica)
 
 
-def _cpus(spec: TrialSpec) -> int:
-    return spec.threads * spec.workers
-
-
-def _task_failed(spec: TrialSpec, replica: int, e: BaseException) -> TrialResult:
+def _task_failed(spec: TrialSpec, replica: int, e: BaseException, ref: Any = None) -> TrialResult:
     """The result of a trial's Ray task that died without one (its node lost, its worker killed)."""
+    node = faults.started_on(ref) if ref is not None else None
     return TrialResult(
         trial_key=spec.trial_key,
         spec=spec,
         status="crash",
-        reason=faults.task_failure_reason(e)[:2000],
+        reason=faults.task_failure_reason(e, node)[:2000],
         replica=replica,
     )
+
+
+def _needs(spec: TrialSpec) -> dict[str, float]:
+    """What a run holds while in flight: every worker's bundle (CPUs, GPUs, TPU chips)."""
+    return {k: v * spec.workers for k, v in gang.bundle(spec).items() if k in ("CPU", "GPU", "TPU")}
+
+
+class _InFlight:
+    """Runs in flight and the resources they hold, against what the cluster has."""
+
+    def __init__(self) -> None:
+        self.capacity = {k: float(v) for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU", "TPU")}
+        self.used: dict[str, float] = {}
+        self.count = 0
+        self.refs: set[Any] = set()  # Ray tasks running, cancelled on interrupt
+        self.lock = threading.Lock()
+
+    def fits(self, spec: TrialSpec) -> bool:
+        """Another run may start: it fits beside the others (or nothing runs: Ray queues it)."""
+        need = _needs(spec)
+        return self.count == 0 or all(self.used.get(k, 0.0) + v <= self.capacity.get(k, 0.0) for k, v in need.items())
+
+    def take(self, spec: TrialSpec, sign: int = 1) -> None:
+        for k, v in _needs(spec).items():
+            self.used[k] = self.used.get(k, 0.0) + sign * v
+        self.count += sign
 
 
 def run_all(
@@ -278,12 +303,12 @@ def run_all(
 ) -> None:
     """Run every (cell, replica) in the given order and hand each result to ``on_result`` as it completes.
 
-    At most as many are in flight as the cluster's CPUs hold at once (a multi-worker trial counts
-    all its workers), and the next is submitted as one finishes, so they start in the given
-    (interleaved) order rather than in Ray's. Each run is driven by a thread of this driver: a
+    At most as many run at once as the cluster holds (CPUs, GPUs, TPU chips; a multi-worker trial
+    counts all its workers), and the next is submitted as one finishes, so they start in the given
+    (interleaved) order rather than in Ray's. Each run is driven by a daemon thread of this driver: a
     single-process trial is one Ray task; a multi-worker trial is gang-scheduled
-    (:func:`harness.gang.run_gang`). A fault (test hook) goes to a single-process trial, or to the
-    last worker of a multi-worker one.
+    (:func:`harness.gang.run_gang`). An interrupt (Ctrl-C) cancels the tasks in flight and returns at
+    once. A fault (test hook) goes to a single-process trial, or to the last worker of a multi-worker one.
     """
     injected = faults_by_name or {}
     specs = [s for s, _ in runs]
@@ -293,49 +318,71 @@ def run_all(
         arrays = dict(np.load(prepared.path))
         shared[name] = (name, prepared.sha256, [ray.put(arrays)])
     task = ray.remote(max_retries=0)(_run_trial)
-    capacity = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    flight = _InFlight()
 
     def execute(spec: TrialSpec, replica: int) -> TrialResult:
         ds = shared.get(spec.dataset) if spec.trains_to_accuracy else None
         fault = injected.get(spec.name)
-        if spec.workers == 1 and not spec.tpu_slice:
-            ref = task.options(**resources(spec)).remote(spec.to_json(), replica, ds, fault, reserve)
-            try:
-                return TrialResult.from_json(ray.get(ref))
-            except Exception as e:  # the Ray task itself died (node lost, worker killed)
-                return _task_failed(spec, replica, e)
+        mine: list[Any] = []
+
+        def watched(ref: Any) -> Any:
+            mine.append(ref)
+            with flight.lock:
+                flight.refs.add(ref)
+            return ref
 
         def start(rank: int, peers: list[str], group: str, options: dict[str, Any]) -> Any:
             last = rank == spec.workers - 1
-            return task.options(**resources(spec), **options).remote(
-                spec.to_json(), replica, ds, fault if last else None, reserve, rank, peers, group
+            return watched(
+                task.options(**resources(spec), **options).remote(
+                    spec.to_json(), replica, ds, fault if last else None, reserve, rank, peers, group
+                )
             )
 
-        result = gang.run_gang(spec, start, lambda rank, e: _task_failed(spec, replica, e))
-        result.replica = replica
-        return result
-
-    queue = list(runs)
-    in_flight: dict[Future[TrialResult], Run] = {}
-    used = 0
-    with ThreadPoolExecutor(max_workers=max(1, min(len(runs), capacity)), thread_name_prefix="trial") as pool:
-
-        def submit() -> None:
-            nonlocal used
-            while queue and (not in_flight or used + _cpus(queue[0][0]) <= capacity):
-                spec, replica = queue.pop(0)
-                used += _cpus(spec)
-                in_flight[pool.submit(execute, spec, replica)] = (spec, replica)
-
-        submit()
-        while in_flight:
-            done, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
-            for future in done:
-                spec, replica = in_flight.pop(future)
-                used -= _cpus(spec)
+        try:
+            if spec.workers == 1 and not spec.tpu_slice:
+                ref = watched(task.options(**resources(spec)).remote(spec.to_json(), replica, ds, fault, reserve))
                 try:
-                    result = future.result()
-                except Exception as e:  # a bug in the driver's own code: recorded, the batch goes on
-                    result = _task_failed(spec, replica, e)
-                submit()  # the next one starts while this result is recorded
-                on_result(result)
+                    return TrialResult.from_json(ray.get(ref))
+                except Exception as e:  # the Ray task itself died (node lost, worker killed)
+                    return _task_failed(spec, replica, e, ref)
+            result = gang.run_gang(spec, start, lambda ref, e: _task_failed(spec, replica, e, ref))
+            result.replica = replica
+            return result
+        finally:
+            with flight.lock:  # finished: nothing to cancel, and their results may be freed
+                flight.refs.difference_update(mine)
+
+    done: queue.Queue[tuple[Run, TrialResult]] = queue.Queue()
+
+    def drive(spec: TrialSpec, replica: int) -> None:
+        try:
+            result = execute(spec, replica)
+        except Exception as e:  # a bug in the driver's own code: recorded, the batch goes on
+            result = _task_failed(spec, replica, e)
+        done.put(((spec, replica), result))
+
+    todo = list(runs)
+
+    def submit() -> None:
+        while todo and flight.fits(todo[0][0]):
+            spec, replica = todo.pop(0)
+            flight.take(spec)
+            threading.Thread(target=drive, args=(spec, replica), daemon=True, name=f"trial-{spec.name}").start()
+
+    try:
+        submit()
+        while flight.count:
+            try:
+                (spec, _), result = done.get(timeout=0.5)  # a timeout: Ctrl-C is handled between waits
+            except queue.Empty:
+                continue
+            flight.take(spec, -1)
+            submit()  # the next one starts while this result is recorded
+            on_result(result)
+    except BaseException:
+        with flight.lock:
+            for ref in flight.refs:
+                with contextlib.suppress(Exception):
+                    ray.cancel(ref, force=True)
+        raise

@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from adapters import FRAMEWORKS
 from harness import gang
-from harness.contract import TrialSpec
+from harness.contract import TrialResult, TrialSpec
 from tests.conftest import REPO
 from tests.test_cli import TINY, harness
 
@@ -123,6 +123,28 @@ def test_tpu_slice_bundles_target_each_host_of_one_slice() -> None:
         gang.placement(_spec(device="tpu", tpu_slice="v4-8", workers=1), hosts)
 
 
+def _ended(status: str, reason: str) -> TrialResult:
+    spec = _spec(workers=3)
+    return TrialResult(trial_key=spec.trial_key, spec=spec, status=status, reason=reason)  # type: ignore[arg-type]
+
+
+def test_the_worker_at_fault_is_named_not_the_peers_that_noticed() -> None:
+    spec, hosts = _spec(workers=3), ["h0", "h1", "h2"]
+    gloo = "RuntimeError: [../gloo/transport/tcp/pair.cc:538] Connection closed by peer [10.0.0.2]:1234"
+    # a crash, whose gloo error in a peer arrived first
+    crashed = gang._failure(spec, {0: _ended("failed", gloo), 2: _ended("crash", "worker died from SIGSEGV")},
+                            [0, 2], hosts)  # fmt: skip
+    assert crashed.status == "crash" and crashed.reason.startswith("worker 2 of 3 (h2): crash: worker died")
+    assert "workers [1] were stopped" in crashed.reason
+    # only peers' reports, and a worker that had to be stopped: it hung
+    hung = gang._failure(spec, {0: _ended("crash", "PeerLost: rank 1 sent nothing for 10 s (hung or stalled)"),
+                                2: _ended("failed", gloo)}, [0, 2], hosts)  # fmt: skip
+    assert hung.status == "timeout" and hung.reason.startswith("worker 1 of 3 (h1): timeout: stopped answering")
+    # a failure of its own (an exception in the model) is named before anything else
+    own = gang._failure(spec, {1: _ended("failed", "ValueError: bad shape"), 0: _ended("failed", gloo)}, [0, 1], hosts)
+    assert own.reason.startswith("worker 1 of 3 (h1): failed: ValueError")
+
+
 def labels_of(worker: int) -> dict[str, str]:
     return {"ray.io/tpu-slice-name": "s1", "ray.io/tpu-worker-id": str(worker)}
 
@@ -167,12 +189,15 @@ def test_one_worker_dying_or_hanging_ends_the_trial_and_names_it(tmp_path: Path)
     rows = {r["spec"]["framework"]: r for r in run.journal()}  # type: ignore[index]
     crashed, hung = rows["torch"], rows["jax"]
     assert crashed["status"] == "crash", crashed["reason"]
-    assert str(crashed["reason"]).startswith("worker 1 of 2") and "SIGSEGV" in str(crashed["reason"])
-    # a hung worker is found by its peers: rank 0 gave up waiting for rank 1 after the collective timeout
+    assert str(crashed["reason"]).startswith("worker 1 of 2 (") and "SIGSEGV" in str(crashed["reason"])
+    # a hung worker is found by its peers: rank 0 gave up waiting for rank 1 after the collective timeout;
+    # the hung one is named (it had to be stopped), with what its peer reported
     assert hung["status"] == "timeout", hung["reason"]
     reason = str(hung["reason"])
-    assert reason.startswith("worker 0 of 2") and "rank(s) [1]" in reason and "never joined" in reason
-    assert "were stopped" in reason  # the hung worker was cancelled, not waited for
+    assert reason.startswith("worker 1 of 2 (") and "stopped answering" in reason, reason
+    assert "worker 0 reported" in reason and "rank(s) [1]" in reason and "never joined" in reason
+    workers = {w["rank"]: w["status"] for w in hung["environment"]["workers"]}  # type: ignore[index]
+    assert workers == {0: "crash", 1: "stopped"}
     out = subprocess.run(["pgrep", "-f", "harness.worker --request"], capture_output=True, text=True)
     assert out.stdout.strip() == ""
 

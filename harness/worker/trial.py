@@ -80,7 +80,7 @@ def run_trial(request: TrialRequest, preloaded: dict[str, float] | None = None) 
             raise ValueError(f"{spec.name}: {spec.workers} workers need {spec.workers} peers and a group address")
         timeout = collective_timeout_s(spec.timeout_s)
         group = Group(request.rank, spec.workers, request.group, timeout)  # every worker is up, or PeerLost
-        adapter_cls.init_distributed(request.rank, request.peers, timeout)
+        adapter_cls.init_distributed(request.rank, request.peers, timeout, backend_device(spec.device))
     data = prepare(spec, request.dataset_path, peak, request.rank)
     if group is not None:
         data = replace(data, agree=group.max)
@@ -130,6 +130,8 @@ def run_trial(request: TrialRequest, preloaded: dict[str, float] | None = None) 
         result.environment[TPU_AS_CPU_ENV] = f"ran on the {options.device} backend: a fake {spec.device} (test hook)"
     if group is not None:
         result.environment["rank"] = request.rank
+        group.max([0.0])  # every worker is done measuring: leave the framework's job together
+        adapter_cls.shutdown_distributed()
         group.close()
     return result
 

@@ -161,6 +161,7 @@ def overhead(rows: list[dict[str, Any]], trials_s: float, slots: int) -> dict[st
     busy = sum(max(0.0, min(end, t1) - max(start, t0)) for start, end in spans)
     steady = (slots * (t1 - t0) - busy) / len(inside) if len(inside) >= slots and t1 > t0 else None
     starts = [float(r["metrics"][M.WORKER_START_S]) for r in rows if M.WORKER_START_S in r["metrics"]]
+    breakdown = _breakdown([r for r in rows if t0 < float(r["started_at"]) <= t1])
     return {
         "trials": n,
         "slots": slots,
@@ -176,7 +177,30 @@ def overhead(rows: list[dict[str, Any]], trials_s: float, slots: int) -> dict[st
         "worker_start_ms_median": round(1000 * statistics.median(starts), 1) if starts else None,
         "target_ms": TARGET_MS,
         "meets_target": steady is not None and steady < TARGET_MS / 1000,
+        "steady_breakdown_ms_median": breakdown,
     }
+
+
+def _breakdown(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Where a steady-state trial's time outside its worker went (medians, ms), from the spans the
+    driver (``driver_span``: submitted, result back) and the Ray task (``task_span``) record."""
+    parts: dict[str, list[float]] = {
+        "ray_dispatch": [],  # submitted -> the task runs on its node
+        "lease_and_start": [],  # core lease, memory cap, request, fork -> the worker's first line
+        "worker": [],  # the trial's own time
+        "worker_exit_and_return": [],  # result written -> the task returns it
+        "result_to_driver": [],  # the task returned -> the driver's thread has it
+    }
+    for r in rows:
+        env = r["environment"]
+        if "driver_span" not in env or "task_span" not in env:
+            continue
+        (submitted, back), (task_start, task_end) = env["driver_span"], env["task_span"]
+        start, end = float(r["started_at"]), float(r["started_at"]) + float(r["wall_s"])
+        for key, value in zip(parts, (task_start - submitted, start - task_start, end - start, task_end - end,
+                                      back - task_end), strict=True):  # fmt: skip
+            parts[key].append(value)
+    return {k: round(1000 * statistics.median(v), 1) for k, v in parts.items() if v}
 
 
 def bench(trials: int, nodes: int, repeats: int, timeout_s: float) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import os
 import queue
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -231,6 +232,7 @@ def _run_trial(
     peers: list[str] | None = None,
     group: str | None = None,
 ) -> str:
+    task_started = time.time()
     with faults.announced() as node_id:  # the driver names this node if the task dies with it
         spec = TrialSpec.from_json(spec_json)
         path = _materialize(*dataset) if dataset else None
@@ -251,6 +253,8 @@ def _run_trial(
         result.replica = replica
         result.environment["reserved_cores"] = node_cpus()[:reserve]
         result.environment["ray_node_id"] = node_id
+        # where a trial's time outside its worker went (scheduling overhead: benchmarks/cluster.py)
+        result.environment["task_span"] = [task_started, time.time()]
         return result.to_json()
 
 
@@ -356,10 +360,12 @@ def run_all(
     done: queue.Queue[tuple[Run, TrialResult]] = queue.Queue()
 
     def drive(spec: TrialSpec, replica: int) -> None:
+        submitted = time.time()
         try:
             result = execute(spec, replica)
         except Exception as e:  # a bug in the driver's own code: recorded, the batch goes on
             result = _task_failed(spec, replica, e)
+        result.environment["driver_span"] = [submitted, time.time()]  # submitted, its result back
         done.put(((spec, replica), result))
 
     todo = list(runs)

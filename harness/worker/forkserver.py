@@ -39,7 +39,7 @@ from typing import Any
 
 from harness.worker.__main__ import exit_now, run
 
-POLL_S = 0.2
+POLL_S = 0.2  # without a pidfd: how often a child's exit is looked for
 TRIAL_PROCESS_NAME = "harness-trial"  # a forked worker's name in ps/top (its command line is the server's)
 
 
@@ -133,6 +133,7 @@ def _kill(pid: int) -> None:
 
 def _watch(conn: socket.socket, pid: int, state: _State) -> None:
     """Report the child's exit status, or kill its group when the launcher hangs up first."""
+    exited = _exit_fd(pid)  # readable when the child exits: its status is reported at once, not at a poll
     try:
         try:
             while True:
@@ -140,8 +141,9 @@ def _watch(conn: socket.socket, pid: int, state: _State) -> None:
                 if done:
                     send_line(conn, {"status": status})
                     return
-                readable, _, _ = select.select([conn], [], [], POLL_S)
-                if readable and not conn.recv(1, socket.MSG_PEEK):  # EOF: the launcher is gone
+                watched = [conn.fileno()] if exited is None else [conn.fileno(), exited]
+                readable, _, _ = select.select(watched, [], [], POLL_S)
+                if conn.fileno() in readable and not conn.recv(1, socket.MSG_PEEK):  # EOF: the launcher is gone
                     break
         except OSError:
             pass
@@ -149,8 +151,18 @@ def _watch(conn: socket.socket, pid: int, state: _State) -> None:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)
     finally:
+        if exited is not None:
+            os.close(exited)
         conn.close()
         state.done(pid)
+
+
+def _exit_fd(pid: int) -> int | None:
+    """A pidfd of the child (Linux 5.3+), or None: then the exit is found by polling every ``POLL_S``."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
 
 
 def _serve_one(server: socket.socket, conn: socket.socket, state: _State, preloaded: dict[str, float]) -> None:

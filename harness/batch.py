@@ -99,6 +99,9 @@ class _Tracking:
     tracker: track.Tracker
     parent: str | None = None
     error: str | None = None
+    # cells finished while trials run are logged by one background thread, off the scheduling path
+    _writer: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="mlflow"))
+    _writes: list[Future[int]] = field(default_factory=list)
 
     def _guard(self, what: Callable[[], None]) -> None:
         if self.error is not None:
@@ -114,17 +117,29 @@ class _Tracking:
 
         self._guard(create)
 
-    def log(self, keys: set[str] | None = None) -> int:
-        """Log the cells (all, or those of ``keys``) the store lacks in their journaled state; how many."""
+    def log_soon(self, keys: set[str], results: list[TrialResult]) -> None:
+        """:meth:`log` in the background; ``results``: the batch's latest results (no journal re-read)."""
+        self._writes.append(self._writer.submit(self.log, keys, results))
+
+    def drain(self) -> None:
+        """Wait for the background writes (before anything else logs)."""
+        for write in self._writes:
+            write.result()
+        self._writes.clear()
+
+    def log(self, keys: set[str] | None = None, results: list[TrialResult] | None = None) -> int:
+        """Log the cells (all, or those of ``keys``) the store lacks in their journaled state; how many.
+        ``results``: the batch's latest results when the caller has them (else the journal is read)."""
         if self.error is not None:
             return 0
-        pending = self.batch.unsynced(self.uri, keys)
+        results = self.batch.results() if results is None else results
+        pending = self.batch.unsynced(self.uri, keys, results)
         unstable_cv = float(self.batch.meta().get("unstable_cv", 0.10)) if self.batch.exists() else 0.10
 
         def write() -> None:
             assert self.parent is not None
             # through cells(): a multi-worker cell is linked to its 1-worker cell (scaling efficiency)
-            every = {c.trial_key: c for c in cells(self.batch.results(), unstable_cv)}
+            every = {c.trial_key: c for c in cells(results, unstable_cv)}
             logged = {processes[0].trial_key for processes in pending}
             for processes in pending:
                 cell = every.get(processes[0].trial_key) or Cell(processes, unstable_cv)
@@ -147,7 +162,9 @@ class _Tracking:
             assert self.parent is not None
             self.tracker.finish_parent(self.parent, ok)
 
+        self.drain()
         self._guard(finish)
+        self._writer.shutdown()
 
 
 def _open_batch(runs_dir: Path, resume: str | None) -> tuple[journal.Batch, dict[str, Any]]:
@@ -250,7 +267,7 @@ def run(
             previous[(result.trial_key, result.replica)] = result
             waiting[result.trial_key] = waiting.get(result.trial_key, 1) - 1
             if live and waiting[result.trial_key] <= 0:
-                tracking.log({result.trial_key})
+                tracking.log_soon({result.trial_key}, list(previous.values()))
 
         for spec, reason in the_plan.skipped:
             if (spec.trial_key, 0) not in finished:
@@ -277,6 +294,7 @@ def run(
                     events.started(batch, len(extra), 0)
                     run_round(extra)
         finally:
+            tracking.drain()
             pending = len(batch.unsynced(uri)) if tracking.error is None else 0
             if pending:
                 events.logging(pending, uri)

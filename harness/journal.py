@@ -133,13 +133,15 @@ class Batch:
         row = {"uri": uri, "trial_key": cell[0].trial_key, "digest": processes_digest(cell), "run_id": run_id}
         _append_line(self.sync_path, json.dumps(row))
 
-    def unsynced(self, uri: str, keys: set[str] | None = None) -> list[list[TrialResult]]:
+    def unsynced(
+        self, uri: str, keys: set[str] | None = None, results: list[TrialResult] | None = None
+    ) -> list[list[TrialResult]]:
         """Cells (each its processes) that the store at ``uri`` lacks in their current state, in journal order;
-        ``keys``: only these cells."""
+        ``keys``: only these cells; ``results``: the latest results when the caller holds them."""
         done = self.synced(uri)
         return [
             cell
-            for key, cell in group_cells(self.results()).items()
+            for key, cell in group_cells(self.results() if results is None else results).items()
             if (keys is None or key in keys) and done.get(key, ("", ""))[0] != processes_digest(cell)
         ]
 

@@ -233,7 +233,9 @@ def _differences(pairs: list[tuple[Cell, Cell]], ignore: set[str]) -> list[str]:
 
 
 def _row(label: str, base: Cell, new: Cell, seed: int) -> Row:
-    ratio = stats.ratio_interval(base.step_groups, new.step_groups, 50.0, higher_is_better=True, seed=seed)
+    # seconds per sample: cells of different (global) batch sizes compare by samples per second
+    b_steps, n_steps = ([g / c.spec.global_batch for g in c.step_groups] for c in (base, new))
+    ratio = stats.ratio_interval(b_steps, n_steps, 50.0, higher_is_better=True, seed=seed)
     b, n = base.process_throughputs, new.process_throughputs
     return Row(label, base, new, ratio, stats.welch_p(b, n), stats.mann_whitney_p(b, n))
 
@@ -320,7 +322,11 @@ def within_batch(
     for c in cells:
         groups.setdefault(_identity(c, rest), {})[str(_spec_value(c, axis))] = c
     comparison = Comparison(
-        f"{axis}={baseline}", f"other {axis}s ({label})", threshold, threshold_source, allow_mismatch=allow_mismatch
+        f"{axis}={baseline}",
+        f"other values of {axis} ({label})",
+        threshold,
+        threshold_source,
+        allow_mismatch=allow_mismatch,
     )
     pairs: list[tuple[str, Cell, Cell]] = []
     for members in groups.values():

@@ -146,6 +146,25 @@ def test_compare_by_framework_pairs_every_framework_with_the_baseline() -> None:
         compare.within_batch(batch, "architecture", None, 0.05, "given", label="b1")
 
 
+def test_compare_by_workers_and_batch_size_compares_samples_per_second() -> None:
+    """Cells of different global batches: the ratio is of throughputs, not of step times."""
+    rng = np.random.default_rng(50)
+    one, two, big = spec(), spec(workers=2), spec(batch_size=2 * BATCH)
+    # two workers: each step takes 1.6x as long but moves twice the samples -> 1.25x the throughput
+    procs = [process(one, i, d) for i, d in enumerate(simulate(rng, 0.010, 5, 20, 0.03, 0.02))]
+    procs += [process(two, i, d) for i, d in enumerate(simulate(rng, 0.016, 5, 20, 0.03, 0.02))]
+    procs += [process(big, i, d) for i, d in enumerate(simulate(rng, 0.016, 5, 20, 0.03, 0.02))]
+    found = cells(procs)
+    by_workers = compare.within_batch(found, "workers", "1", 0.05, "given", label="b")
+    (row,) = [r for r in by_workers.rows if r.new.spec.workers == 2]
+    assert row.ratio.estimate == pytest.approx(1.25, rel=0.1) and row.verdict == "faster"
+    eff = next(c for c in found if c.spec.workers == 2).metrics[M.SCALING_EFFICIENCY]
+    assert eff == pytest.approx(0.625, rel=0.1)  # 1.25x the throughput on 2 workers
+    by_batch = compare.within_batch(found, "batch_size", str(BATCH), 0.05, "given", label="b")
+    (row,) = [r for r in by_batch.rows if r.new.spec.batch_size == 2 * BATCH]
+    assert row.ratio.estimate == pytest.approx(1.25, rel=0.1)
+
+
 def test_threshold_parsing() -> None:
     assert compare.parse_threshold("5%") == pytest.approx(0.05)
     assert compare.parse_threshold("0.02") == pytest.approx(0.02)

@@ -170,7 +170,9 @@ def _start(cwd: Path, *args: str, env: dict[str, str]) -> subprocess.Popen[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("graceful", [True, False], ids=["sigterm", "sigkill"])
+# the node killed outright (SIGKILL: nothing of it says goodbye); a graceful removal (SIGTERM) took the
+# same path when both ran (about 40 s each), so one keeps the suite's time in bounds
+@pytest.mark.parametrize("graceful", [False], ids=["sigkill"])
 def test_node_lost_during_a_trial_then_resume(
     cluster: tuple[Any, dict[str, Any]], tmp_path: Path, graceful: bool
 ) -> None:

@@ -165,9 +165,6 @@ def free_endpoint() -> tuple[str, int, int]:
     return ip, ports[0], ports[1]
 
 
-TaskFn = Callable[..., Any]  # a remote function's .options(...).remote
-
-
 def run_gang(
     spec: TrialSpec,
     start: Callable[[int, list[str], str, dict[str, Any]], Any],

@@ -18,6 +18,7 @@ its node and its stderr tail.
 
 from __future__ import annotations
 
+import functools
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -165,6 +166,12 @@ def free_endpoint() -> tuple[str, int, int]:
     return ip, ports[0], ports[1]
 
 
+@functools.cache
+def _endpoint_task() -> Any:
+    """:func:`free_endpoint` as a Ray task, defined once per driver (not once per trial)."""
+    return ray.remote(num_cpus=0)(free_endpoint)
+
+
 def run_gang(
     spec: TrialSpec,
     start: Callable[[int, list[str], str, dict[str, Any]], Any],
@@ -193,7 +200,7 @@ def run_gang(
         def on(i: int) -> PlacementGroupSchedulingStrategy:
             return PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i)
 
-        probe = ray.remote(num_cpus=0)(free_endpoint)
+        probe = _endpoint_task()
         ends = ray.get([probe.options(scheduling_strategy=on(i)).remote() for i in range(spec.workers)])
         peers = [f"{ip}:{port}" for ip, port, _ in ends]
         group = f"{ends[0][0]}:{ends[0][2]}"

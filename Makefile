@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 MXNET_VENV := .venvs/mxnet
 MXNET_STAMP := $(MXNET_VENV)/.installed
 
-.PHONY: setup smoke test lint bench clean
+.PHONY: setup browser smoke test lint bench clean
 
 setup: $(STAMP) $(MXNET_STAMP)
 
@@ -27,7 +27,11 @@ $(MXNET_STAMP): infra/requirements-mxnet.txt pyproject.toml
 smoke: setup
 	$(VENV)/bin/harness run smoke
 
-test: setup
+# headless Chromium for the browser tests, from Debian's packages (root + apt-get; else they skip, saying why)
+browser:
+	@bash infra/browser/install-chromium.sh
+
+test: setup browser
 	$(VENV)/bin/pytest -q
 
 lint: setup

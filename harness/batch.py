@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness import forking, journal, track
 from harness import metrics as M
@@ -44,6 +44,9 @@ from harness.contract import FINAL, TrialResult, TrialSpec
 from harness.plan import Plan
 from harness.spec import SpecError
 
+if TYPE_CHECKING:
+    from harness.document import Writeup
+
 BATCH_ID_ENV = "HARNESS_BATCH_ID"  # a new batch's id chosen beforehand (`harness submit` sets it for its job)
 
 
@@ -51,7 +54,7 @@ BATCH_ID_ENV = "HARNESS_BATCH_ID"  # a new batch's id chosen beforehand (`harnes
 class Events:
     """What the lifecycle tells its caller (the CLI prints these; benchmarks ignore them)."""
 
-    started: Callable[[journal.Batch, int, int], None] = lambda batch, todo, finished: None
+    started: Callable[[journal.Batch, list[TrialSpec], int], None] = lambda batch, todo, finished: None
     result: Callable[[TrialResult], None] = lambda result: None
     logging: Callable[[int, str], None] = lambda count, uri: None
 
@@ -74,6 +77,7 @@ class BatchOutcome:
     results: list[TrialResult]  # the latest attempt of every process of the batch, earlier runs included
     uri: str
     tracking_error: str | None = None  # MLflow failed; the journal has everything
+    report_error: str | None = None  # the parent run's description, figures or report failed (the cells are logged)
     phases: Phases = field(default_factory=Phases)
 
     @property
@@ -84,6 +88,12 @@ class BatchOutcome:
     def cells(self) -> list[Cell]:
         """The batch's cells (computed once: their intervals are bootstraps)."""
         return cells(self.results, float(self.batch.meta().get("unstable_cv", 0.10)))
+
+    def writeup(self) -> Writeup:
+        """The batch written up: the description, report and figures of its parent run."""
+        from harness.document import Writeup
+
+        return Writeup(self.batch.batch_id, self.cells, self.batch.meta() if self.batch.exists() else {})
 
     @property
     def sync_command(self) -> str:
@@ -157,12 +167,21 @@ class _Tracking:
             self._guard(write)
         return len(pending)
 
-    def close(self, ok: bool) -> None:
+    def close(self, outcome: BatchOutcome) -> None:
+        """The parent run's description, figures and report (a failure there is reported, and the
+        cells stay logged), then the run ends."""
+
         def finish() -> None:
             assert self.parent is not None
-            self.tracker.finish_parent(self.parent, ok)
+            self.tracker.finish_parent(self.parent, outcome.ok)
 
         self.drain()
+        if self.parent is not None and self.error is None:
+            try:
+                writeup = outcome.writeup()
+                self.tracker.describe(self.parent, writeup.markdown(), writeup.figures, writeup.html())
+            except Exception as e:
+                outcome.report_error = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"
         self._guard(finish)
         self._writer.shutdown()
 
@@ -227,6 +246,7 @@ def run(
         finally:
             tracker = _result_or_shutdown(store)
     unpin: Callable[[], None] = _nothing
+    closer, closing = ThreadPoolExecutor(1, thread_name_prefix="close"), None
     try:
         if not address:
             unpin = schedule.pin_to_reserved(reserve)
@@ -255,7 +275,7 @@ def run(
         if caught_up:
             events.logging(caught_up, uri)
 
-        events.started(batch, len(todo), len(finished))
+        events.started(batch, [s for s, _ in todo], len(finished))
         live = bool(address)
         waiting: dict[str, int] = {}  # processes of each cell still running in this invocation
 
@@ -291,7 +311,7 @@ def run(
                     if not extra:
                         break
                     rng.shuffle(extra)
-                    events.started(batch, len(extra), 0)
+                    events.started(batch, [s for s, _ in extra], 0)
                     run_round(extra)
         finally:
             tracking.drain()
@@ -301,15 +321,19 @@ def run(
             with phases("mlflow"):
                 tracking.log()
         outcome = BatchOutcome(batch, batch.results(), uri, phases=phases)
-        with phases("mlflow"):
-            tracking.close(outcome.ok)
-        outcome.tracking_error = tracking.error
-        batch.write_meta(meta | {"phases_s": dict(phases)})  # the last run's (resume: this invocation's)
-        return outcome
+
+        # beside Ray's shutdown: the figures take seconds of CPU, the shutdown mostly waits
+        closing = closer.submit(tracking.close, outcome)
     finally:
         unpin()
-        with phases("ray shutdown"):
+        with phases("ray shutdown" if closing is None else "ray shutdown | parent run: description, figures, report"):
             schedule.shutdown()
+            if closing is not None:
+                closing.result()
+        closer.shutdown()
+    outcome.tracking_error = tracking.error
+    batch.write_meta(meta | {"phases_s": dict(phases)})  # the last run's (resume: this invocation's)
+    return outcome
 
 
 def _unstable_runs(batch: journal.Batch, the_plan: Plan, max_repeats: int) -> list[tuple[TrialSpec, int]]:
@@ -345,7 +369,7 @@ def sync(runs_dir: Path, batch_id: str, tracking_uri: str | None = None) -> tupl
     tracking.open(meta.get("suite", "?"), meta)
     count = tracking.log()
     outcome = BatchOutcome(batch, batch.results(), uri)
-    tracking.close(outcome.ok)
+    tracking.close(outcome)
     outcome.tracking_error = tracking.error
     return outcome, count
 

@@ -1,4 +1,4 @@
-"""``harness run | list | doctor | compare | calibrate | sync``: the command line (parses and prints only).
+"""``harness run | list | doctor | compare | report | calibrate | sync``: the command line (parses and prints only).
 
 The batch lifecycle is :mod:`harness.batch`, verdicts :mod:`harness.compare`. Bad input (unknown
 names, non-positive sizes, malformed suites, devices no node has, an MLflow store or Ray cluster that
@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 from rich.console import Console
@@ -114,14 +115,37 @@ def _run(the_plan: plan.Plan, args: argparse.Namespace, plan_s: float, suite: st
     outcome = _run_batch(the_plan, args)
     if outcome is None:
         return 130
-    for table in report.tables(outcome.cells, f"batch {outcome.batch.batch_id} ({suite})"):
+    for table in report.tables(outcome.cells, f"batch {outcome.batch.batch_id} ({suite})", args.wide):
         console.print(table)
     phases = {"plan": plan_s, **outcome.phases}
-    console.print(
-        f"journal: {outcome.batch.journal}\nMLflow: {report.mlflow_ui_command(outcome.uri)}\n"
-        f"wall time {sum(phases.values()):.1f} s: " + ", ".join(f"{k} {v:.1f} s" for k, v in phases.items())
-    )
+    console.print(f"journal: {outcome.batch.journal}", soft_wrap=True)
+    if outcome.tracking_error is None:
+        _print_links(outcome.uri, outcome.batch.batch_id)
+    if outcome.report_error:
+        err_console.print(f"[yellow]the batch's description, figures or report failed:[/] {outcome.report_error}")
+    console.print(f"wall time {sum(phases.values()):.1f} s: " + ", ".join(f"{k} {v:.1f} s" for k, v in phases.items()))
     return _exit_code(outcome)
+
+
+def _print_links(uri: str, batch_id: str) -> None:
+    """Where the batch is in MLflow's UI: its runs, their comparison, its parent run (description,
+    figures, report); for a local store, the command that serves it first."""
+    ui = track.ui_base(uri)
+    try:
+        tracker = track.Tracker(uri)
+        compare_url = tracker.compare_url(batch_id, ui)
+        parent = tracker.parent_of(batch_id)
+    except Exception as e:  # the links are a convenience; the runs are logged
+        err_console.print(f"[yellow]could not read the batch's runs from MLflow:[/] {type(e).__name__}: {str(e)[:200]}")
+        return
+    console.print(f"MLflow: {report.mlflow_ui_command(uri)}", soft_wrap=True)
+    links = [("runs", tracker.experiment_url(ui))]
+    if compare_url:
+        links.append(("compare the batch's runs", compare_url))
+    if parent:
+        links.append(("the batch: description, figures, report", tracker.run_url(parent, ui)))
+    for what, url in links:
+        console.print(f"  {what}: {url}", soft_wrap=True)
 
 
 def _run_batch(the_plan: plan.Plan, args: argparse.Namespace) -> batch.BatchOutcome | None:
@@ -298,8 +322,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     threshold = cmp.parse_threshold(args.threshold)
     if len(ids) < 2 and not args.by:
         batch_id, batch_cells = _batch_cells(args, ids[0] if ids else None)
-        for table in report.tables(batch_cells, f"batch {batch_id}"):
+        for table in report.tables(batch_cells, f"batch {batch_id}", args.wide):
             console.print(table)
+        _print_links(args.tracking_uri or track.default_tracking_uri(), batch_id)
         return 0
     if args.by:
         batch_id, batch_cells = _batch_cells(args, ids[0] if ids else None)
@@ -366,6 +391,66 @@ def _print_comparison(
         err_console.print(f"[red]{len(regressions)} cell(s) slower beyond ±{comparison.threshold:.1%}[/]")
         return 1
     return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """``harness report``: the batch as one self-contained HTML file, also logged on its parent run."""
+    from harness.document import Writeup
+
+    batch_id, batch_cells = _batch_cells(args, args.batch_id)
+    found = journal.Batch(_runs_dir(args), batch_id)
+    uri = args.tracking_uri or (found.meta().get("tracking_uri") if found.exists() else None)
+    uri = uri or track.default_tracking_uri()
+    meta = found.meta() if found.exists() else _meta_from_mlflow(uri, batch_id)
+    against = None
+    if args.against:
+        base_id, base_cells = _batch_cells(args, args.against)
+        threshold = cmp.parse_threshold(args.threshold)
+        value, source = _threshold(threshold, batch_cells)
+        against = cmp.between_batches(
+            base_cells,
+            batch_cells,
+            value,
+            source,
+            base_label=f"batch {base_id}",
+            new_label=f"batch {batch_id}",
+            allow_mismatch=args.allow_mismatch,
+        )
+    writeup = Writeup(batch_id, batch_cells, meta, against)
+    out = Path(args.output or f"report-{batch_id}.html")
+    if out.parent and not out.parent.exists():
+        raise SpecError(f"cannot write {out}: folder {out.parent} does not exist")
+    page = writeup.html()
+    out.write_text(page)
+    console.print(
+        f"report: {out} ({len(page) / 1e3:.0f} kB, {len(writeup.figures)} figures, {len(batch_cells)} cells)",
+        soft_wrap=True,
+    )
+    name = f"report-vs-{args.against}.html" if args.against else "report.html"
+    try:
+        if track.Tracker(uri).log_report(batch_id, name, page):
+            err_console.print(f"logged to batch {batch_id}'s parent run in {uri} ({name})")
+    except Exception as e:  # the file stands without MLflow
+        err_console.print(f"[yellow]could not log the report to MLflow:[/] {type(e).__name__}: {str(e)[:200]}")
+    return 0
+
+
+def _meta_from_mlflow(uri: str, batch_id: str) -> dict[str, Any]:
+    """A batch's ``batch.json`` from its parent run, when its journal is not here ({} without one)."""
+    import json
+    import tempfile
+
+    try:
+        tracker = track.Tracker(uri)
+        parent = tracker.parent_of(batch_id)
+        if parent is None:
+            return {}
+        with tempfile.TemporaryDirectory() as tmp:
+            path = tracker.client.download_artifacts(parent, "batch.json", tmp)
+            loaded: dict[str, Any] = json.loads(Path(path).read_text())
+        return loaded
+    except Exception:
+        return {}
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -435,6 +520,15 @@ def reserve_arg(p: argparse.ArgumentParser) -> None:
         help="cores per node kept for the driver and Ray's processes, never given to trials (default: the "
         "suite's reserve_cores, else 1: 0 on a 1-core node, 2 from 32 cores; 0 lets trials share cores with "
         "them: several times the noise)",
+    )
+
+
+def wide_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--wide",
+        action="store_true",
+        help="every column of the cell table (exec mode, CV, compile s, %% of peak, time to target, the status "
+        "reason...); by default the table fits 100 terminal columns",
     )
 
 
@@ -510,6 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
         "node's memory divided by the trials that fit on it at once); over it the trial ends as oom",
     )
     reserve_arg(r)
+    wide_arg(r)
     r.add_argument("--dry-run", action="store_true", help="print the expanded matrix and skipped cells; run nothing")
     r.add_argument("--resume", metavar="BATCH_ID", help="continue a batch, skipping trials already finished")
     r.add_argument(
@@ -548,11 +643,28 @@ def build_parser() -> argparse.ArgumentParser:
         "noise as measured by `harness calibrate` (default 5%%)",
     )
     c.add_argument("--allow-mismatch", action="store_true", help="give verdicts even across different environments")
+    wide_arg(c)
     out = c.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print the verdicts as JSON")
     out.add_argument("--markdown", action="store_true", help="print the verdicts as a Markdown table")
     common(c)
     c.set_defaults(func=cmd_compare)
+
+    rep = sub.add_parser(
+        "report",
+        help="a batch as one self-contained HTML file: tables, verdicts, figures, nodes, problems",
+        description="Write one HTML file (figures inlined, no network, no scripts) with the batch's cells, the "
+        "verdicts of its frameworks against each other and, with --against, of the batch against a base batch, "
+        "its figures, the environment of every node and every cell skipped, failed, diverged or unstable with "
+        "the reason; also logged on the batch's MLflow parent run.",
+    )
+    rep.add_argument("batch_id", nargs="?", metavar="BATCH_ID", help="the batch (default: the latest)")
+    rep.add_argument("--against", metavar="BASE", help="a base batch: verdicts of BATCH against it, cell by cell")
+    rep.add_argument("-o", "--output", metavar="FILE", help="where to write it (default: ./report-BATCH_ID.html)")
+    rep.add_argument("--threshold", default="5%", help="--against: as for compare (default 5%%)")
+    rep.add_argument("--allow-mismatch", action="store_true", help="--against: verdicts across environments")
+    common(rep)
+    rep.set_defaults(func=cmd_report)
 
     cal = sub.add_parser(
         "calibrate",

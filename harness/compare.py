@@ -198,7 +198,8 @@ class Comparison:
         return "\n".join(lines)
 
 
-def _label(cell: Cell, skip: str | None = None) -> str:
+def cell_label(cell: Cell, skip: str | None = None) -> str:
+    """What a cell measures in one line (``mlp train bs32 cpu``), without ``skip``'s value."""
     s = cell.spec
     parts = [s.architecture, s.framework, s.mode, f"bs{s.batch_size}", s.device]
     if s.workers > 1:
@@ -289,10 +290,10 @@ def between_batches(
     for cell in new:
         other = by_id.get(_identity(cell, MATCH))
         if other is None:
-            comparison.unmatched.append(f"NEW {_label(cell)}")
+            comparison.unmatched.append(f"NEW {cell_label(cell)}")
             continue
-        _pair(comparison, pairs, _label(cell), other, cell)
-    comparison.unmatched += [f"BASE {_label(c)}" for c in base if _identity(c, MATCH) not in new_ids]
+        _pair(comparison, pairs, cell_label(cell), other, cell)
+    comparison.unmatched += [f"BASE {cell_label(c)}" for c in base if _identity(c, MATCH) not in new_ids]
     return _finish(comparison, pairs, ignore=set())
 
 
@@ -334,7 +335,7 @@ def within_batch(
         for value, cell in members.items():
             if value == baseline:
                 continue
-            name = f"{_label(cell, skip=axis)}: {value} / {baseline}"
+            name = f"{cell_label(cell, skip=axis)}: {value} / {baseline}"
             if base is None:
                 comparison.unmatched.append(f"{name} (no {baseline} cell)")
                 continue

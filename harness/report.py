@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
-from rich.console import Console
+from rich import box
+from rich.console import Console, RenderableType
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
@@ -12,8 +15,9 @@ from rich.text import Text
 from harness import batch, journal
 from harness import metrics as M
 from harness.cells import ONE_PROCESS, Cell, cells
-from harness.compare import Comparison
-from harness.contract import TrialResult
+from harness.compare import Comparison, cell_label
+from harness.contract import TrialResult, TrialSpec
+from harness.track import UI_DEFAULT
 
 STATUS_STYLE = {"ok": "green", "unsupported": "yellow", "diverged": "magenta"}
 
@@ -34,11 +38,11 @@ def _to_target(c: Cell) -> str:
     return "never" if reached_none else "-"
 
 
-def _compact(x: float) -> str:
+def _compact(x: float, digits: int = 3) -> str:
     for scale, suffix in ((1e6, "M"), (1e3, "k")):
         if x >= scale:
-            return f"{x / scale:.3g}{suffix}"
-    return f"{x:.3g}"
+            return f"{x / scale:.{digits}g}{suffix}"
+    return f"{x:.{digits}g}"
 
 
 def _workers(c: Cell) -> str:
@@ -59,82 +63,112 @@ def _cv(c: Cell) -> str:
     return "-" if cv is None else f"{cv:.1%}"
 
 
-def comparison_table(results: Iterable[TrialResult] | Iterable[Cell], title: str = "") -> Table:
-    """One row per cell (architecture, framework, mode[, dataset], batch size, device).
+@dataclass(frozen=True)
+class Column:
+    """One column of the cell table: its name, alignment and the text of a cell (rich markup)."""
 
-    Throughput is the geometric mean over the cell's processes with its 95% between-process interval
-    ("1 process: run-to-run spread unknown" with one), ``CV`` the processes' spread and ``n`` their
-    number. The accuracy columns (dataset, val acc, target, s to target) appear when some trial
-    trained to accuracy; "s to target" is the training time until the held-out accuracy first
-    reached the target ("never": not within the step budget).
-    """
-    items = list(results)
-    rows: list[Cell] = [i for i in items if isinstance(i, Cell)] or cells(
-        [i for i in items if isinstance(i, TrialResult)]
-    )
+    name: str
+    justify: str
+    get: Callable[[Cell], str]
+
+
+P50, P99 = M.percentile_keys(M.LATENCY)[50], M.percentile_keys(M.LATENCY)[99]
+
+
+def _peak(c: Cell) -> str:
+    frac = c.metrics.get(M.PEAK_FRACTION)
+    return _num(None if frac is None else 100 * frac, ".1f")
+
+
+def _throughput(c: Cell) -> str:
+    """Throughput with its interval in one column (the narrow table)."""
+    value = c.metrics.get(M.THROUGHPUT)
+    if value is None:
+        return "-"
+    t = c.throughput
+    known = t is not None and t.between_known
+    if not known:
+        return f"{_compact(value)} (n=1)"
+    assert t is not None
+    return f"{_compact(value)} [{_compact(t.low, 2)}-{_compact(t.high, 2)}]"
+
+
+def _latencies(c: Cell) -> str:
+    p50, p99 = c.metrics.get(P50), c.metrics.get(P99)
+    return "-" if p50 is None or p99 is None else f"{p50:.3g}/{p99:.3g}"
+
+
+WIDE = (
+    Column("architecture", "left", lambda c: c.spec.architecture),
+    Column("framework", "left", lambda c: c.spec.framework),
+    Column("mode", "left", lambda c: c.spec.mode),
+    Column("dataset", "left", lambda c: c.spec.dataset),
+    Column("device", "left", lambda c: c.spec.device),
+    Column("batch", "right", lambda c: str(c.spec.batch_size)),
+    Column("workers", "right", _workers),
+    Column("exec", "left", lambda c: c.representative.compile_mode or "-"),
+    Column("samples/s", "right", lambda c: _num(c.metrics.get(M.THROUGHPUT), ",.0f")),
+    Column("95% CI", "right", lambda c: _interval(c)),
+    Column("CV", "right", lambda c: _cv(c)),
+    Column("n", "right", lambda c: _processes(c)),
+    Column("p50 ms", "right", lambda c: _num(c.metrics.get(P50), ".3f")),
+    Column("p99 ms", "right", lambda c: _num(c.metrics.get(P99), ".3f")),
+    Column("compile s", "right", lambda c: _num(c.metrics.get(M.COMPILE_S), ".2f")),
+    Column("RSS MB", "right", lambda c: _num(c.metrics.get(M.PEAK_HOST_RSS_MB), ".0f")),
+    Column("% peak", "right", _peak),
+    Column("scaling eff", "right", lambda c: _num(c.metrics.get(M.SCALING_EFFICIENCY), ".2f")),
+    Column("val acc", "right", lambda c: _num(c.metrics.get(M.VAL_ACCURACY), ".3f")),
+    Column("to target s", "right", lambda c: _to_target(c)),
+    Column("status", "left", lambda c: _status(c)),
+)
+# the default table fits 100 columns: the columns that decide, the status without its reason (listed below)
+NARROW = (
+    *(c for c in WIDE if c.name in ("architecture", "framework", "mode")),
+    Column("samples/s [95% CI]", "right", _throughput),
+    Column("p50/p99 ms", "right", _latencies),
+    Column("RSS MB", "right", lambda c: _num(c.metrics.get(M.PEAK_HOST_RSS_MB), ".0f")),
+    Column("acc", "right", lambda c: _num(c.metrics.get(M.VAL_ACCURACY), ".3f")),
+    Column("status", "left", lambda c: _status(c, short=True)),
+)
+# what the narrow table adds to the mode where cells of the batch differ in it (else the title says it)
+SETUP: dict[str, Callable[[TrialSpec], str]] = {
+    "batch": lambda s: f"bs{s.batch_size}",
+    "dataset": lambda s: "" if s.dataset == "synthetic" else s.dataset,
+    "workers": lambda s: "" if s.workers == 1 else f"w{s.workers}-{s.scaling}",
+    "device": lambda s: s.device,
+}
+
+
+def _setup(rows: list[Cell]) -> list[str]:
+    return [k for k, get in SETUP.items() if len({get(c.spec) for c in rows}) > 1]
+
+
+def _mode_with(varying: list[str]) -> Column:
+    def get(c: Cell) -> str:
+        return " ".join(p for p in (c.spec.mode, *(SETUP[k](c.spec) for k in varying)) if p)
+
+    return Column("mode", "left", get)
+
+
+def columns(rows: list[Cell], wide: bool = False) -> list[Column]:
+    """The columns of a table of ``rows``: those with something to say about them."""
     trained = any(M.VAL_ACCURACY in c.metrics or c.spec.trains_to_accuracy for c in rows)
-    p50, p99 = M.percentile_keys(M.LATENCY)[50], M.percentile_keys(M.LATENCY)[99]
-
-    def peak(c: Cell) -> str:
-        frac = c.metrics.get(M.PEAK_FRACTION)
-        return _num(None if frac is None else 100 * frac, ".1f")
-
-    Column = tuple[str, str, Callable[[Cell], str]]
-    columns: list[Column] = [
-        ("architecture", "left", lambda c: c.spec.architecture),
-        ("framework", "left", lambda c: c.spec.framework),
-        ("mode", "left", lambda c: c.spec.mode),
-        ("dataset", "left", lambda c: c.spec.dataset),
-        ("device", "left", lambda c: c.spec.device),
-        ("batch", "right", lambda c: str(c.spec.batch_size)),
-        (
-            "workers",
-            "right",
-            lambda c: str(c.spec.workers) if c.spec.workers == 1 else f"{c.spec.workers} {c.spec.scaling}",
-        ),
-        ("exec", "left", lambda c: c.representative.compile_mode or "-"),
-        ("samples/s", "right", lambda c: _num(c.metrics.get(M.THROUGHPUT), ",.0f")),
-        ("95% CI", "right", _interval),
-        ("CV", "right", _cv),
-        ("n", "right", _processes),
-        ("p50 ms", "right", lambda c: _num(c.metrics.get(p50), ".3f")),
-        ("p99 ms", "right", lambda c: _num(c.metrics.get(p99), ".3f")),
-        ("compile s", "right", lambda c: _num(c.metrics.get(M.COMPILE_S), ".2f")),
-        ("RSS MB", "right", lambda c: _num(c.metrics.get(M.PEAK_HOST_RSS_MB), ".0f")),
-        ("% peak", "right", peak),
-        ("scaling eff", "right", lambda c: _num(c.metrics.get(M.SCALING_EFFICIENCY), ".2f")),
-        ("val acc", "right", lambda c: _num(c.metrics.get(M.VAL_ACCURACY), ".3f")),
-        ("to target s", "right", _to_target),
-        ("status", "left", _status),
-    ]
     hidden = set() if trained else {"dataset", "val acc", "to target s"}
     if len({c.spec.device for c in rows}) <= 1:
         hidden.add("device")  # one device: the title says it
     if all(c.spec.workers == 1 for c in rows):
         hidden |= {"workers", "scaling eff"}
-    columns = [col for col in columns if col[0] not in hidden]
-    single = sum(1 for c in rows if c.unstable == ONE_PROCESS)
-    caption = "samples/s: geometric mean over the cell's n processes; 95% interval and CV between processes"
-    if single:
-        caption += f"\n{single} cell(s) with {ONE_PROCESS} (--repeats 3 or more for an interval)"
-    if any(c.spec.workers > 1 for c in rows):
-        caption += (
-            "\nworkers: samples/s of all workers (weak: batch per worker; strong: global batch); "
-            "scaling eff: samples/s / (workers x the 1-worker cell's)"
-        )
-    targets = sorted({(c.spec.dataset, c.spec.train.target_accuracy) for c in rows if c.spec.train.target_accuracy})
-    if trained and targets:
-        caption += "\nto target s: training seconds to held-out accuracy " + ", ".join(
-            f"{t:.2f} on {d}" for d, t in targets
-        )
-    devices = ", ".join(sorted({c.spec.device for c in rows}))
-    title = f"{title} on {devices}" if title and "device" in hidden and devices else title
-    table = Table(title=title or None, header_style="bold", show_lines=False, caption=caption)
-    for name, justify, get in columns:
-        # names and numbers are never cut: every column but the status keeps its full width
-        width = None if name == "status" else max([len(name), *(len(Text.from_markup(get(c))) for c in rows)])
-        table.add_column(name, justify=justify, min_width=width)  # type: ignore[arg-type]
-    ordered = sorted(
+    if wide:
+        return [col for col in WIDE if col.name not in hidden]
+    if not trained:
+        hidden.add("acc")
+    mode = _mode_with(_setup(rows))
+    return [mode if col.name == "mode" else col for col in NARROW if col.name not in hidden]
+
+
+def ordered(rows: Iterable[Cell]) -> list[Cell]:
+    """Cells in table order: architecture, mode, dataset, batch size, device, framework, workers."""
+    return sorted(
         rows,
         key=lambda c: (
             c.spec.architecture,
@@ -146,9 +180,89 @@ def comparison_table(results: Iterable[TrialResult] | Iterable[Cell], title: str
             c.spec.workers,
         ),
     )
-    for c in ordered:
-        table.add_row(*(get(c) for _, _, get in columns))
+
+
+def _as_cells(results: Iterable[TrialResult] | Iterable[Cell]) -> list[Cell]:
+    items = list(results)
+    return [i for i in items if isinstance(i, Cell)] or cells([i for i in items if isinstance(i, TrialResult)])
+
+
+def caption(rows: list[Cell], wide: bool = True) -> str:
+    """What the table's numbers are (printed under it)."""
+    trained = any(M.VAL_ACCURACY in c.metrics or c.spec.trains_to_accuracy for c in rows)
+    single = sum(1 for c in rows if c.unstable == ONE_PROCESS)
+    lines = ["samples/s: geometric mean over the cell's n processes; 95% interval and CV between processes"]
+    if not wide:
+        lines = ["samples/s: geometric mean over the cell's processes [95% interval between processes]"]
+    if single:
+        lines.append(f"{single} cell(s) with {ONE_PROCESS} (--repeats 3 or more for an interval)")
+    if any(c.spec.workers > 1 for c in rows):
+        lines.append("workers: samples/s of all workers (weak: batch per worker; strong: global batch)")
+        if wide:
+            lines[-1] += "; scaling eff: samples/s / (workers x the 1-worker cell's)"
+    targets = sorted({(c.spec.dataset, c.spec.train.target_accuracy) for c in rows if c.spec.train.target_accuracy})
+    if wide and trained and targets:
+        lines.append(
+            "to target s: training seconds to held-out accuracy " + ", ".join(f"{t:.2f} on {d}" for d, t in targets)
+        )
+    if not wide:
+        varying = _setup(rows)
+        with_setup = f" with the {', '.join(varying)} where cells differ in it" if varying else ""
+        lines.append(
+            f"mode{with_setup}; p50/p99 ms: latency percentiles"
+            + ("; acc: held-out accuracy" if trained else "")
+            + "; n=1: one process; --wide: every column"
+        )
+    return "\n".join(lines)
+
+
+def comparison_table(results: Iterable[TrialResult] | Iterable[Cell], title: str = "", wide: bool = True) -> Table:
+    """One row per cell (architecture, framework, mode[, dataset], batch size, device).
+
+    Throughput is the geometric mean over the cell's processes with its 95% between-process interval
+    ("1 process: run-to-run spread unknown" with one), ``CV`` the processes' spread and ``n`` their
+    number. The accuracy columns (dataset, val acc, target, s to target) appear when some trial
+    trained to accuracy; "s to target" is the training time until the held-out accuracy first
+    reached the target ("never": not within the step budget). ``wide=False``: the columns that
+    decide, within 100 terminal columns (:data:`NARROW`); names and numbers are never cut.
+    """
+    rows = _as_cells(results)
+    shown = columns(rows, wide)
+    text = caption(rows, wide)
+    devices = ", ".join(sorted({c.spec.device for c in rows}))
+    hidden_device = all(col.name != "device" for col in shown)
+    title = f"{title} on {devices}" if title and hidden_device and devices else title
+    box_style = box.HEAVY_HEAD if wide else box.SIMPLE_HEAD
+    table = Table(
+        title=title or None,
+        header_style="bold",
+        show_lines=False,
+        caption=text,
+        box=box_style,
+        show_edge=wide,
+        collapse_padding=not wide,
+        pad_edge=wide,
+    )
+    for col in shown:
+        # names and numbers are never cut: every column but the wide status keeps its full width
+        full = not (wide and col.name == "status")
+        width = max([len(col.name), *(len(Text.from_markup(col.get(c))) for c in rows)]) if full else None
+        table.add_column(col.name, justify=col.justify, min_width=width, no_wrap=full)  # type: ignore[arg-type]
+    for c in ordered(rows):
+        table.add_row(*(col.get(c) for col in shown))
     return table
+
+
+def notes(rows: list[Cell]) -> list[str]:
+    """Why each cell that is not plainly ok is not (under the narrow table, whose status is one word)."""
+    out = []
+    for c in ordered(rows):
+        unstable = c.unstable if c.status == "ok" and c.unstable != ONE_PROCESS else None
+        if c.status != "ok":
+            out.append(f"{cell_label(c)}: {c.status}: {c.reason}")
+        elif unstable:
+            out.append(f"{cell_label(c)}: unstable: {unstable}")
+    return out
 
 
 def _processes(c: Cell) -> str:
@@ -156,11 +270,11 @@ def _processes(c: Cell) -> str:
     return f"{c.repeats} (+{failed} failed)" if failed and c.status != "unsupported" else str(c.repeats or 1)
 
 
-def _status(c: Cell) -> str:
-    text = c.status if c.status == "ok" else f"{c.status}: {c.reason[:60]}"
+def _status(c: Cell, short: bool = False) -> str:
+    text = c.status if c.status == "ok" or short else f"{c.status}: {c.reason[:60]}"
     unstable = c.unstable
     if c.status == "ok" and unstable and unstable != ONE_PROCESS:
-        text = f"unstable ({unstable})"
+        text = "unstable" if short else f"unstable ({unstable})"
         return f"[yellow]{text}[/]"
     return f"[{STATUS_STYLE.get(c.status, 'red')}]{text}[/]"
 
@@ -176,10 +290,13 @@ def skipped_table(results: Iterable[TrialResult]) -> Table:
     return table
 
 
-def tables(batch_cells: list[Cell], title: str = "") -> list[Table]:
-    """What ``run`` and ``compare`` print: the cells that ran (one row each), then the skipped cells."""
+def tables(batch_cells: list[Cell], title: str = "", wide: bool = False) -> list[RenderableType]:
+    """What ``run`` and ``compare`` print: the cells that ran (one row each; the narrow table with
+    the reasons of the cells not plainly ok under it), then the skipped cells."""
     ran = [c for c in batch_cells if c.status != "unsupported"]
-    out = [comparison_table(ran, title)] if ran or len(ran) == len(batch_cells) else []
+    out: list[RenderableType] = [comparison_table(ran, title, wide)] if ran or len(ran) == len(batch_cells) else []
+    if not wide and (reasons := notes(ran)):
+        out.append(Text("\n".join(f"  {line}" for line in reasons), overflow="fold"))
     skipped = [p for c in batch_cells if c.status == "unsupported" for p in c.processes]
     return out + ([skipped_table(skipped)] if skipped else [])
 
@@ -232,25 +349,83 @@ def result_line(r: TrialResult) -> str:
 
 def mlflow_ui_command(uri: str) -> str:
     if uri.startswith(("http://", "https://")):
-        return f"open {uri} in a browser"
-    return f"mlflow ui --backend-store-uri {uri}"
+        return f"the tracking server at {uri}; open these pages in a browser:"
+    return f"mlflow ui --backend-store-uri {uri} (serves {UI_DEFAULT}), then open:"
+
+
+class Eta:
+    """The batch's remaining time, from the plan and the trials finished so far in this invocation.
+
+    A trial still to run is expected to take as long (in its own wall time) as the finished trials
+    of its architecture, framework and mode took on average (else those of its framework, else all
+    of them); the elapsed time per second of finished trials' wall time turns that into batch time,
+    so trials running side by side and the scheduling between them are counted as they happened.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.started = clock()
+        self.todo: dict[tuple[str, int], TrialSpec] = {}
+        self.walls: dict[tuple[str, ...], list[float]] = {}
+
+    def add(self, specs: Iterable[TrialSpec]) -> None:
+        for s in specs:
+            key = (s.trial_key, sum(1 for k in self.todo if k[0] == s.trial_key))
+            self.todo[key] = s
+
+    @staticmethod
+    def _keys(s: TrialSpec) -> tuple[tuple[str, ...], ...]:
+        return ((s.architecture, s.framework, s.mode), (s.framework,), ())
+
+    def done(self, r: TrialResult) -> None:
+        key = next((k for k in self.todo if k[0] == r.trial_key), None)
+        if key is not None:
+            del self.todo[key]
+        for k in self._keys(r.spec):
+            self.walls.setdefault(k, []).append(r.wall_s)
+
+    def seconds(self) -> float | None:
+        """Seconds to the end of the batch; None before the first trial finished."""
+        finished = self.walls.get(())
+        if not finished or sum(finished) <= 0:
+            return None
+        per_wall = (self.clock() - self.started) / sum(finished)
+
+        def expected(s: TrialSpec) -> float:
+            walls = next(w for k in self._keys(s) if (w := self.walls.get(k)))
+            return sum(walls) / len(walls)
+
+        return per_wall * sum(expected(s) for s in self.todo.values())
+
+    def text(self) -> str:
+        left = self.seconds()
+        if left is None:
+            return "ETA after the first trial" if self.todo else ""
+        return f"ETA {_duration(left)}"
+
+
+def _duration(seconds: float) -> str:
+    s = round(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 class BatchProgress:
-    """A progress bar and one line per finished trial, fed by the batch lifecycle's events."""
+    """A progress bar with the batch's ETA and one line per finished trial, fed by the batch lifecycle's events."""
 
     def __init__(self, console: Console, what: str):
         self.console, self.what = console, what
         self.batch_id: str | None = None
+        self.eta = Eta()
         self.progress = Progress(
             TextColumn("[progress.description]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
+            TextColumn("{task.fields[eta]}"),
             console=console,
             refresh_per_second=2,
         )
-        self.bar = self.progress.add_task("running trials", total=None, visible=False)
+        self.bar = self.progress.add_task("running trials", total=None, visible=False, eta="")
 
     def __enter__(self) -> BatchProgress:
         self.progress.start()
@@ -259,21 +434,24 @@ class BatchProgress:
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
 
-    def _started(self, b: journal.Batch, todo: int, finished: int) -> None:
+    def _started(self, b: journal.Batch, todo: list[TrialSpec], finished: int) -> None:
+        self.eta.add(todo)
         if self.batch_id == b.batch_id:  # --until-stable: another round for the unstable cells
-            self.console.print(f"until stable: {todo} more processes for unstable cells")
+            self.console.print(f"until stable: {len(todo)} more processes for unstable cells")
             task = self.progress.tasks[0]
-            self.progress.update(self.bar, total=(task.total or 0) + todo)
+            self.progress.update(self.bar, total=(task.total or 0) + len(todo), eta=self.eta.text())
             return
         self.batch_id = b.batch_id
-        self.console.print(f"[bold]batch {b.batch_id}[/]: {self.what}; {todo} processes to run")
+        self.console.print(f"[bold]batch {b.batch_id}[/]: {self.what}; {len(todo)} processes to run")
         if finished:
-            self.console.print(f"resuming: {finished} processes already finished, {todo} to run")
-        self.progress.update(self.bar, total=todo, visible=True)
+            self.console.print(f"resuming: {finished} processes already finished, {len(todo)} to run")
+        self.progress.update(self.bar, total=len(todo), visible=True, eta=self.eta.text())
 
     def _result(self, r: TrialResult) -> None:
-        self.console.print(f"  {result_line(r)}")
-        self.progress.advance(self.bar)
+        self.eta.done(r)
+        left = self.eta.text()
+        self.console.print(f"  {result_line(r)}" + (f"  [dim]({left})[/]" if left and self.eta.todo else ""))
+        self.progress.update(self.bar, advance=1, eta=left)
 
     def _logging(self, count: int, uri: str) -> None:
         self.console.print(f"logging {count} cells to MLflow ({uri})")

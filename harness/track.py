@@ -19,22 +19,36 @@ import os
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.cells import ONE_PROCESS, Cell
-from harness.contract import TrialResult
+from harness.contract import TrialResult, TrialSpec
 from harness.envs import PROJECT_ROOT
 from harness.journal import processes_digest
 from harness.spec import SpecError
 
+if TYPE_CHECKING:
+    from mlflow.entities import DatasetInput
+
+    from harness.figures import Figure
+
 EXPERIMENT = "harness"
+# MLflow's UI opens an experiment on its training runs (not the GenAI overview) for this kind
+# (the experiment tag its 3.x UI reads and sets: ``ExperimentKind.CUSTOM_MODEL_DEVELOPMENT``)
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+NOTE_TAG = "mlflow.note.content"  # a run's Markdown description in the UI
+UI_DEFAULT = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store
+TRAINING_VIEW = "workflowType=machine_learning"  # MLflow 3.x UI: the model-training pages, not GenAI's
 # MLflow's HTTP client retries for minutes by default; a store that went away should cost seconds.
 for _var, _value in (
     ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"),
     ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
     ("MLFLOW_HTTP_REQUEST_TIMEOUT", "30"),
+    ("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true"),  # the CLI prints the batch's pages itself
 ):
     os.environ.setdefault(_var, _value)
 
@@ -93,6 +107,80 @@ def check_store(uri: str, timeout_s: float = 5.0) -> Tracker:
         raise SpecError(f"MLflow store {uri} does not work ({type(e).__name__}: {first}); {local_fix}") from None
 
 
+def ui_base(uri: str) -> str:
+    """Where the MLflow UI of a store is: the tracking server itself, or `mlflow ui`'s default address."""
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI_DEFAULT
+
+
+def _tensor_schema(sample: tuple[int, ...], dtype: str) -> str:
+    """The schema MLflow's dataset view shows (its ``mlflow_tensorspec`` form): samples and labels."""
+
+    def spec(shape: list[int], kind: str) -> str:
+        return json.dumps([{"type": "tensor", "tensor-spec": {"dtype": kind, "shape": shape}}])
+
+    return json.dumps({"mlflow_tensorspec": {"features": spec([-1, *sample], dtype), "targets": spec([-1], "int64")}})
+
+
+@lru_cache(maxsize=256)
+def _synthetic_input(architecture: str, dataset: str, batch: int, seed: int) -> tuple[str, str, str, str]:
+    """(digest, source, schema, profile) of a trial's synthetic timing batch (as the worker makes it)."""
+    from workloads import datasets
+    from workloads.architectures import get
+
+    arch = get(architecture)
+    if dataset != datasets.SYNTHETIC:
+        info = datasets.INFO[dataset]
+        arch = arch.for_data(info.sample_shape, info.dtype, info.vocab_size)
+    x, y = datasets.synthetic(arch.input_shape, arch.num_classes, batch, seed, vocab_size=arch.vocab_size)
+    source = {"tags": {"generator": "workloads.datasets.synthetic", "seed": str(seed), "samples": str(batch)}}
+    profile = {"features_shape": list(x.shape), "targets_shape": list(y.shape)}
+    digest = datasets.content_hash({"x": x, "y": y})[:DIGEST]
+    return digest, json.dumps(source), _tensor_schema(arch.input_shape, str(x.dtype)), json.dumps(profile)
+
+
+DIGEST = 16  # hex digits of the content hash shown as a dataset's digest (MLflow allows 36)
+
+
+def dataset_inputs(spec: TrialSpec) -> list[DatasetInput]:
+    """The data a cell ran on, as MLflow run inputs (the runs table's Dataset column): the synthetic
+    timing batch, and the real data set a train-to-accuracy cell learned from. Digests are the
+    content hashes the harness computes (:func:`workloads.datasets.content_hash`)."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    from workloads import datasets
+
+    digest, source, schema, profile = _synthetic_input(
+        spec.architecture, spec.dataset, spec.global_batch, spec.seed + 1
+    )
+    out = [
+        DatasetInput(
+            Dataset(f"synthetic-{spec.architecture}", digest, "code", source, schema, profile),
+            [InputTag("mlflow.data.context", "benchmark")],
+        )
+    ]
+    if spec.trains_to_accuracy:
+        info = datasets.INFO[spec.dataset]
+        prepared = datasets.prepare(spec.dataset)  # cached: the hash of the arrays every worker loaded
+        generator = datasets.GENERATORS[spec.dataset][0]
+        made_by = f"{generator.__module__}.{generator.__name__}"
+        real_source = {"tags": {"generator": made_by, "description": info.description}}
+        sizes = {"num_train": info.n_train, "num_val": info.n_val, "num_classes": info.num_classes}
+        out.append(
+            DatasetInput(
+                Dataset(
+                    spec.dataset,
+                    prepared.sha256[:DIGEST],
+                    "code",
+                    json.dumps(real_source),
+                    _tensor_schema(info.sample_shape, info.dtype),
+                    json.dumps(sizes),
+                ),
+                [InputTag("mlflow.data.context", "training")],
+            )
+        )
+    return out
+
+
 def _finite(metrics: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)}
 
@@ -131,7 +219,13 @@ class Tracker:
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
         exp = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+        if exp is None:
+            kind = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+            self.experiment_id = str(self.client.create_experiment(experiment, tags=kind))
+        else:
+            self.experiment_id = str(exp.experiment_id)
+            if EXPERIMENT_KIND_TAG not in exp.tags:  # created before the tag; a kind set by hand is kept
+                self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
 
     def _find(self, filter_string: str) -> str | None:
         runs = self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=1)
@@ -222,6 +316,7 @@ class Tracker:
             between = "95% between processes (hierarchical bootstrap)"
             tags["interval"] = ONE_PROCESS if unstable == ONE_PROCESS else between
         metrics = _metrics(first, start_ms, cell.metrics)
+        self.client.log_inputs(run_id, datasets=dataset_inputs(s))
         for i in range(0, max(len(metrics), 1), 1000):
             self.client.log_batch(
                 run_id,
@@ -236,6 +331,55 @@ class Tracker:
         status = "FINISHED" if cell.status == "ok" else "FAILED"
         self.client.set_terminated(run_id, status, end_time=max(end_ms, start_ms))
         return run_id
+
+    def describe(self, parent_id: str, markdown: str, figures: list[Figure], report_html: str) -> None:
+        """The batch's parent run: its description (Markdown), figures (``figures/NAME.png`` and
+        ``.svg``) and the self-contained report (``report.html``)."""
+        import tempfile
+
+        self.client.set_tag(parent_id, NOTE_TAG, markdown)
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp) / "figures"
+            folder.mkdir()
+            for fig in figures:
+                (folder / f"{fig.name}.png").write_bytes(fig.png)
+                (folder / f"{fig.name}.svg").write_text(fig.svg)
+            if figures:
+                self.client.log_artifacts(parent_id, str(folder), "figures")
+        self.client.log_text(parent_id, report_html, "report.html")
+
+    def log_report(self, batch_id: str, name: str, report_html: str) -> bool:
+        """A report onto the batch's parent run (``NAME``); False without one."""
+        parent = self.parent_of(batch_id)
+        if parent is None:
+            return False
+        self.client.log_text(parent, report_html, name)
+        return True
+
+    def compare_url(self, batch_id: str, ui: str) -> str | None:
+        """The MLflow UI page comparing the batch's cell runs (None when it has none)."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.batch_id = '{batch_id}' and tags.harness_kind = 'trial'",
+            max_results=5000,
+        )
+        if not runs:
+            return None
+        ids = json.dumps([r.info.run_id for r in runs], separators=(",", ":"))
+        experiments = json.dumps([self.experiment_id], separators=(",", ":"))
+        query = urllib.parse.urlencode(
+            {"runs": ids, "experiments": experiments, "workflowType": "machine_learning"}, quote_via=urllib.parse.quote
+        )
+        return f"{ui.rstrip('/')}/#/compare-runs?{query}"
+
+    def run_url(self, run_id: str, ui: str) -> str:
+        return f"{ui.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{run_id}?{TRAINING_VIEW}"
+
+    def experiment_url(self, ui: str) -> str:
+        """The experiment's runs: MLflow 3.x's UI opens an experiment on its GenAI overview unless
+        the page is asked for the model-training workflow (its ``workflowType`` parameter wins over
+        the browser's remembered choice; the experiment kind tag counts where that switch is absent)."""
+        return f"{ui.rstrip('/')}/#/experiments/{self.experiment_id}?{TRAINING_VIEW}"
 
     def parent_of(self, batch_id: str) -> str | None:
         return self._find(f"tags.batch_id = '{batch_id}' and tags.harness_kind = 'batch'")

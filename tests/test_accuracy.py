@@ -151,7 +151,7 @@ EARLY_STEPS, EARLY_LOSS_RTOL = 50, 1e-4
 
 @pytest.fixture(scope="module")
 def acc_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
-    run = harness(tmp_path_factory.mktemp("accuracy"), "run", SUITE)
+    run = harness(tmp_path_factory.mktemp("accuracy"), "run", SUITE, "--wide")
     assert run.proc.returncode == 0, run.proc.stdout[-3000:] + run.proc.stderr[-3000:]
     return run
 

@@ -68,8 +68,70 @@ def test_run_prints_table_and_ui_hint(tiny_run: Run) -> None:
     out = tiny_run.proc.stdout
     for fw in ("torch", "jax"):
         assert f"mlp_shallow-{fw}-train" in out
-    assert "samples/s" in out and "val acc" in out
+    table = out[out.index("batch " + tiny_run.batch_id + " (tiny)") : out.index("journal:")]
+    assert "samples/s [95% CI]" in table and "acc" in table and "p50/p99 ms" in table
+    assert max(map(len, table.splitlines())) <= 100, table  # fits a terminal
     assert f"mlflow ui --backend-store-uri {tiny_run.uri}" in out
+    assert "ETA " in out  # from the second finished trial on
+
+
+def _client(run: Run) -> tuple[MlflowClient, str]:
+    client = MlflowClient(run.uri)
+    exp = client.get_experiment_by_name("harness")
+    assert exp is not None
+    return client, exp.experiment_id
+
+
+def test_mlflow_ui_gets_kind_description_figures_and_datasets(tiny_run: Run) -> None:
+    from harness import track
+    from workloads import datasets
+
+    client, exp_id = _client(tiny_run)
+    assert client.get_experiment(exp_id).tags[track.EXPERIMENT_KIND_TAG] == track.EXPERIMENT_KIND
+    runs = client.search_runs([exp_id], f"tags.batch_id = '{tiny_run.batch_id}'")
+    (parent,) = [r for r in runs if r.data.tags["harness_kind"] == "batch"]
+    children = [r for r in runs if r.data.tags["harness_kind"] == "trial"]
+    note = parent.data.tags[track.NOTE_TAG]
+    assert f"**Batch `{tiny_run.batch_id}`** · suite `tiny`" in note
+    assert note.count("| mlp_shallow |") == 4 and "harness run " in note and "--seed" in note
+    assert "Verdicts, other values of framework" in note  # torch and jax, cell by cell
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
+    for name in ("throughput", "latency", "curves", "memory", "verdicts"):
+        assert {f"figures/{name}.png", f"figures/{name}.svg"} <= artifacts, name
+    assert "report.html" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    mnist1d = datasets.prepare("mnist1d").sha256[: track.DIGEST]
+    for r in children:
+        inputs = {d.dataset.name: d for d in r.inputs.dataset_inputs}
+        assert f"synthetic-{r.data.params['architecture']}" in inputs
+        if r.data.params["mode"] == "train":
+            assert inputs["mnist1d"].dataset.digest == mnist1d
+            assert [t.value for t in inputs["mnist1d"].tags if t.key == "mlflow.data.context"] == ["training"]
+    lines = tiny_run.proc.stdout.splitlines()
+    url = next(line for line in lines if "compare-runs" in line)
+    assert url.startswith("  compare the batch's runs: http://127.0.0.1:5000/#/compare-runs?runs=")
+    assert all(r.info.run_id in url for r in children)
+    assert f"  runs: http://127.0.0.1:5000/#/experiments/{exp_id}?workflowType=machine_learning" in lines
+    assert any(parent.info.run_id in line for line in lines if line.startswith("  the batch:"))
+
+
+def test_report_writes_one_self_contained_file(tiny_run: Run, tmp_path: Path) -> None:
+    out = tmp_path / "report.html"
+    run = harness(tiny_run.cwd, "report", tiny_run.batch_id, "-o", str(out))
+    assert run.proc.returncode == 0, run.proc.stderr
+    page = out.read_text()
+    assert page.count("data-trial-key=") == 4 and "<script" not in page
+    assert page.count('src="data:image/png;base64,') >= 5
+    # the same from MLflow alone (no journal here), against the batch itself: every cell "same" or inconclusive
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    again = harness(elsewhere, "report", tiny_run.batch_id, "--against", tiny_run.batch_id, "--tracking-uri",
+                    tiny_run.uri, "-o", "r.html")  # fmt: skip
+    assert again.proc.returncode == 0, again.proc.stderr
+    page = (elsewhere / "r.html").read_text()
+    assert page.count("data-trial-key=") == 4 and f"Verdicts: batch {tiny_run.batch_id} against" in page
+    client, exp_id = _client(tiny_run)
+    (parent,) = client.search_runs([exp_id], f"tags.batch_id = '{tiny_run.batch_id}' and tags.harness_kind = 'batch'")
+    assert f"report-vs-{tiny_run.batch_id}.html" in {a.path for a in client.list_artifacts(parent.info.run_id)}
 
 
 def test_journal_has_every_trial(tiny_run: Run) -> None:

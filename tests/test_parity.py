@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -24,18 +25,30 @@ from workloads.architectures import ARCHITECTURES
 
 PAIRS = list(itertools.combinations(FRAMEWORKS, 2))
 ARCHS = list(ARCHITECTURES)
+PROBE_ORDER = ["tensorflow", "jax", "torch", "mxnet"]  # longest first (about 120, 70, 40 and 10 s here)
 
 
 @pytest.fixture(scope="module")
 def probes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, np.ndarray]]:
+    """Every framework's probe, two interpreters at a time (the longest first): each is its own process
+    and computes the same numbers whatever runs beside it (parity is numeric, not a timing)."""
+    root = tmp_path_factory.mktemp("parity")
+
+    def run(fw: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [interpreter(fw), "-m", "tests.parity_probe", fw, str(root / f"{fw}.npz")],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        )
+
+    longest_first = sorted(FRAMEWORKS, key=PROBE_ORDER.index)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        procs = dict(zip(longest_first, pool.map(run, longest_first), strict=True))
     out: dict[str, dict[str, np.ndarray]] = {}
     for fw in FRAMEWORKS:
-        path = tmp_path_factory.mktemp("parity") / f"{fw}.npz"
-        proc = subprocess.run(
-            [interpreter(fw), "-m", "tests.parity_probe", fw, str(path)], cwd=REPO, capture_output=True, text=True
-        )
-        assert proc.returncode == 0, f"{fw} probe failed:\n{proc.stderr[-3000:]}"
-        with np.load(path) as f:
+        assert procs[fw].returncode == 0, f"{fw} probe failed:\n{procs[fw].stderr[-3000:]}"
+        with np.load(root / f"{fw}.npz") as f:
             out[fw] = dict(f)
     return out
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,3 +53,42 @@ def is_trial_worker(proc: Any) -> bool:
     """A trial's worker process (psutil): a fresh ``python -m harness.worker`` or a fork server's child."""
     cmdline = " ".join(proc.cmdline())
     return proc.name() == "harness-trial" or ("harness.worker" in cmdline and "forkserver" not in cmdline)
+
+
+@dataclass
+class InProcess:
+    """What ``harness ARGS`` did when run in this process: its exit code and what it printed."""
+
+    code: int
+    stdout: str
+    stderr: str
+
+
+def harness_in_process(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], cwd: Path, *args: str
+) -> InProcess:
+    """``harness ARGS`` through ``harness.cli.main`` in this process, as tests/test_cli.py's ``harness()``
+    runs it in a subprocess: in ``cwd``, the runs and the MLflow store under it, no ``RAY_ADDRESS``, the
+    consoles as a pipe gets them (200 columns, no colour), argparse's exits as exit codes. For commands
+    that refuse their input or only print: the same code and words without an interpreter's start-up."""
+    before = set(os.environ)
+    from rich.console import Console
+
+    from harness import cli
+
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("HARNESS_RUNS_DIR", str(cwd / "runs"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{cwd / 'mlflow.db'}")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(cli, "console", Console(highlight=False, width=200))
+    monkeypatch.setattr(cli, "err_console", Console(stderr=True, highlight=False, width=200))
+    capsys.readouterr()  # only this command's output
+    try:
+        code = cli.main(list(args))
+    except SystemExit as e:  # argparse: --help, or arguments it refuses
+        code = 0 if e.code is None else e.code if isinstance(e.code, int) else 1
+    finally:  # the defaults harness.track and main set (MLflow's HTTP retries, log level): this test's only
+        for key in set(os.environ) - before:
+            monkeypatch.setenv(key, os.environ.pop(key))
+    out = capsys.readouterr()
+    return InProcess(code, out.out, out.err)

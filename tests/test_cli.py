@@ -247,10 +247,14 @@ def test_crash_and_hang_end_with_status_and_batch_finishes(tmp_path: Path) -> No
         (["calibrate", "--framework", "caffe"], "unknown framework 'caffe'"),
     ],
 )
-def test_bad_input_exits_2_and_runs_nothing(tmp_path: Path, args: list[str], message: str) -> None:
-    run = harness(tmp_path, *args, timeout=60)
-    assert run.proc.returncode == 2
-    assert message in run.proc.stderr
+def test_bad_input_exits_2_and_runs_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    from tests.conftest import harness_in_process  # harness.cli.main here: no interpreter start-up per case
+
+    run = harness_in_process(monkeypatch, capsys, tmp_path, *args)
+    assert run.code == 2
+    assert message in run.stderr
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").glob("*/journal.jsonl"))
 
 

@@ -382,8 +382,14 @@ def _print_comparison(
         return 2
     try:
         uri = args.tracking_uri or track.default_tracking_uri()
-        if track.Tracker(uri).log_comparison(batch_id, name, comparison.to_markdown(), comparison.to_dict()):
-            err_console.print(f"verdict table logged to batch {batch_id}'s parent run in {uri} (compare/{name}.md)")
+        from harness.figures import verdicts
+
+        chart = verdicts(comparison)
+        if track.Tracker(uri).log_comparison(batch_id, name, comparison.to_markdown(), comparison.to_dict(), chart):
+            err_console.print(
+                f"verdict table logged to batch {batch_id}'s parent run in {uri} (compare/{name}.md"
+                + (", the chart as .png and .svg)" if chart else ")")
+            )
     except Exception as e:  # the verdict stands without MLflow
         err_console.print(f"[yellow]could not log the verdicts to MLflow:[/] {type(e).__name__}: {str(e)[:200]}")
     regressions = comparison.regressions

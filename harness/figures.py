@@ -347,7 +347,8 @@ def _scaling(cells: Sequence[Cell]) -> Figure | None:
     return _render(fig, "scaling", "Scaling", caption)
 
 
-def _verdicts(comparison: Comparison | None) -> Figure | None:
+def verdicts(comparison: Comparison | None) -> Figure | None:
+    """The verdict chart of a comparison (None when it was refused or has no pair)."""
     if comparison is None or comparison.refused or not comparison.rows:
         return None
     rows = comparison.rows
@@ -391,6 +392,6 @@ def figures(cells: Sequence[Cell], comparison: Comparison | None = None) -> list
         _memory(cells),
         _time_to_target(cells),
         _scaling(cells),
-        _verdicts(comparison),
+        verdicts(comparison),
     )
     return [f for f in drawn if f is not None]

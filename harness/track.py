@@ -384,13 +384,23 @@ class Tracker:
     def parent_of(self, batch_id: str) -> str | None:
         return self._find(f"tags.batch_id = '{batch_id}' and tags.harness_kind = 'batch'")
 
-    def log_comparison(self, batch_id: str, name: str, markdown: str, data: dict[str, Any]) -> bool:
-        """A verdict table onto the batch's parent run (``compare/NAME.md`` and ``.json``); False without one."""
+    def log_comparison(
+        self, batch_id: str, name: str, markdown: str, data: dict[str, Any], chart: Figure | None = None
+    ) -> bool:
+        """A verdict table onto the batch's parent run (``compare/NAME.md`` and ``.json``, and the chart
+        as ``compare/NAME.png`` and ``.svg``); False without one."""
+        import tempfile
+
         parent = self.parent_of(batch_id)
         if parent is None:
             return False
         self.client.log_text(parent, markdown, f"compare/{name}.md")
         self.client.log_dict(parent, data, f"compare/{name}.json")
+        if chart is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                (Path(tmp) / f"{name}.png").write_bytes(chart.png)
+                (Path(tmp) / f"{name}.svg").write_text(chart.svg)
+                self.client.log_artifacts(parent, tmp, "compare")
         return True
 
     def log_calibration(self, record: dict[str, Any]) -> str:

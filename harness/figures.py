@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from harness import metrics as M
@@ -37,6 +37,8 @@ VERDICT_COLORS = {"faster": "#2f9e44", "slower": "#e03131", "same": "#1971c2", "
 WIDTH_IN = 8.0
 DPI = 100
 MAX_CURVE_PANELS = 8  # groups of training curves drawn (the rest are in MLflow's per-run charts)
+MAX_GROUPS = 40  # cell groups drawn per figure: a readable height (the tables have every cell)
+MAX_VERDICT_ROWS = 120
 
 
 @dataclass(frozen=True)
@@ -351,7 +353,7 @@ def verdicts(comparison: Comparison | None) -> Figure | None:
     """The verdict chart of a comparison (None when it was refused or has no pair)."""
     if comparison is None or comparison.refused or not comparison.rows:
         return None
-    rows = comparison.rows
+    rows = comparison.rows[:MAX_VERDICT_ROWS]
     fig = _new(len(rows))
     ax = fig.subplots()
     t = comparison.threshold
@@ -380,11 +382,20 @@ def verdicts(comparison: Comparison | None) -> Figure | None:
         f"{comparison.new_label} against {comparison.base_label}: ratio and 95% interval per pair of cells; "
         f"{comparison.correction}."
     )
+    if len(comparison.rows) > len(rows):
+        caption += f" Drawn: the first {len(rows)} of {len(comparison.rows)} pairs; the verdict table has them all."
     return _render(fig, "verdicts", "Verdicts", caption)
 
 
 def figures(cells: Sequence[Cell], comparison: Comparison | None = None) -> list[Figure]:
-    """Every figure the batch (and the comparison, if given) has data for, in a fixed order."""
+    """Every figure the batch (and the comparison, if given) has data for, in a fixed order; a batch of
+    more than :data:`MAX_GROUPS` groups (architecture, mode, batch size...) is drawn for the first ones."""
+    groups = sorted({_group(c) for c in cells})
+    note = ""
+    if len(groups) > MAX_GROUPS:
+        kept = set(groups[:MAX_GROUPS])
+        cells = [c for c in cells if _group(c) in kept]
+        note = f" Drawn: the first {MAX_GROUPS} of {len(groups)} groups; the tables have every cell."
     drawn = (
         _throughput(cells),
         _latency(cells),
@@ -392,6 +403,7 @@ def figures(cells: Sequence[Cell], comparison: Comparison | None = None) -> list
         _memory(cells),
         _time_to_target(cells),
         _scaling(cells),
-        verdicts(comparison),
     )
-    return [f for f in drawn if f is not None]
+    out = [replace(f, caption=f.caption + note) for f in drawn if f is not None]
+    chart = verdicts(comparison)
+    return out + ([chart] if chart is not None else [])

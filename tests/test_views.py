@@ -110,6 +110,14 @@ def test_every_figure_is_drawn_and_not_blank() -> None:
         assert fig.caption and fig.title
 
 
+def test_a_big_batch_is_drawn_for_its_first_groups_and_says_so() -> None:
+    rng = np.random.default_rng(2)
+    many = cells([_result(_spec("mlp_deep", "torch", "infer", batch_size=b), 0, 0.01, rng) for b in range(1, 50)])
+    (drawn, *_) = figures.figures(many)
+    assert drawn.name == "throughput" and "the first 40 of 49 groups" in drawn.caption
+    assert _pixels(drawn.png).shape[0] < 2000
+
+
 def test_figures_only_for_what_the_batch_has() -> None:
     rng = np.random.default_rng(1)
     infer_only = cells([_result(_spec("mlp_deep", fw, "infer"), 0, 0.01, rng) for fw in ("torch", "jax")])

@@ -427,7 +427,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     if out.parent and not out.parent.exists():
         raise SpecError(f"cannot write {out}: folder {out.parent} does not exist")
     page = writeup.html()
-    out.write_text(page)
+    try:
+        out.write_text(page)
+    except OSError as e:
+        raise SpecError(f"cannot write {out}: {e.strerror or e}; pass a writable -o FILE") from None
     console.print(
         f"report: {out} ({len(page) / 1e3:.0f} kB, {len(writeup.figures)} figures, {len(batch_cells)} cells)",
         soft_wrap=True,

@@ -209,3 +209,25 @@ def test_report_is_self_contained_with_one_row_per_cell() -> None:
     assert "node-a" in page and "CPU X" in page  # the node's environment
     for reason in ("SIGSEGV", "no MXNet build"):
         assert reason in page
+
+
+def test_report_command_bad_input_exits_2_and_a_journal_alone_is_enough(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from harness import cli, journal
+
+    runs, uri = tmp_path / "runs", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    written = journal.Batch(runs, "b1")
+    written.write_meta({"batch_id": "b1", "suite": "views", "argv": ["harness", "run", "views"], "order_seeds": [3]})
+    for c in batch(1, seed=3, workers=False):
+        for p in c.processes:
+            written.append(p)
+    common = ["--runs-dir", str(runs), "--tracking-uri", uri]
+    assert cli.main(["report", "nope", *common]) == 2
+    assert "no batch 'nope'" in capsys.readouterr().err
+    assert cli.main(["report", "b1", "-o", str(tmp_path / "missing" / "r.html"), *common]) == 2
+    assert "folder" in capsys.readouterr().err
+    out = tmp_path / "r.html"
+    assert cli.main(["report", "b1", "-o", str(out), *common]) == 0  # no MLflow run: the file alone
+    assert out.read_text().count("data-trial-key=") == len(batch(1, seed=3, workers=False))
+    assert "harness run views --seed 3" in out.read_text()

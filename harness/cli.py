@@ -132,16 +132,22 @@ def _print_links(uri: str, batch_id: str) -> None:
     figures, report); for a local store, the command that serves it first."""
     ui = track.ui_base(uri)
     try:
-        tracker = track.Tracker(uri)
-        compare_url = tracker.compare_url(batch_id, ui)
+        tracker = track.Tracker(uri, create=False)
+        runs = tracker.batch_runs(batch_id)
+        compare_url = tracker.compare_url(runs, ui)
         parent = tracker.parent_of(batch_id)
+    except LookupError:  # no experiment in that store: nothing to link to
+        return
     except Exception as e:  # the links are a convenience; the runs are logged
         err_console.print(f"[yellow]could not read the batch's runs from MLflow:[/] {type(e).__name__}: {str(e)[:200]}")
+        return
+    if not runs and parent is None:
         return
     console.print(f"MLflow: {report.mlflow_ui_command(uri)}", soft_wrap=True)
     links = [("runs", tracker.experiment_url(ui))]
     if compare_url:
-        links.append(("compare the batch's runs", compare_url))
+        shown = f" (the first {track.COMPARE_MAX_RUNS} of {len(runs)})" if len(runs) > track.COMPARE_MAX_RUNS else ""
+        links.append((f"compare the batch's runs{shown}", compare_url))
     if parent:
         links.append(("the batch: description, figures, report", tracker.run_url(parent, ui)))
     for what, url in links:
@@ -307,10 +313,19 @@ def _batch_cells(args: argparse.Namespace, batch_id: str | None) -> tuple[str, l
         return found.batch_id, cells(found.results(), unstable_cv)
     if not batch_id:
         raise SpecError(f"no batches in {runs}/ yet; run `harness run smoke` first or give a BATCH_ID")
-    results = track.Tracker(args.tracking_uri or track.default_tracking_uri()).batch_results(batch_id)
+    try:
+        results = track.check_store(_batch_uri(args, batch_id), create=False).batch_results(batch_id)
+    except LookupError:
+        results = []
     if not results:
         raise SpecError(f"no batch {batch_id!r} in {runs}/ or in MLflow")
     return batch_id, cells(results)
+
+
+def _batch_uri(args: argparse.Namespace, batch_id: str) -> str:
+    """The MLflow store of a batch: --tracking-uri, else the one its journal recorded, else the default."""
+    found = journal.Batch(_runs_dir(args), batch_id)
+    return batch.resolve_uri(args.tracking_uri, found.meta() if found.exists() else {})
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -324,7 +339,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         batch_id, batch_cells = _batch_cells(args, ids[0] if ids else None)
         for table in report.tables(batch_cells, f"batch {batch_id}", args.wide):
             console.print(table)
-        _print_links(args.tracking_uri or track.default_tracking_uri(), batch_id)
+        _print_links(_batch_uri(args, batch_id), batch_id)
         return 0
     if args.by:
         batch_id, batch_cells = _batch_cells(args, ids[0] if ids else None)
@@ -380,8 +395,8 @@ def _print_comparison(
     if comparison.refused:
         err_console.print("no verdicts across mismatched environments; --allow-mismatch compares anyway")
         return 2
+    uri = _batch_uri(args, batch_id)
     try:
-        uri = args.tracking_uri or track.default_tracking_uri()
         from harness.figures import verdicts
 
         chart = verdicts(comparison)
@@ -392,6 +407,8 @@ def _print_comparison(
             )
     except Exception as e:  # the verdict stands without MLflow
         err_console.print(f"[yellow]could not log the verdicts to MLflow:[/] {type(e).__name__}: {str(e)[:200]}")
+    if not args.json and not args.markdown:
+        _print_links(uri, batch_id)
     regressions = comparison.regressions
     if regressions and gate:
         err_console.print(f"[red]{len(regressions)} cell(s) slower beyond ±{comparison.threshold:.1%}[/]")
@@ -405,8 +422,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     batch_id, batch_cells = _batch_cells(args, args.batch_id)
     found = journal.Batch(_runs_dir(args), batch_id)
-    uri = args.tracking_uri or (found.meta().get("tracking_uri") if found.exists() else None)
-    uri = uri or track.default_tracking_uri()
+    uri = _batch_uri(args, batch_id)
     meta = found.meta() if found.exists() else _meta_from_mlflow(uri, batch_id)
     against = None
     if args.against:
@@ -518,6 +534,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
     console.print(
         f"synced batch {outcome.batch.batch_id} to {outcome.uri}: {count} cells logged, {total - count} already there"
     )
+    if outcome.report_error:
+        err_console.print(f"[yellow]the batch's description, figures or report failed:[/] {outcome.report_error}")
     return 0
 
 

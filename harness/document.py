@@ -90,19 +90,14 @@ class Writeup:
 
     @cached_property
     def figures(self) -> list[F.Figure]:
-        return F.figures(self.ran, self.against or self.by_framework)
+        usable = [c for c in self.comparisons if not c.refused and c.rows]
+        return F.figures(self.ran, usable[0] if usable else None)
 
     # --- what went wrong -----------------------------------------------------------------------
 
     def problems(self) -> list[tuple[str, str, str]]:
-        """(cell, what, why) for every cell skipped, failed, diverged or unstable (beyond having one process)."""
-        out = []
-        for c in report.ordered(self.cells):
-            if c.status != "ok":
-                out.append((c.spec.name, c.status, c.reason))
-            elif c.unstable and c.unstable != ONE_PROCESS:  # one process: the table's note says it once
-                out.append((c.spec.name, "unstable", c.unstable))
-        return out
+        """(what, status, why): see :func:`harness.report.problems`."""
+        return report.problems(self.cells)
 
     def nodes(self) -> list[dict[str, Any]]:
         """Each node the batch ran on (the first record of each host), with the frameworks it ran."""
@@ -115,7 +110,7 @@ class Writeup:
                     host = str(node.get("hostname") or env.get("hostname") or "")
                     if not host:
                         continue
-                    entry = found.setdefault(host, {"node": node or {"hostname": host}, "frameworks": set()})
+                    entry = found.setdefault(host, {"node": dict(node) or {"hostname": host}, "frameworks": set()})
                     if p.framework_version:
                         entry["frameworks"].add(f"{p.spec.framework} {p.framework_version}")
                     if not entry["node"].get("cpu_model") and env.get("cpu_model"):
@@ -137,7 +132,11 @@ class Writeup:
         )
 
     def markdown(self, limit: int = DESCRIPTION_LIMIT) -> str:
-        """The description: what ran, the table with intervals and verdicts, what did not, how to rerun."""
+        """The description: what ran, the table with intervals and verdicts, what did not, how to rerun.
+
+        Within ``limit`` characters (an MLflow tag), every section keeps its head: the table, the
+        verdict tables and the list of problems are cut to the rows that fit, each saying how many
+        more ``report.html`` has."""
         created = self.meta.get("created_at")
         when = time.strftime(" · %Y-%m-%d %H:%M UTC", time.gmtime(created)) if created else ""
         commit = self.meta.get("git_commit")
@@ -145,62 +144,79 @@ class Writeup:
             f"**Batch `{self.batch_id}`** · suite `{self.suite}`" + (f" · commit `{commit}`" if commit else "") + when,
             "",
             f"Matrix: {self._matrix()}.",
-            "",
         ]
-        tail = ["", "**Reproduce:**", "", f"    {reproduce(self.meta, self.batch_id)}", ""]
-        tail.append(
-            "Figures: the `figures/` artifacts (PNG and SVG); everything, with each node's environment: `report.html`."
-        )
-        for comparison in self.comparisons:
-            tail[:0] = ["", self._verdicts_markdown(comparison)]
+        tail = [
+            "**Reproduce:**",
+            "",
+            f"    {reproduce(self.meta, self.batch_id)}",
+            "",
+            "Figures: the `figures/` artifacts (PNG and SVG); everything, with each node's environment: `report.html`.",
+        ]
         problems = self.problems()
+        # (title lines, rows, footer lines) of each section that can be cut
+        sections = [self._table_markdown()]
+        sections += [self._verdicts_markdown(c) for c in self.comparisons]
         if problems:
-            tail[:0] = ["", "**Not run, failed or unstable:**", ""] + [
-                f"- `{name}`: {what}: {_one_line(why, 200)}" for name, what, why in problems
-            ]
-        rows = self._table_markdown()
-        budget = limit - len("\n".join(head + tail)) - 200
-        table: list[str] = []
-        used = 0
-        for line in rows:
-            if used + len(line) + 1 > budget:
-                table.append(f"\n… {len(rows) - len(table)} more rows in `report.html`")
-                break
-            table.append(line)
-            used += len(line) + 1
-        text = "\n".join([*head, *table, *tail])
+            rows = [f"- `{name}`: {what}: {_one_line(why, 200)}" for name, what, why in problems]
+            sections.append((["**Not run, failed or unstable:**", ""], rows, []))
+        rows_kept = [len(rows) for _, rows, _ in sections]
+
+        def render() -> str:
+            parts = ["\n".join(head)]
+            for (title, rows, footer), kept in zip(sections, rows_kept, strict=True):
+                more = [f"… {len(rows) - kept} more rows in `report.html`"] if kept < len(rows) else []
+                parts.append("\n".join([*title, *rows[:kept], *more, *footer]))
+            parts.append("\n".join(tail))
+            return "\n\n".join(parts)
+
+        text = render()
+        while len(text) > limit and any(rows_kept):
+            longest = max(range(len(sections)), key=lambda k: rows_kept[k])
+            rows_kept[longest] = rows_kept[longest] // 2 if rows_kept[longest] > 4 else rows_kept[longest] - 1
+            text = render()
         return text if len(text) <= limit else text[: limit - 40] + "\n\n… (cut: see `report.html`)"
 
-    def _table_markdown(self) -> list[str]:
+    def _table_markdown(self) -> tuple[list[str], list[str], list[str]]:
         ran = self.ran
         if not ran:
-            return ["No cell ran."]
+            return ["No cell ran."], [], []
         shown = report.columns(ran, wide=False)
-        lines = [
+        title = [
             "| " + " | ".join(col.name for col in shown) + " |",
             "|" + "|".join("---:" if col.justify == "right" else "---" for col in shown) + "|",
         ]
-        lines += ["| " + " | ".join(_plain(col.get(c)) for col in shown) + " |" for c in report.ordered(ran)]
-        lines += ["", report.caption(ran, wide=False).replace("\n", "; ")]
-        return lines
+        rows = [
+            "| " + " | ".join(_plain(col.get(c)).replace("|", "/") for col in shown) + " |" for c in report.ordered(ran)
+        ]
+        caption = report.caption(ran, wide=False).replace("; --wide: every column", "").replace("\n", "; ")
+        return title, rows, ["", caption]
 
     @staticmethod
-    def _verdicts_markdown(c: cmp.Comparison) -> str:
+    def _verdicts_markdown(c: cmp.Comparison) -> tuple[list[str], list[str], list[str]]:
         if c.refused:
-            return f"**{c.new_label} against {c.base_label}:** refused, environments differ: " + "; ".join(c.mismatches)
+            return (
+                [f"**{c.new_label} against {c.base_label}:** refused, environments differ: " + "; ".join(c.mismatches)],
+                [],
+                [],
+            )
         counts = c.counts()
-        lines = [
+        title = [
             f"**Verdicts, {c.new_label} against {c.base_label}** (threshold ±{c.threshold:.1%}): "
             + ", ".join(f"{n} {v}" for v, n in counts.items()),
-            "",
-            "| cell | NEW/BASE | 95% interval | verdict |",
-            "|---|---:|---|---|",
         ]
-        lines += [
+        if c.mismatches:
+            title.append("Environments differ (compared with --allow-mismatch): " + "; ".join(c.mismatches))
+        title += ["", "| cell | NEW/BASE | 95% interval | verdict |", "|---|---:|---|---|"]
+        rows = [
             f"| {r.label} | {r.ratio.estimate:.3f} | {r.ratio.low:.3f} - {r.ratio.high:.3f} | {r.verdict} |"
             for r in c.rows
         ]
-        return "\n".join(lines)
+        footer = [
+            f"{what}: {len(items)} (listed in `report.html`)"
+            for what, items in (("Only on one side", c.unmatched), ("Not compared", c.not_compared))
+            if items
+        ]
+        return title, rows, (["", *footer] if footer else [])
 
     # --- HTML ----------------------------------------------------------------------------------------
 
@@ -264,6 +280,12 @@ class Writeup:
             listed = "".join(f"<li>{e(m)}</li>" for m in c.mismatches)
             return f"{title}<p>Refused, environments differ:</p><ul>{listed}</ul>"
         counts = ", ".join(f"{n} {v}" for v, n in c.counts().items())
+        differ = (
+            "<p><strong>Environments differ (compared with --allow-mismatch):</strong> "
+            f"{e('; '.join(c.mismatches))}</p>"
+            if c.mismatches
+            else ""
+        )
         head = "".join(
             f"<th>{h}</th>" for h in ("cell", "NEW/BASE", "95% interval", "processes", "p Holm", "verdict", "note")
         )
@@ -279,7 +301,8 @@ class Writeup:
             if items
         )
         return (
-            f"{title}<p>Threshold ±{c.threshold:.1%} ({e(c.threshold_source)}): {counts}. {e(c.correction)}.</p>"
+            f"{title}{differ}<p>Threshold ±{c.threshold:.1%} ({e(c.threshold_source)}): {counts}. "
+            f"{e(c.correction)}.</p>"
             f'<table class="verdicts"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>{extra}'
         )
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from harness import metrics as M
 from harness.cells import Cell
 from harness.compare import Comparison, cell_label
+from harness.report import compact
 from harness.stats import Interval
 
 if TYPE_CHECKING:
@@ -74,13 +75,6 @@ def _new(rows: int, columns: int = 1, row_in: float = 0.32, min_in: float = 2.4)
     return fig
 
 
-def _compact(x: float, _pos: object = None) -> str:
-    for scale, suffix in ((1e6, "M"), (1e3, "k")):
-        if abs(x) >= scale:
-            return f"{x / scale:.3g}{suffix}"
-    return f"{x:.3g}"
-
-
 def _log(ax: Axes, axis: str = "x", base: float = 10) -> None:
     """A log axis labelled in plain text (matplotlib's default 10^n labels are mathtext: slow to lay out)."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
@@ -89,7 +83,7 @@ def _log(ax: Axes, axis: str = "x", base: float = 10) -> None:
     scale("log", base=base)
     target = ax.xaxis if axis == "x" else ax.yaxis
     target.set_major_locator(LogLocator(base, subs=(1.0, 2.0, 5.0) if base == 10 else (1.0,)))
-    target.set_major_formatter(FuncFormatter(_compact))
+    target.set_major_formatter(FuncFormatter(lambda x, _pos: compact(x)))
     target.set_minor_formatter(NullFormatter())
 
 

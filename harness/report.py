@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from rich import box
 from rich.console import Console, RenderableType
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
@@ -38,11 +40,21 @@ def _to_target(c: Cell) -> str:
     return "never" if reached_none else "-"
 
 
-def _compact(x: float, digits: int = 3) -> str:
-    for scale, suffix in ((1e6, "M"), (1e3, "k")):
-        if x >= scale:
-            return f"{x / scale:.{digits}g}{suffix}"
-    return f"{x:.{digits}g}"
+def significant(x: float, digits: int = 3) -> str:
+    """``x`` to about ``digits`` significant digits, never in exponent form (1500 -> 1500, 0.0507 -> 0.0507)."""
+    if x == 0 or not math.isfinite(x):
+        return f"{x:g}"
+    rounded = float(f"{x:.{digits}g}")  # 0.9997 is 1.00, not 1.000
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(rounded))))
+    return f"{x:.{decimals}f}"
+
+
+def compact(x: float, digits: int = 3) -> str:
+    """Large numbers with a k/M/G suffix (144 -> 144, 12345 -> 12.3k, 995000 -> 995k)."""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= scale * 0.9995:  # what would round up to 1000 of the smaller unit takes this one
+            return significant(x / scale, digits) + suffix
+    return significant(x, digits)
 
 
 def _workers(c: Cell) -> str:
@@ -55,7 +67,7 @@ def _interval(c: Cell) -> str:
         return "-"
     if not t.between_known:
         return "[dim]unknown[/]"
-    return f"{_compact(t.low)}-{_compact(t.high)}"
+    return f"{compact(t.low)}-{compact(t.high)}"
 
 
 def _cv(c: Cell) -> str:
@@ -88,14 +100,14 @@ def _throughput(c: Cell) -> str:
     t = c.throughput
     known = t is not None and t.between_known
     if not known:
-        return f"{_compact(value)} (n=1)"
+        return f"{compact(value)} (n=1)"
     assert t is not None
-    return f"{_compact(value)} [{_compact(t.low, 2)}-{_compact(t.high, 2)}]"
+    return f"{compact(value)} [{compact(t.low, 2)}-{compact(t.high, 2)}]"
 
 
 def _latencies(c: Cell) -> str:
     p50, p99 = c.metrics.get(P50), c.metrics.get(P99)
-    return "-" if p50 is None or p99 is None else f"{p50:.3g}/{p99:.3g}"
+    return "-" if p50 is None or p99 is None else f"{significant(p50)}/{significant(p99)}"
 
 
 WIDE = (
@@ -130,6 +142,7 @@ NARROW = (
     Column("acc", "right", lambda c: _num(c.metrics.get(M.VAL_ACCURACY), ".3f")),
     Column("status", "left", lambda c: _status(c, short=True)),
 )
+NARROW_WIDTH = 100  # terminal columns the default table fits in
 # what the narrow table adds to the mode where cells of the batch differ in it (else the title says it)
 SETUP: dict[str, Callable[[TrialSpec], str]] = {
     "batch": lambda s: f"bs{s.batch_size}",
@@ -243,26 +256,51 @@ def comparison_table(results: Iterable[TrialResult] | Iterable[Cell], title: str
         collapse_padding=not wide,
         pad_edge=wide,
     )
+    texts = {col.name: [Text.from_markup(col.get(c)).plain for c in rows] for col in shown}
+    widths = {name: max([len(name), *map(len, values)]) for name, values in texts.items()}
+    # the narrow table within NARROW_WIDTH: the mode column (its setup words) wraps between words if need be
+    over = sum(widths.values()) + 2 * (len(shown) - 1) - NARROW_WIDTH
+    words = [w for value in texts.get("mode", []) for w in value.split()]
+    mode_width = max([len("mode"), *map(len, words)], default=0)
     for col in shown:
         # names and numbers are never cut: every column but the wide status keeps its full width
         full = not (wide and col.name == "status")
-        width = max([len(col.name), *(len(Text.from_markup(col.get(c))) for c in rows)]) if full else None
-        table.add_column(col.name, justify=col.justify, min_width=width, no_wrap=full)  # type: ignore[arg-type]
+        width: int | None = widths[col.name] if full else None
+        wraps = not wide and col.name == "mode" and over > 0
+        if wraps:
+            width = max(mode_width, widths["mode"] - over)
+        table.add_column(
+            col.name,
+            justify=col.justify,  # type: ignore[arg-type]
+            min_width=width,
+            max_width=width if wraps else None,
+            no_wrap=full and not wraps,
+        )
     for c in ordered(rows):
         table.add_row(*(col.get(c) for col in shown))
     return table
 
 
+def problems(rows: Iterable[Cell]) -> list[tuple[str, str, str]]:
+    """(what, status, why), most pressing first: every process of ``rows`` that did not end ok (each
+    replica of a cell with several), every skipped cell, every cell unstable beyond having one process."""
+    failed, skipped, unstable = [], [], []
+    for c in ordered(rows):
+        label = cell_label(c)
+        bad = [p for p in c.processes if p.status != "ok"]
+        if c.status == "unsupported":
+            skipped.append((label, c.status, c.reason))
+        elif bad:
+            several = len(c.processes) > 1
+            failed += [(f"{label} #{p.replica}" if several else label, p.status, p.reason) for p in bad]
+        elif c.unstable and c.unstable != ONE_PROCESS:  # one process: the caption says it once
+            unstable.append((label, "unstable", c.unstable))
+    return failed + skipped + unstable
+
+
 def notes(rows: list[Cell]) -> list[str]:
     """Why each cell that is not plainly ok is not (under the narrow table, whose status is one word)."""
-    out = []
-    for c in ordered(rows):
-        unstable = c.unstable if c.status == "ok" and c.unstable != ONE_PROCESS else None
-        if c.status != "ok":
-            out.append(f"{cell_label(c)}: {c.status}: {c.reason}")
-        elif unstable:
-            out.append(f"{cell_label(c)}: unstable: {unstable}")
-    return out
+    return [f"{label}: {what}: {why}" for label, what, why in problems(rows)]
 
 
 def _processes(c: Cell) -> str:
@@ -271,7 +309,7 @@ def _processes(c: Cell) -> str:
 
 
 def _status(c: Cell, short: bool = False) -> str:
-    text = c.status if c.status == "ok" or short else f"{c.status}: {c.reason[:60]}"
+    text = c.status if c.status == "ok" or short else f"{c.status}: {escape(c.reason[:60])}"
     unstable = c.unstable
     if c.status == "ok" and unstable and unstable != ONE_PROCESS:
         text = "unstable" if short else f"unstable ({unstable})"
@@ -286,7 +324,7 @@ def skipped_table(results: Iterable[TrialResult]) -> Table:
     table.add_column("trial")
     table.add_column("reason")
     for r in rows:
-        table.add_row(r.spec.name, r.reason)
+        table.add_row(r.spec.name, escape(r.reason))
     return table
 
 
@@ -341,7 +379,7 @@ def verdict_table(c: Comparison) -> Table:
 def result_line(r: TrialResult) -> str:
     """One progress line per finished trial (rich markup)."""
     tput, acc = r.metrics.get(M.THROUGHPUT), r.metrics.get(M.VAL_ACCURACY)
-    detail = f"{tput:,.0f} samples/s" if tput else r.reason[:80]
+    detail = f"{tput:,.0f} samples/s" if tput else escape(r.reason[:80])
     detail += f", val acc {acc:.3f}" if acc is not None else ""
     style = STATUS_STYLE.get(r.status, "red")
     return f"[{style}]{r.status:>11}[/] {r.spec.name} bs={r.spec.batch_size} #{r.replica}  {detail}"
@@ -435,6 +473,8 @@ class BatchProgress:
         self.progress.stop()
 
     def _started(self, b: journal.Batch, todo: list[TrialSpec], finished: int) -> None:
+        if self.batch_id is None:  # trials start now: Ray's and the store's start-up is not trial time
+            self.eta.started = self.eta.clock()
         self.eta.add(todo)
         if self.batch_id == b.batch_id:  # --until-stable: another round for the unstable cells
             self.console.print(f"until stable: {len(todo)} more processes for unstable cells")

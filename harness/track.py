@@ -42,6 +42,7 @@ EXPERIMENT = "harness"
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 NOTE_TAG = "mlflow.note.content"  # a run's Markdown description in the UI
 UI_DEFAULT = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store
+COMPARE_MAX_RUNS = 100  # runs on one compare page (its URL lists them; the page is slow beyond)
 TRAINING_VIEW = "workflowType=machine_learning"  # MLflow 3.x UI: the model-training pages, not GenAI's
 # MLflow's HTTP client retries for minutes by default; a store that went away should cost seconds.
 for _var, _value in (
@@ -82,7 +83,7 @@ def git_commit() -> str:
         return "unknown"
 
 
-def check_store(uri: str, timeout_s: float = 5.0) -> Tracker:
+def check_store(uri: str, timeout_s: float = 5.0, create: bool = True) -> Tracker:
     """A tracker for ``uri``, or a one-line :class:`SpecError` saying what failed and how to fix it."""
     local_fix = "or use a local store (--tracking-uri sqlite:///mlflow.db)"
     if uri.startswith(("http://", "https://")):
@@ -101,7 +102,9 @@ def check_store(uri: str, timeout_s: float = 5.0) -> Tracker:
         if not os.access(folder, os.W_OK):
             raise SpecError(f"MLflow store {uri}: folder {folder} is not writable; pass a writable --tracking-uri")
     try:
-        return Tracker(uri)
+        return Tracker(uri, create=create)
+    except LookupError:
+        raise
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         raise SpecError(f"MLflow store {uri} does not work ({type(e).__name__}: {first}); {local_fix}") from None
@@ -213,18 +216,21 @@ def _metrics(result: TrialResult, timestamp_ms: int, scalars: dict[str, float] |
 class Tracker:
     """MLflow writer for one tracking URI (SQLite file, or a tracking server)."""
 
-    def __init__(self, uri: str, experiment: str = EXPERIMENT):
+    def __init__(self, uri: str, experiment: str = EXPERIMENT, create: bool = True):
+        """``create=False``: only read (LookupError when the store has no such experiment)."""
         from mlflow.tracking import MlflowClient
 
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
         exp = self.client.get_experiment_by_name(experiment)
+        if exp is None and not create:
+            raise LookupError(f"no experiment {experiment!r} in {uri}")
         if exp is None:
             kind = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
             self.experiment_id = str(self.client.create_experiment(experiment, tags=kind))
         else:
             self.experiment_id = str(exp.experiment_id)
-            if EXPERIMENT_KIND_TAG not in exp.tags:  # created before the tag; a kind set by hand is kept
+            if create and EXPERIMENT_KIND_TAG not in exp.tags:  # created before the tag; one set by hand is kept
                 self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
 
     def _find(self, filter_string: str) -> str | None:
@@ -356,16 +362,20 @@ class Tracker:
         self.client.log_text(parent, report_html, name)
         return True
 
-    def compare_url(self, batch_id: str, ui: str) -> str | None:
-        """The MLflow UI page comparing the batch's cell runs (None when it has none)."""
+    def batch_runs(self, batch_id: str) -> list[str]:
+        """The run ids of a batch's cells."""
         runs = self.client.search_runs(
             [self.experiment_id],
             filter_string=f"tags.batch_id = '{batch_id}' and tags.harness_kind = 'trial'",
             max_results=5000,
         )
-        if not runs:
+        return [str(r.info.run_id) for r in runs]
+
+    def compare_url(self, run_ids: list[str], ui: str) -> str | None:
+        """The MLflow UI page comparing these runs, the first :data:`COMPARE_MAX_RUNS` (None without any)."""
+        if not run_ids:
             return None
-        ids = json.dumps([r.info.run_id for r in runs], separators=(",", ":"))
+        ids = json.dumps(run_ids[:COMPARE_MAX_RUNS], separators=(",", ":"))
         experiments = json.dumps([self.experiment_id], separators=(",", ":"))
         query = urllib.parse.urlencode(
             {"runs": ids, "experiments": experiments, "workflowType": "machine_learning"}, quote_via=urllib.parse.quote

@@ -22,7 +22,9 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+from harness.figures import COLORS, VERDICT_COLORS
 from tests.test_cli import TINY, Run, harness
+from tests.test_views import painted
 
 pytestmark = pytest.mark.slow
 
@@ -216,12 +218,13 @@ def test_the_report_opens_from_disk_with_every_figure(served: Run, browser: Any,
     page = _page(browser)
     page.goto(out.as_uri())
     assert page.locator("table.cells tbody tr").count() == len(CELLS)
-    images = page.locator("figure img")
-    assert images.count() >= 5  # throughput, latency, curves, memory, verdicts
-    for i in range(images.count()):
-        img = images.nth(i)
+    # every figure this batch has data for (no time to target: the tiny suite sets no target accuracy)
+    for name in ("throughput", "latency", "curves", "memory", "verdicts"):
+        img = page.locator(f"figure#fig-{name} img")
         width, height = img.evaluate("i => [i.naturalWidth, i.naturalHeight]")
-        assert width >= 600 and height >= 200, img.get_attribute("alt")
-        assert float(_pixels(img.screenshot())[..., :3].std()) > 0.05, f"{img.get_attribute('alt')} is blank"
+        assert width >= 600 and height >= 200, name
+        colours = VERDICT_COLORS.values() if name == "verdicts" else COLORS.values()
+        drawn = _pixels(img.screenshot())
+        assert max(painted(drawn, c) for c in colours) > 30, f"{name}: no data drawn in the browser"
     page.evaluate("window.scrollTo(0, 0)")
     _shot(page, shots, "report")

@@ -15,7 +15,7 @@ from rich.console import Console
 
 from harness import compare, document, figures, report
 from harness import metrics as M
-from harness.cells import Cell, cells
+from harness.cells import ONE_PROCESS, Cell, cells
 from harness.contract import TrainSpec, TrialResult, TrialSpec
 from harness.stats import simulate
 
@@ -95,6 +95,12 @@ def _pixels(png: bytes) -> np.ndarray:
     return np.asarray(image.imread(io.BytesIO(png), format="png"))
 
 
+def painted(pixels: np.ndarray, colour: str) -> int:
+    """Pixels of ``colour`` (#rrggbb, within a little anti-aliasing): data, where axes and text are grey."""
+    rgb = np.array([int(colour[i : i + 2], 16) for i in (1, 3, 5)]) / 255
+    return int((np.abs(pixels[..., :3] - rgb).max(axis=-1) < 0.06).sum())
+
+
 def test_every_figure_is_drawn_and_not_blank() -> None:
     batch_cells = batch()
     ran = [c for c in batch_cells if c.status != "unsupported"]
@@ -105,7 +111,8 @@ def test_every_figure_is_drawn_and_not_blank() -> None:
     for fig in drawn:
         pixels = _pixels(fig.png)
         assert pixels.shape[0] >= 200 and pixels.shape[1] >= 600, fig.name
-        assert float(pixels[..., :3].std()) > 0.05, f"{fig.name} is blank"
+        colours = figures.VERDICT_COLORS.values() if fig.name == "verdicts" else figures.COLORS.values()
+        assert max(painted(pixels, c) for c in colours) > 30, f"{fig.name}: no data drawn"  # not just axes
         assert fig.svg.lstrip().startswith("<?xml") and "<svg" in fig.svg
         assert fig.caption and fig.title
 
@@ -136,9 +143,51 @@ def test_the_default_table_fits_100_columns_and_cuts_no_name(repeats: int) -> No
     assert max(len(line) for line in table.splitlines()) <= 100, table
     for name in (*LONGEST, *FRAMEWORKS):
         assert re.search(rf"(^|\s){name}\s", table), name
-    assert "crash" in table and "unstable" not in table.split("status")[0]
+    unstable = sum(1 for c in batch_cells if c.status == "ok" and c.unstable and c.unstable != ONE_PROCESS)
+    assert "crash" in table and table.count(" unstable") == unstable
     assert "transformer mxnet train bs512 cpu: crash: worker died: SIGSEGV" in out  # the reason, under the table
     assert "[" in table if repeats > 1 else "(n=1)" in table
+
+
+def test_varied_setups_wrap_the_mode_column_not_the_numbers() -> None:
+    rng = np.random.default_rng(6)
+    results = []
+    for fw in FRAMEWORKS:
+        for data, workers, scaling in (("mnist1d_shuffled", 2, "strong"), ("synthetic", 1, "weak")):
+            spec = _spec("mlp_residual", fw, "train", batch_size=128, dataset=data, workers=workers, scaling=scaling)
+            results += [_result(spec, i, 0.02, rng) for i in range(3)]
+        results += [_result(_spec("mlp_residual", fw, "infer", batch_size=1), i, 0.001, rng) for i in range(3)]
+    console = Console(width=200, record=True)
+    console.print(report.comparison_table(cells(results), "batch x", wide=False))
+    out = console.export_text()
+    assert max(len(line) for line in out.splitlines()) <= 100, out
+    for word in ("mnist1d_shuffled", "w2-strong", "bs128", "tensorflow", "mlp_residual"):
+        assert word in out, word
+    assert "e+" not in out  # no exponent anywhere
+
+
+def test_numbers_keep_their_digits_without_exponents() -> None:
+    assert [report.compact(x) for x in (144, 12345, 995000, 999700, 0.0507)] == [
+        "144",
+        "12.3k",
+        "995k",
+        "1.00M",
+        "0.0507",
+    ]
+    assert [report.compact(x, 2) for x in (144, 5200)] == ["144", "5.2k"]
+    assert report.significant(1500) == "1500" and report.significant(0.99997) == "1.00"
+
+
+def test_reasons_with_brackets_are_shown_as_written() -> None:
+    spec = _spec("mlp_deep", "torch", "train")
+    why = "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory [/tmp/x]"
+    failed = cells([TrialResult(trial_key=spec.trial_key, spec=spec, status="oom", reason=why)])
+    console = Console(width=400, record=True)
+    for part in report.tables(failed, "t", wide=True) + report.tables(failed, "t"):
+        console.print(part)
+    assert console.export_text().count("[enforce fail at alloc_cpu.cpp:117]") == 2
+    page = document.Writeup("b", failed, {}).html()
+    assert "[enforce fail at alloc_cpu.cpp:117]" in page and "[/tmp/x]" in page
 
 
 def test_wide_shows_every_column() -> None:
@@ -180,12 +229,29 @@ def test_description_fits_mlflow_and_says_what_ran() -> None:
     assert len(text) <= document.DESCRIPTION_LIMIT
     assert "harness run throughput --repeats 3 --seed 1234" in text and "--resume" not in text
     assert "suite `throughput`" in text and "abcdef123456" in text
-    assert "transformer-mxnet-infer" in text and "no MXNet build" in text  # skipped, with the reason
+    assert "transformer mxnet infer bs512 cpu" in text and "no MXNet build" in text  # skipped, with the reason
     assert "SIGSEGV" in text
     assert "Verdicts" in text and "against framework=torch" in text
-    big = list(batch_cells) * 20  # hundreds of cells: the table is cut, the description still fits
-    short = document.Writeup("b", big, meta).markdown()
-    assert len(short) <= document.DESCRIPTION_LIMIT and "more rows in `report.html`" in short
+
+
+def test_a_big_batch_description_keeps_every_section_within_mlflow_s_limit() -> None:
+    rng = np.random.default_rng(4)
+    results = []  # 160 cells, 2 processes each (so every one is "unstable": fewer than 3), a failure per framework
+    for fw in FRAMEWORKS:
+        for b in range(1, 21):
+            for mode in ("train", "infer"):
+                spec = _spec("mlp_deep", fw, mode, batch_size=b)
+                results += [_result(spec, i, 0.001 * b, rng) for i in range(2)]
+        crashed = _spec("resnet20", fw, "train")
+        results.append(TrialResult(trial_key=crashed.trial_key, spec=crashed, status="crash", reason="died"))
+    text = document.Writeup("big", cells(results), {"suite": "big", "order_seeds": [1]}).markdown()
+    assert len(text) <= document.DESCRIPTION_LIMIT
+    sections = ("| architecture |", "**Verdicts, other values of framework", "**Not run, failed or unstable:**",
+                "resnet20 jax train bs64 cpu`: crash: died", "**Reproduce:**", "harness run big --seed 1")  # fmt: skip
+    for section in sections:
+        assert section in text, section
+    more = [int(n) for n in re.findall(r"… (\d+) more rows in `report.html`", text)]
+    assert more and all(n > 0 for n in more)
 
 
 def test_reproduce_without_argv_names_the_suite() -> None:

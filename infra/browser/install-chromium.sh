@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Headless Chromium for the browser tests (tests/test_browser.py), from Debian's packages: `make test`
+# Headless Chromium for the browser tests (tests/test_tracking_server.py), from Debian's packages: `make test`
 # runs this. Nothing is downloaded by Playwright: the tests drive this system Chromium.
 # Without root or apt-get it says why and exits 0: the browser tests then skip with that reason.
 set -euo pipefail

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,3 +93,24 @@ def harness_in_process(
             monkeypatch.setenv(key, os.environ.pop(key))
     out = capsys.readouterr()
     return InProcess(code, out.out, out.err)
+
+
+@pytest.fixture(scope="session")
+def doctors(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """``harness doctor`` as tests/test_cli.py runs it, twice at once, each in its own folder with its
+    own embedded Ray: as set up (``"ok"``), and with JAX's interpreter missing (``"no_jax"``). Each
+    imports every framework and starts a Ray; neither is timed, so they need not wait for each other."""
+    from tests.test_cli import harness
+
+    # the folders each test's tmp_path was (the table's columns, so where words wrap, follow the paths)
+    ok, no_jax = (
+        tmp_path_factory.mktemp(name) for name in ("test_doctor_checks_everything", "test_doctor_reports_missing_fr")
+    )
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        runs = {
+            "ok": pool.submit(harness, ok, "doctor", timeout=180),
+            "no_jax": pool.submit(
+                harness, no_jax, "doctor", env={"HARNESS_PYTHON_JAX": str(no_jax / "nope" / "python")}, timeout=180
+            ),
+        }
+        return {name: run.result() for name, run in runs.items()}

@@ -258,14 +258,18 @@ def test_bad_input_exits_2_and_runs_nothing(
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").glob("*/journal.jsonl"))
 
 
-def test_malformed_suite_file_exits_2(tmp_path: Path) -> None:
+def test_malformed_suite_file_exits_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.conftest import harness_in_process  # harness.cli.main here: no interpreter start-up per case
+
     bad = tmp_path / "bad.toml"
     bad.write_text('frameworks = ["torch"\n')
-    run = harness(tmp_path, "run", str(bad), timeout=60)
-    assert run.proc.returncode == 2 and "not valid TOML" in run.proc.stderr
+    run = harness_in_process(monkeypatch, capsys, tmp_path, "run", str(bad))
+    assert run.code == 2 and "not valid TOML" in run.stderr
     bad.write_text('frameworks = ["torch"]\narchitectures = ["mlp_shallow"]\nbatch_sizes = [-4]\n')
-    run = harness(tmp_path, "run", str(bad), timeout=60)
-    assert run.proc.returncode == 2 and "batch_sizes" in run.proc.stderr
+    run = harness_in_process(monkeypatch, capsys, tmp_path, "run", str(bad))
+    assert run.code == 2 and "batch_sizes" in run.stderr
 
 
 def test_device_no_node_has_exits_2(tmp_path: Path) -> None:
@@ -297,27 +301,29 @@ def test_dry_run_with_datasets_shows_incompatible_pairs(tmp_path: Path) -> None:
     assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
 
 
-def test_list_and_help(tmp_path: Path) -> None:
-    out = harness(tmp_path, "list", timeout=60).proc
-    assert out.returncode == 0
+def test_list_and_help(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.conftest import harness_in_process  # harness.cli.main here: no interpreter start-up per command
+
+    out = harness_in_process(monkeypatch, capsys, tmp_path, "list")
+    assert out.code == 0
     mxnet_python = str(REPO / ".venvs" / "mxnet" / "bin" / "python")
     for word in ("torch", "tensorflow", "jax", "mxnet", "2.13.0", "2.21.0", "0.10.2", "1.9.1", mxnet_python,
                  "mlp_deep", "cnn1d", "mnist1d", "smoke", sys.executable):  # fmt: skip
         assert word in out.stdout, word
     for cmd in ("run", "list", "doctor", "compare", "sync"):
-        h = harness(tmp_path, cmd, "--help", timeout=60).proc
-        assert h.returncode == 0 and "usage: harness" in h.stdout
+        h = harness_in_process(monkeypatch, capsys, tmp_path, cmd, "--help")
+        assert h.code == 0 and "usage: harness" in h.stdout
 
 
-def test_doctor_checks_everything(tmp_path: Path) -> None:
-    out = harness(tmp_path, "doctor", timeout=180).proc
+def test_doctor_checks_everything(doctors: dict[str, Run]) -> None:
+    out = doctors["ok"].proc  # run beside the next test's doctor (tests/conftest.py)
     assert out.returncode == 0, out.stdout + out.stderr
     for word in ("torch 2.13.0", "tensorflow 2.21.0", "jax 0.10.2", "mxnet 1.9.1", "Ray starts", "is writable"):
         assert word in out.stdout, word
 
 
-def test_doctor_reports_missing_framework_with_fix(tmp_path: Path) -> None:
-    out = harness(tmp_path, "doctor", env={"HARNESS_PYTHON_JAX": str(tmp_path / "nope" / "python")}, timeout=180).proc
+def test_doctor_reports_missing_framework_with_fix(doctors: dict[str, Run]) -> None:
+    out = doctors["no_jax"].proc  # HARNESS_PYTHON_JAX: a python that does not exist
     assert out.returncode == 1
     assert "does not exist" in out.stdout and "make setup" in out.stdout
 

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -269,11 +270,15 @@ def test_a_tpu_slice_trial_runs_one_worker_per_host(tpu_cluster: str, tmp_path: 
 
 @pytest.mark.slow
 def test_a_slice_type_or_accelerator_type_the_cluster_lacks_exits_2(tpu_cluster: str, tmp_path: Path) -> None:
-    run = harness(tmp_path, "run", TINY, "--address", tpu_cluster, "--tpu-slice", "v4-8", *SLICE_RUN)
+    (tmp_path / "b").mkdir()
+    with ThreadPoolExecutor(max_workers=2) as pool:  # two independent drivers of the cluster, side by side
+        slice_run = pool.submit(harness, tmp_path, "run", TINY, "--address", tpu_cluster, "--tpu-slice", "v4-8",
+                                *SLICE_RUN)  # fmt: skip
+        gpu_run = pool.submit(harness, tmp_path / "b", "run", TINY, "--address", tpu_cluster, "--framework", "torch",
+                              "--device", "gpu", "--accelerator-type", "H100", "--mode", "infer")  # fmt: skip
+    run = slice_run.result()
     assert run.proc.returncode == 2
     assert "no TPU slice of type v4-8" in run.proc.stderr and "v4-16" in run.proc.stderr
-    (tmp_path / "b").mkdir()
-    run = harness(tmp_path / "b", "run", TINY, "--address", tpu_cluster, "--framework", "torch", "--device", "gpu",
-                  "--accelerator-type", "H100", "--mode", "infer")  # fmt: skip
+    run = gpu_run.result()
     assert run.proc.returncode == 2
     assert "no node in the Ray cluster has accelerator type H100" in run.proc.stderr and "A100" in run.proc.stderr

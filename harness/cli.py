@@ -350,20 +350,28 @@ def cmd_compare(args: argparse.Namespace) -> int:
         target, name = batch_id, f"by-{args.by}"
         gate = False  # a comparison of frameworks (or compile modes...) describes; it does not gate
     else:
-        base_id, base_cells = _batch_cells(args, ids[0])
         new_id, new_cells = _batch_cells(args, ids[1])
-        value, source = _threshold(threshold, new_cells)
-        comparison = cmp.between_batches(
-            base_cells,
-            new_cells,
-            value,
-            source,
-            base_label=f"batch {base_id}",
-            new_label=f"batch {new_id}",
-            allow_mismatch=args.allow_mismatch,
-        )
+        comparison, base_id = _against(args, ids[0], threshold, new_id, new_cells)
         target, name, gate = new_id, f"vs-{base_id}", True
     return _print_comparison(comparison, args, target, name, gate)
+
+
+def _against(
+    args: argparse.Namespace, base: str, threshold: float | None, new_id: str, new_cells: list[Cell]
+) -> tuple[cmp.Comparison, str]:
+    """NEW's cells against batch ``base``'s (``compare BASE NEW``, ``report --against``); and BASE's id."""
+    base_id, base_cells = _batch_cells(args, base)
+    value, source = _threshold(threshold, new_cells)
+    comparison = cmp.between_batches(
+        base_cells,
+        new_cells,
+        value,
+        source,
+        base_label=f"batch {base_id}",
+        new_label=f"batch {new_id}",
+        allow_mismatch=args.allow_mismatch,
+    )
+    return comparison, base_id
 
 
 def _threshold(given: float | None, against: list[Cell]) -> tuple[float, str]:
@@ -426,18 +434,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     meta = found.meta() if found.exists() else _meta_from_mlflow(uri, batch_id)
     against = None
     if args.against:
-        base_id, base_cells = _batch_cells(args, args.against)
-        threshold = cmp.parse_threshold(args.threshold)
-        value, source = _threshold(threshold, batch_cells)
-        against = cmp.between_batches(
-            base_cells,
-            batch_cells,
-            value,
-            source,
-            base_label=f"batch {base_id}",
-            new_label=f"batch {batch_id}",
-            allow_mismatch=args.allow_mismatch,
-        )
+        against, _ = _against(args, args.against, cmp.parse_threshold(args.threshold), batch_id, batch_cells)
     writeup = Writeup(batch_id, batch_cells, meta, against)
     out = Path(args.output or f"report-{batch_id}.html")
     if out.parent and not out.parent.exists():

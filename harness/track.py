@@ -362,14 +362,19 @@ class Tracker:
         self.client.log_text(parent, report_html, name)
         return True
 
+    def _cell_runs(self, batch_id: str) -> list[Any]:
+        """The MLflow runs of a batch's cells."""
+        return list(
+            self.client.search_runs(
+                [self.experiment_id],
+                filter_string=f"tags.batch_id = '{batch_id}' and tags.harness_kind = 'trial'",
+                max_results=5000,
+            )
+        )
+
     def batch_runs(self, batch_id: str) -> list[str]:
         """The run ids of a batch's cells."""
-        runs = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.batch_id = '{batch_id}' and tags.harness_kind = 'trial'",
-            max_results=5000,
-        )
-        return [str(r.info.run_id) for r in runs]
+        return [str(r.info.run_id) for r in self._cell_runs(batch_id)]
 
     def compare_url(self, run_ids: list[str], ui: str) -> str | None:
         """The MLflow UI page comparing these runs, the first :data:`COMPARE_MAX_RUNS` (None without any)."""
@@ -439,11 +444,7 @@ class Tracker:
         """Every process's result of a batch, read back from MLflow (each cell run's results.json)."""
         import tempfile
 
-        runs = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.batch_id = '{batch_id}' and tags.harness_kind = 'trial'",
-            max_results=5000,
-        )
+        runs = self._cell_runs(batch_id)
         results = []
         with tempfile.TemporaryDirectory() as tmp:
             for run in runs:

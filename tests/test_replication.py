@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from harness import metrics as M
 from harness.cells import ONE_PROCESS
+from tests.conftest import harness_in_process  # compare and sync: harness.cli.main, in this process
 from tests.test_batch import _child_runs
 from tests.test_cli import TINY, Run, harness
 
@@ -100,7 +101,9 @@ def test_mlflow_has_one_run_per_cell_with_between_process_figures(replicated: tu
         assert sorted(row[0] for row in table["data"]) == [0, 1, 2]  # one row per process (replica first)
 
 
-def test_k1_batch_says_spread_unknown_in_mlflow_and_in_compare(replicated: tuple[Run, Run, str]) -> None:
+def test_k1_batch_says_spread_unknown_in_mlflow_and_in_compare(
+    replicated: tuple[Run, Run, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     _, base, base_id = replicated
     before = {p.parent.name for p in (base.cwd / "runs").glob("*/batch.json")}
     run = harness(base.cwd, "run", TINY, "--framework", "torch", "--mode", "infer")  # an independent batch, K = 1
@@ -109,11 +112,11 @@ def test_k1_batch_says_spread_unknown_in_mlflow_and_in_compare(replicated: tuple
     (child,) = _child_runs(run.uri, single)
     assert child.data.tags["interval"] == ONE_PROCESS and child.data.tags["unstable"] == ONE_PROCESS
     assert M.THROUGHPUT_CI_LOW not in child.data.metrics
-    verdicts = harness(base.cwd, "compare", base_id, single, "--json")
-    assert verdicts.proc.returncode == 0, verdicts.proc.stderr  # no verdict from one process: no gate
-    (row,) = json.loads(verdicts.proc.stdout)["rows"]
+    verdicts = harness_in_process(monkeypatch, capsys, base.cwd, "compare", base_id, single, "--json")
+    assert verdicts.code == 0, verdicts.stderr  # no verdict from one process: no gate
+    (row,) = json.loads(verdicts.stdout)["rows"]
     assert row["verdict"] == "inconclusive" and "run-to-run spread unknown" in row["note"]
-    assert json.loads(verdicts.proc.stdout)["unmatched"] == ["BASE mlp_shallow torch train bs32 cpu mnist1d"]
+    assert json.loads(verdicts.stdout)["unmatched"] == ["BASE mlp_shallow torch train bs32 cpu mnist1d"]
 
 
 def _copy_batch(run: Run, batch_id: str, name: str, change: Any) -> str:
@@ -133,22 +136,26 @@ def _slower(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def test_compare_gates_on_a_slowdown_and_passes_an_aa_copy(replicated: tuple[Run, Run, str]) -> None:
+def test_compare_gates_on_a_slowdown_and_passes_an_aa_copy(
+    replicated: tuple[Run, Run, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     _, base, base_id = replicated
     slow = _copy_batch(base, base_id, "20990101-000000-slow", _slower)
-    gate = harness(base.cwd, "compare", base_id, slow, "--json")
-    assert gate.proc.returncode == 1, gate.proc.stdout + gate.proc.stderr
-    verdicts = json.loads(gate.proc.stdout)
+    gate = harness_in_process(monkeypatch, capsys, base.cwd, "compare", base_id, slow, "--json")
+    assert gate.code == 1, gate.stdout + gate.stderr
+    verdicts = json.loads(gate.stdout)
     assert {r["verdict"] for r in verdicts["rows"]} == {"slower"}
     assert all(r["ratio"] == pytest.approx(0.1) for r in verdicts["rows"])
     assert "Holm" in verdicts["correction"]
     same = _copy_batch(base, base_id, "20990101-000000-same", lambda r: r)
-    aa = harness(base.cwd, "compare", base_id, same, "--markdown")
-    assert aa.proc.returncode == 0, aa.proc.stdout + aa.proc.stderr
-    assert "0 slower" in aa.proc.stdout and "| **slower** |" not in aa.proc.stdout
+    aa = harness_in_process(monkeypatch, capsys, base.cwd, "compare", base_id, same, "--markdown")
+    assert aa.code == 0, aa.stdout + aa.stderr
+    assert "0 slower" in aa.stdout and "| **slower** |" not in aa.stdout
 
 
-def test_compare_refuses_mismatched_environments_unless_allowed(replicated: tuple[Run, Run, str]) -> None:
+def test_compare_refuses_mismatched_environments_unless_allowed(
+    replicated: tuple[Run, Run, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     _, base, base_id = replicated
 
     def other_cpu(row: dict[str, Any]) -> dict[str, Any]:
@@ -156,22 +163,24 @@ def test_compare_refuses_mismatched_environments_unless_allowed(replicated: tupl
         return row
 
     other = _copy_batch(base, base_id, "20990101-000000-cpu", other_cpu)
-    refused = harness(base.cwd, "compare", base_id, other)
-    assert refused.proc.returncode == 2
-    assert "cpu_model" in refused.proc.stderr and "Some Other CPU" in refused.proc.stderr
-    allowed = harness(base.cwd, "compare", base_id, other, "--allow-mismatch")
-    assert allowed.proc.returncode == 0, allowed.proc.stderr
-    assert "allowed by --allow-mismatch" in allowed.proc.stderr
+    refused = harness_in_process(monkeypatch, capsys, base.cwd, "compare", base_id, other)
+    assert refused.code == 2
+    assert "cpu_model" in refused.stderr and "Some Other CPU" in refused.stderr
+    allowed = harness_in_process(monkeypatch, capsys, base.cwd, "compare", base_id, other, "--allow-mismatch")
+    assert allowed.code == 0, allowed.stderr
+    assert "allowed by --allow-mismatch" in allowed.stderr
 
 
-def test_compare_logs_verdicts_on_the_new_batch_parent_run(replicated: tuple[Run, Run, str]) -> None:
+def test_compare_logs_verdicts_on_the_new_batch_parent_run(
+    replicated: tuple[Run, Run, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     _, base, base_id = replicated
-    harness(base.cwd, "sync", base_id)  # the parent run exists already; sync is idempotent
-    run = harness(base.cwd, "compare", base_id, "--by", "mode", "--baseline", "train")
-    assert run.proc.returncode == 2  # mode is not an axis to compare by
-    assert "invalid choice: 'mode'" in run.proc.stderr and "framework" in run.proc.stderr
-    by = harness(base.cwd, "compare", base_id, base_id)
-    assert by.proc.returncode == 0, by.proc.stderr
+    harness_in_process(monkeypatch, capsys, base.cwd, "sync", base_id)  # the parent run exists already; idempotent
+    run = harness_in_process(monkeypatch, capsys, base.cwd, "compare", base_id, "--by", "mode", "--baseline", "train")
+    assert run.code == 2  # mode is not an axis to compare by
+    assert "invalid choice: 'mode'" in run.stderr and "framework" in run.stderr
+    by = harness_in_process(monkeypatch, capsys, base.cwd, "compare", base_id, base_id)
+    assert by.code == 0, by.stderr
     client = MlflowClient(base.uri)
     exp = client.get_experiment_by_name("harness")
     assert exp is not None
@@ -180,7 +189,9 @@ def test_compare_logs_verdicts_on_the_new_batch_parent_run(replicated: tuple[Run
     assert f"compare/vs-{base_id}.md" in logged
 
 
-def test_calibrate_then_threshold_auto(replicated: tuple[Run, Run, str]) -> None:
+def test_calibrate_then_threshold_auto(
+    replicated: tuple[Run, Run, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     _, base, base_id = replicated
     cal = harness(
         base.cwd, "calibrate", "--arch", "mlp_shallow", "--batch-size", "32", "--repeats", "2", "--mode", "infer"
@@ -193,8 +204,10 @@ def test_calibrate_then_threshold_auto(replicated: tuple[Run, Run, str]) -> None
     exp = client.get_experiment_by_name("harness")
     assert exp is not None
     assert client.search_runs([exp.experiment_id], "tags.harness_kind = 'calibration'")
-    auto = harness(base.cwd, "compare", base_id, base_id, "--threshold", "auto", "--json")
-    assert auto.proc.returncode == 0, auto.proc.stderr
-    verdicts = json.loads(auto.proc.stdout)
+    auto = harness_in_process(
+        monkeypatch, capsys, base.cwd, "compare", base_id, base_id, "--threshold", "auto", "--json"
+    )
+    assert auto.code == 0, auto.stderr
+    verdicts = json.loads(auto.stdout)
     assert verdicts["threshold_source"].startswith("auto: calibrated noise of")
     assert verdicts["threshold"] == max(json.loads(p.read_text())["threshold"] for p in saved)

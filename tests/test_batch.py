@@ -22,6 +22,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from harness import journal
+from tests.conftest import harness_in_process  # sync: harness.cli.main, in this process
 from tests.test_cli import TINY, harness
 from tests.test_tracking_server import MlflowServer, free_port
 
@@ -52,7 +53,9 @@ def _wait_for(condition: object, what: str, timeout_s: float = 300) -> None:
         time.sleep(0.2)
 
 
-def test_driver_killed_then_resumed_logs_every_result_exactly_once(tmp_path: Path) -> None:
+def test_driver_killed_then_resumed_logs_every_result_exactly_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "HARNESS_RUNS_DIR": str(tmp_path / "runs"), "MLFLOW_TRACKING_URI": uri}
     env.pop("RAY_ADDRESS", None)
@@ -86,9 +89,9 @@ def test_driver_killed_then_resumed_logs_every_result_exactly_once(tmp_path: Pat
     rows_shown = [line for line in resumed.proc.stdout.splitlines() if "mlp_shallow" in line and "│" in line]
     assert len(rows_shown) == 4  # the final table shows the whole batch, earlier rows included
 
-    again = harness(tmp_path, "sync", batch_id)
-    assert again.proc.returncode == 0, again.proc.stderr
-    assert "0 cells logged" in again.proc.stdout
+    again = harness_in_process(monkeypatch, capsys, tmp_path, "sync", batch_id)
+    assert again.code == 0, again.stderr
+    assert "0 cells logged" in again.stdout
     assert len(_child_runs(uri, batch_id)) == len(cells)
 
 
@@ -102,7 +105,9 @@ def test_unreachable_tracking_server_is_a_one_line_error_before_anything_runs(tm
     assert not (tmp_path / "runs").exists()  # nothing ran, nothing written
 
 
-def test_tracking_server_lost_mid_batch_keeps_results_and_sync_replays_them(tmp_path: Path) -> None:
+def test_tracking_server_lost_mid_batch_keeps_results_and_sync_replays_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     port = free_port()
     server = MlflowServer(tmp_path / "server", port)
     server.start()
@@ -132,9 +137,9 @@ def test_tracking_server_lost_mid_batch_keeps_results_and_sync_replays_them(tmp_
 
     server.start()  # the same store comes back
     try:
-        synced = harness(tmp_path, "sync", batch_id, "--tracking-uri", server.url)
-        assert synced.proc.returncode == 0, synced.proc.stdout + synced.proc.stderr
-        assert "2 cells logged" in synced.proc.stdout
+        synced = harness_in_process(monkeypatch, capsys, tmp_path, "sync", batch_id, "--tracking-uri", server.url)
+        assert synced.code == 0, synced.stdout + synced.stderr
+        assert "2 cells logged" in synced.stdout
         runs = _child_runs(server.url, batch_id)
         assert sorted(r.info.run_name for r in runs) == ["mlp_shallow-jax-infer", "mlp_shallow-torch-infer"]  # type: ignore[attr-defined]
     finally:

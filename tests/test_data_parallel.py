@@ -64,8 +64,11 @@ def _probe(framework: str, arch: str, peers: list[str], out: Path) -> None:
 @pytest.mark.parametrize("framework", DP_FRAMEWORKS)
 def test_two_workers_on_halves_take_the_one_worker_step_on_the_whole_batch(framework: str, tmp_path: Path) -> None:
     one, two = tmp_path / "w1.npz", tmp_path / "w2.npz"
-    _probe(framework, "mlp_deep", ["127.0.0.1:1"], one)
-    _probe(framework, "mlp_deep", [f"127.0.0.1:{p}" for p in _ports(2)], two)
+    with ThreadPoolExecutor(max_workers=2) as pool:  # independent processes: weights, not timings
+        done = [pool.submit(_probe, framework, "mlp_deep", ["127.0.0.1:1"], one),
+                pool.submit(_probe, framework, "mlp_deep", [f"127.0.0.1:{p}" for p in _ports(2)], two)]  # fmt: skip
+    for probe in done:
+        probe.result()
     a, b = np.load(one), np.load(two)
     names = [k for k in a.files if k != "loss"]
     assert names and set(names) == {k for k in b.files if k != "loss"}

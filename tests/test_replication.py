@@ -186,7 +186,7 @@ def test_compare_logs_verdicts_on_the_new_batch_parent_run(
     assert exp is not None
     (parent,) = client.search_runs([exp.experiment_id], f"tags.batch_id = '{base_id}' and tags.harness_kind = 'batch'")
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "compare")}
-    assert f"compare/vs-{base_id}.md" in logged
+    assert {f"compare/vs-{base_id}.{ext}" for ext in ("md", "json", "png", "svg")} <= logged  # table and chart
 
 
 def test_calibrate_then_threshold_auto(

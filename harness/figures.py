@@ -91,6 +91,7 @@ def _render(fig: MplFigure, name: str, title: str, caption: str) -> Figure:
     fig.suptitle(title, fontsize=11, fontweight="bold")
     png, svg = io.BytesIO(), io.StringIO()
     fig.savefig(png, format="png", dpi=DPI, metadata={"Software": None})
+    fig.set_layout_engine("none")  # the PNG's layout stands: the SVG does not lay the figure out again
     fig.savefig(svg, format="svg", metadata={"Date": None})
     return Figure(name, title, caption, png.getvalue(), svg.getvalue())
 

@@ -102,6 +102,7 @@ def test_mlflow_ui_gets_kind_description_figures_and_datasets(tiny_run: Run) -> 
     assert "report.html" in {a.path for a in client.list_artifacts(parent.info.run_id)}
     mnist1d = datasets.prepare("mnist1d").sha256[: track.DIGEST]
     for r in children:
+        assert r.inputs is not None
         inputs = {d.dataset.name: d for d in r.inputs.dataset_inputs}
         assert f"synthetic-{r.data.params['architecture']}" in inputs
         if r.data.params["mode"] == "train":

@@ -165,6 +165,9 @@ def parse_any(path: Path) -> None:
         parser = configparser.ConfigParser()
         parser.read_string(path.read_text(), source=name)
         assert parser.sections(), f"{name}: no section"
+    elif name.endswith(".sh"):
+        checked = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)  # bash's own parse
+        assert checked.returncode == 0, f"{name}: {checked.stderr}"
     elif name.endswith((".txt", ".sql", ".dockerignore", ".gitignore", ".example", ".env")):
         assert path.read_text(encoding="utf-8").strip(), f"{name}: empty"
     else:

@@ -66,13 +66,11 @@ def _frameworks(cells: Sequence[Cell]) -> list[str]:
     return sorted(found, key=lambda f: (order.index(f) if f in order else len(order), f))
 
 
-def _new(rows: int, columns: int = 1, row_in: float = 0.32, min_in: float = 2.4) -> MplFigure:
+def _new(rows: int, row_in: float = 0.32, min_in: float = 2.4) -> MplFigure:
+    """An empty figure as tall as ``rows`` rows of bars (callers add their axes)."""
     from matplotlib.figure import Figure as MplFigure
 
-    fig = MplFigure(figsize=(WIDTH_IN, max(min_in, 1.3 + row_in * rows)), dpi=DPI, layout="constrained")
-    if columns > 1:
-        fig.subplots(1, columns)
-    return fig
+    return MplFigure(figsize=(WIDTH_IN, max(min_in, 1.3 + row_in * rows)), dpi=DPI, layout="constrained")
 
 
 def _log(ax: Axes, axis: str = "x", base: float = 10) -> None:
@@ -270,8 +268,8 @@ def _memory(cells: Sequence[Cell]) -> Figure | None:
     panels = [(host, M.PEAK_HOST_RSS_MB, "peak host RSS, MB")]
     if device:
         panels.append((device, M.PEAK_DEVICE_MEM_MB, "peak device memory, MB (framework's counter)"))
-    fig = _new(len(host), columns=len(panels))
-    for ax, (members, key, xlabel) in zip(fig.axes or [fig.subplots()], panels, strict=True):
+    fig = _new(len(host))
+    for ax, (members, key, xlabel) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels, strict=True):
         _grouped_bars(ax, members, metric(key), log=False)
         ax.set_xlabel(xlabel)
     caption = "Peak memory per cell (median over its processes): host RSS of the worker process" + (

@@ -110,6 +110,11 @@ def _latencies(c: Cell) -> str:
     return "-" if p50 is None or p99 is None else f"{significant(p50)}/{significant(p99)}"
 
 
+def _processes(c: Cell) -> str:
+    failed = len(c.processes) - c.repeats
+    return f"{c.repeats} (+{failed} failed)" if failed and c.status != "unsupported" else str(c.repeats or 1)
+
+
 WIDE = (
     Column("architecture", "left", lambda c: c.spec.architecture),
     Column("framework", "left", lambda c: c.spec.framework),
@@ -120,9 +125,9 @@ WIDE = (
     Column("workers", "right", _workers),
     Column("exec", "left", lambda c: c.representative.compile_mode or "-"),
     Column("samples/s", "right", lambda c: _num(c.metrics.get(M.THROUGHPUT), ",.0f")),
-    Column("95% CI", "right", lambda c: _interval(c)),
-    Column("CV", "right", lambda c: _cv(c)),
-    Column("n", "right", lambda c: _processes(c)),
+    Column("95% CI", "right", _interval),
+    Column("CV", "right", _cv),
+    Column("n", "right", _processes),
     Column("p50 ms", "right", lambda c: _num(c.metrics.get(P50), ".3f")),
     Column("p99 ms", "right", lambda c: _num(c.metrics.get(P99), ".3f")),
     Column("compile s", "right", lambda c: _num(c.metrics.get(M.COMPILE_S), ".2f")),
@@ -130,7 +135,7 @@ WIDE = (
     Column("% peak", "right", _peak),
     Column("scaling eff", "right", lambda c: _num(c.metrics.get(M.SCALING_EFFICIENCY), ".2f")),
     Column("val acc", "right", lambda c: _num(c.metrics.get(M.VAL_ACCURACY), ".3f")),
-    Column("to target s", "right", lambda c: _to_target(c)),
+    Column("to target s", "right", _to_target),
     Column("status", "left", lambda c: _status(c)),
 )
 # the default table fits 100 columns: the columns that decide, the status without its reason (listed below)
@@ -301,11 +306,6 @@ def problems(rows: Iterable[Cell]) -> list[tuple[str, str, str]]:
 def notes(rows: list[Cell]) -> list[str]:
     """Why each cell that is not plainly ok is not (under the narrow table, whose status is one word)."""
     return [f"{label}: {what}: {why}" for label, what, why in problems(rows)]
-
-
-def _processes(c: Cell) -> str:
-    failed = len(c.processes) - c.repeats
-    return f"{c.repeats} (+{failed} failed)" if failed and c.status != "unsupported" else str(c.repeats or 1)
 
 
 def _status(c: Cell, short: bool = False) -> str:

@@ -13,6 +13,10 @@ writes benchmarks/results.json.
 5. Zoo: training throughput of every architecture in every framework at one batch size (default
    compile mode, synthetic data), with achieved GFLOP/s and the fraction of the node's measured
    GEMM peak.
+6. GEMM-bound: the ``mlp_wide`` preset, train and infer, in every framework on one core (one left to
+   the driver), ``--repeats`` processes each in an interleaved order: the fraction of the node's
+   measured GEMM peak (numpy's BLAS, same core, same threads) each reaches; target: the best framework
+   >= 85%.
 
 ``--sections`` runs a subset; sections not run keep their previous values in the results file.
 """
@@ -39,7 +43,9 @@ from harness.contract import MeasureSpec, TrialResult, TrialSpec
 from harness.envs import interpreter
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("noise", "replication", "power", "overhead", "fast", "smoke", "zoo")
+SECTIONS = ("noise", "replication", "power", "overhead", "fast", "smoke", "zoo", "gemm")
+GEMM_PRESET = "mlp_wide"  # four 2048x2048 dense layers on 2048 features: every step is large square GEMMs
+GEMM_TARGET = 0.85  # the best framework's fraction of the node's measured GEMM peak (issue #12)
 
 
 def fast_vs_eager(frameworks: list[str], batch: int, threads: int, seconds: float) -> list[dict[str, Any]]:
@@ -119,6 +125,69 @@ def zoo_throughput(frameworks: list[str], batch: int, threads: int, seconds: flo
         runner.run(specs, keep)
     order = {(s.architecture, s.framework): i for i, s in enumerate(specs)}
     return sorted(rows, key=lambda r: order[(r["architecture"], r["framework"])])
+
+
+def gemm_bound(frameworks: list[str], repeats: int, batch: int, seconds: float) -> list[dict[str, Any]]:
+    """``GEMM_PRESET`` train and infer in every framework, ``repeats`` processes a cell, one thread."""
+    import random
+
+    specs = [
+        TrialSpec(
+            architecture=GEMM_PRESET,
+            framework=fw,
+            mode=mode,
+            batch_size=batch,
+            threads=1,
+            timeout_s=900,
+            measure=MeasureSpec(warmup_steps=3, min_steps=10, min_time_s=seconds, window_steps=1),
+        )
+        for fw in frameworks
+        for mode in ("train", "infer")
+    ]
+    order = [(s, r) for r in range(repeats) for s in random.Random(0).sample(specs, len(specs))]
+    fractions: dict[str, list[float]] = {s.trial_key: [] for s in specs}
+    peaks: dict[str, list[float]] = {s.trial_key: [] for s in specs}
+    failures: dict[str, str] = {}
+
+    def keep(r: TrialResult) -> None:
+        m = r.metrics
+        if r.status == "ok":
+            fractions[r.trial_key].append(m[M.PEAK_FRACTION])
+            peaks[r.trial_key].append(m[M.NODE_PEAK_GFLOPS])
+        else:
+            failures[r.trial_key] = f"{r.status}: {r.reason[:80]}"
+        print(f"  {r.spec.name} #{r.replica}: {r.status} {100 * m.get(M.PEAK_FRACTION, 0):.1f}% of peak")
+
+    with lifecycle.Untracked(reserve=1) as runner:
+        runner.run(order, keep)
+    return [
+        {
+            "framework": s.framework, "mode": s.mode, "batch_size": batch,
+            "peak_fraction": fractions[s.trial_key], "median_peak_fraction": _median(fractions[s.trial_key]),
+            "node_peak_gflops": _median(peaks[s.trial_key]), "status": failures.get(s.trial_key, "ok"),
+        }
+        for s in specs
+    ]  # fmt: skip
+
+
+def _median(values: list[float]) -> float | None:
+    return float(np.median(values)) if values else None
+
+
+def gemm_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| framework | mode | % of GEMM peak (median; each process) | node peak GFLOP/s | status |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        each = ", ".join(f"{100 * f:.0f}" for f in r["peak_fraction"])
+        med = "-" if r["median_peak_fraction"] is None else f"{100 * r['median_peak_fraction']:.1f}%"
+        peak = "-" if r["node_peak_gflops"] is None else f"{r['node_peak_gflops']:.1f}"
+        lines.append(f"| {r['framework']} | {r['mode']} | {med} ({each}) | {peak} | {r['status']} |")
+    best = max((r["median_peak_fraction"] or 0 for r in rows), default=0.0)
+    verdict = "met" if best >= GEMM_TARGET else "not met"
+    lines.append(f"\nbest: {100 * best:.1f}% of the measured GEMM peak (target {100 * GEMM_TARGET:.0f}%: {verdict})")
+    return "\n".join(lines)
 
 
 def zoo_table(rows: list[dict[str, Any]], batch: int) -> str:
@@ -216,6 +285,7 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=3.0, help="timed seconds per measurement")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--zoo-batch-size", type=int, default=64)
+    p.add_argument("--gemm-batch-size", type=int, default=256)
     p.add_argument("--smoke-repeats", type=int, default=3, help="runs of the smoke suite (wall time: median)")
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
     p.add_argument("--out", type=Path, default=HERE / "results.json")
@@ -252,7 +322,12 @@ def main() -> int:
         print(f"training throughput of every architecture (batch {args.zoo_batch_size})")
         results["zoo_batch_size"] = args.zoo_batch_size
         results["zoo"] = zoo_throughput(frameworks, args.zoo_batch_size, args.threads, args.seconds)
+    if "gemm" in sections:
+        print(f"GEMM-bound preset {GEMM_PRESET} (batch {args.gemm_batch_size}, one thread)")
+        results["gemm"] = gemm_bound(frameworks, args.repeats, args.gemm_batch_size, args.seconds)
     args.out.write_text(json.dumps(results, indent=2))
+    if "gemm" in results:
+        print("\n" + gemm_table(results["gemm"]))
     if "zoo" in results:
         print("\n" + zoo_table(results["zoo"], results["zoo_batch_size"]))
     print("\n" + trust.tables(results))

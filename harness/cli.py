@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ from typing import Any
 
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from harness import batch, envs, jobs, journal, plan, report, track
@@ -42,7 +44,8 @@ def _csv(value: str | Sequence[str] | None) -> list[str] | None:
     if not value:
         return None
     parts = [value] if isinstance(value, str) else value
-    return [v.strip() for part in parts for v in part.split(",") if v.strip()] or None
+    # commas inside brackets belong to a sized architecture: mlp[depth=16,width=512]
+    return [v.strip() for part in parts for v in re.split(r",(?![^\[]*\])", part) if v.strip()] or None
 
 
 def _ints(value: str | Sequence[str] | None, what: str = "batch sizes") -> list[int] | None:
@@ -73,6 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         batch_sizes=_ints(args.batch_size),
         devices=_csv(args.device),
         datasets=_csv(args.dataset),
+        precisions=_csv(args.precision),
         compile=args.compile,
         threads=args.threads,
         timeout_s=args.timeout,
@@ -201,16 +205,15 @@ def _print_plan(p: plan.Plan) -> None:
     for s, reason in rows:
         workers = f"{s.workers} ({s.scaling})" if s.workers > 1 else "1"
         device = f"{s.device} {s.tpu_slice or s.accelerator_type or ''}".strip()
-        table.add_row(
-            s.name, device, str(s.batch_size), workers, str(s.threads), s.dataset, s.compile, s.trial_key, reason
-        )
+        cells = (device, str(s.batch_size), workers, str(s.threads), s.dataset, s.compile, s.trial_key, reason)
+        table.add_row(escape(s.name), *cells)
     console.print(table)
     console.print("dry run: nothing was run")
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     from adapters import FRAMEWORKS
-    from workloads.architectures import ARCHITECTURES
+    from workloads.architectures import ARCHITECTURES, families, get
     from workloads.datasets import DATASETS
 
     fw = Table(title="frameworks", header_style="bold")
@@ -229,8 +232,13 @@ def cmd_list(args: argparse.Namespace) -> int:
     arch = Table(title="architectures", header_style="bold")
     for col in ("name", "parameters", "forward MFLOP/sample", "description"):
         arch.add_column(col)
-    for a in ARCHITECTURES.values():
-        arch.add_row(a.name, f"{a.param_count():,}", f"{a.forward_flops() / 1e6:.3f}", a.description)
+    for a in [*ARCHITECTURES.values(), *map(get, families.PRESETS)]:
+        arch.add_row(escape(a.name), f"{a.param_count():,}", f"{a.forward_flops() / 1e6:,.3f}", a.description)
+    fam = Table(title="sized families (--arch 'NAME[key=value,...]'; presets take keys too)", header_style="bold")
+    for col in ("family", "keys (defaults)", "description"):
+        fam.add_column(col)
+    for f in families.FAMILIES.values():
+        fam.add_row(f.name, escape(f.signature().removeprefix(f.name)), f.description)
     ds = Table(title="datasets", header_style="bold")
     ds.add_column("name")
     ds.add_column("description")
@@ -247,7 +255,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         except SpecError as e:
             cells = f"none: {e}"
         suites.add_row(name, cells, s.description)
-    for t in (fw, arch, ds, suites):
+    for t in (fw, arch, fam, ds, suites):
         console.print(t)
     return 0
 
@@ -581,10 +589,19 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument(flag, action="append", metavar="A,B", help=help)
 
     axis("--framework", "frameworks (default: the suite's)")
-    axis("--arch", "architectures (default: the suite's)")
+    axis(
+        "--arch",
+        "architectures (default: the suite's): zoo names, presets (resnet50, gpt2_small, vit_b16, ...) or sized "
+        "family members, e.g. 'mlp[depth=16,width=512]' or 'gpt2_small[seq=256]' (harness list shows them)",
+    )
     axis("--mode", "modes: train, infer")
     axis("--batch-size", "batch sizes")
     axis("--device", "devices: cpu, gpu, tpu")
+    axis(
+        "--precision",
+        "precisions: float32, bfloat16, float16 (the low ones: mixed precision with float32 master weights; "
+        "default: the suite's)",
+    )
     axis("--dataset", "datasets train cells run on (default: the suite's); infer cells always use synthetic data")
     axis(
         "--workers",

@@ -33,9 +33,9 @@ from harness import stats
 from harness.cells import Cell
 from harness.spec import SpecError
 
-MATCH = ("architecture", "framework", "mode", "device", "batch_size", "dataset", "workers", "scaling", "tpu_slice",
-         "accelerator_type")  # fmt: skip
-AXES = ("framework", "compile", "batch_size", "device", "workers")
+MATCH = ("architecture", "framework", "mode", "device", "batch_size", "dataset", "precision", "workers", "scaling",
+         "tpu_slice", "accelerator_type")  # fmt: skip
+AXES = ("framework", "compile", "batch_size", "device", "precision", "workers")
 # what differs by design when comparing along an axis (with the framework: its version)
 EXPECTED = {
     "framework": {"framework_version", "compile mode", "options"},  # each its own path and build options
@@ -207,6 +207,8 @@ def cell_label(cell: Cell, skip: str | None = None) -> str:
     parts += [v for v in (s.tpu_slice, s.accelerator_type) if v]
     if s.dataset != "synthetic":
         parts.append(s.dataset)
+    if s.precision != "float32":
+        parts.append(s.precision)
     if skip is not None:
         value = str(_spec_value(cell, skip))
         parts = [p for p in parts if p not in (value, f"bs{value}")]
@@ -318,7 +320,7 @@ def within_batch(
     if len(values) < 2:
         raise SpecError(f"batch {label} has only one {axis} ({baseline}): nothing to compare --by {axis}")
     # along workers, the 1-worker cell is compared with every multi-worker cell, weak or strong
-    rest = [f for f in (*MATCH, "threads", "precision", "compile") if f != axis and (axis, f) != ("workers", "scaling")]
+    rest = [f for f in (*MATCH, "threads", "compile") if f != axis and (axis, f) != ("workers", "scaling")]
     groups: dict[tuple[Any, ...], dict[str, Cell]] = {}
     for c in cells:
         groups.setdefault(_identity(c, rest), {})[str(_spec_value(c, axis))] = c

@@ -27,7 +27,8 @@ from adapters import FRAMEWORKS
 from adapters.base import CompileChoice as CompileChoice
 from adapters.base import Device as Device
 from adapters.base import Optimization
-from workloads.architectures import ARCHITECTURES
+from workloads.architectures import canonical as canonical_architecture
+from workloads.architectures import get as get_architecture
 from workloads.datasets import DATASETS, SYNTHETIC
 
 Mode = Literal["train", "infer"]
@@ -39,7 +40,7 @@ DEVICES: tuple[str, ...] = get_args(Device)
 COMPILE: tuple[str, ...] = get_args(CompileChoice)
 SCALINGS: tuple[str, ...] = get_args(Scaling)
 STATUSES: tuple[str, ...] = get_args(Status)
-PRECISIONS: tuple[str, ...] = ("float32",)
+PRECISIONS: tuple[str, ...] = ("float32", "bfloat16", "float16")  # the low ones: mixed (adapters/base.py)
 # Outcomes that are deterministic: ``--resume`` skips them. Others (crash, timeout, ...) run again.
 FINAL: tuple[str, ...] = ("ok", "unsupported", "diverged")
 # What ``run`` counts as success (exit 0); anything else makes the batch exit 1.
@@ -73,6 +74,12 @@ def _bounds(name: str, value: Any, meta: Mapping[str, Any]) -> None:
     for key, words, ok in _CHECKS:
         if key in meta and value is not None and not ok(value, meta[key]):
             raise ContractError(f"{name}: input should be {words} {meta[key]}, got {value!r}")
+    check = meta.get("check")
+    if check is not None and value is not None:
+        try:
+            check(value)
+        except ValueError as e:
+            raise ContractError(f"{name}: {e}") from None
     choices = meta.get("choices")
     if choices is not None and value is not None and value not in choices:
         raise ContractError(f"{name}: {unknown_choice(meta.get('kind', name), value, choices)}")
@@ -238,7 +245,8 @@ class TrialSpec(Record):
     always does (after an ``oom``, ``--resume --memory-limit MORE`` runs the same cell again).
     """
 
-    architecture: str = field(metadata=_one_of("architecture", ARCHITECTURES))
+    # a zoo name, a preset or a sized family member (``mlp[depth=16,width=512]``), kept in canonical spelling
+    architecture: str = field(metadata={"check": get_architecture})
     framework: str = field(metadata=_one_of("framework", FRAMEWORKS))
     mode: Mode
     device: Device = "cpu"
@@ -269,6 +277,7 @@ class TrialSpec(Record):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        object.__setattr__(self, "architecture", canonical_architecture(self.architecture))
         if self.scaling == "strong" and self.batch_size % self.workers:
             raise ContractError(
                 f"batch_size: strong scaling splits the global batch of {self.batch_size} over {self.workers} "
@@ -291,10 +300,12 @@ class TrialSpec(Record):
 
     @property
     def name(self) -> str:
-        """``{arch}-{fw}-{mode}``, plus ``-{dataset}`` for cells on a real dataset, ``-w{workers}`` for
-        multi-worker cells and ``-{tpu_slice}`` on a TPU slice."""
+        """``{arch}-{fw}-{mode}``, plus ``-{dataset}`` for cells on a real dataset, ``-{precision}`` below
+        float32, ``-w{workers}`` for multi-worker cells and ``-{tpu_slice}`` on a TPU slice."""
         base = f"{self.architecture}-{self.framework}-{self.mode}"
         base = base if self.dataset == SYNTHETIC else f"{base}-{self.dataset}"
+        if self.precision != "float32":
+            base += f"-{self.precision}"
         if self.workers > 1:
             base += f"-w{self.workers}"
         return f"{base}-{self.tpu_slice}" if self.tpu_slice else base

@@ -9,9 +9,19 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from adapters import FRAMEWORKS
-from harness.contract import COMPILE, DEVICES, MODES, SCALINGS, ContractError, TrainSpec, TrialSpec, unknown_choice
+from harness.contract import (
+    COMPILE,
+    DEVICES,
+    MODES,
+    PRECISIONS,
+    SCALINGS,
+    ContractError,
+    TrainSpec,
+    TrialSpec,
+    unknown_choice,
+)
 from harness.spec import SpecError, SuiteSpec, check_slice_type
-from workloads.architectures import ARCHITECTURES, get
+from workloads.architectures import canonical, get
 from workloads.datasets import DATASETS, INFO, SYNTHETIC
 
 T = TypeVar("T")
@@ -27,6 +37,7 @@ class Overrides:
     batch_sizes: Sequence[int] | None = None
     devices: Sequence[str] | None = None
     datasets: Sequence[str] | None = None
+    precisions: Sequence[str] | None = None
     compile: str | None = None
     threads: int | None = None
     timeout_s: float | None = None
@@ -107,10 +118,15 @@ def _check(kind: str, values: Sequence[str] | None, choices: Sequence[str]) -> N
 def validate(o: Overrides) -> None:
     """Reject bad CLI selections before anything runs (one line, the valid choices)."""
     _check("framework", o.frameworks, list(FRAMEWORKS))
-    _check("architecture", o.architectures, list(ARCHITECTURES))
+    for name in o.architectures or ():
+        try:
+            get(name)
+        except ValueError as e:
+            raise SpecError(str(e)) from None
     _check("mode", o.modes, MODES)
     _check("device", o.devices, DEVICES)
     _check("dataset", o.datasets, list(DATASETS))
+    _check("precision", o.precisions, PRECISIONS)
     if o.compile is not None:
         _check("compile mode", [o.compile], COMPILE)
     for b in o.batch_sizes or ():
@@ -193,8 +209,9 @@ def expand(
     slices: list[str | None] = list(_unique(o.tpu_slices or suite.tpu_slices)) or [None]
     kinds: list[str | None] = list(_unique(o.accelerator_types or suite.accelerator_types)) or [None]
     axes = itertools.product(  # each axis de-duplicated, order kept: one trial per cell
-        _unique(o.architectures or suite.architectures),
+        _unique([canonical(a) for a in o.architectures or suite.architectures]),
         _unique(o.datasets or suite.datasets),
+        _unique(o.precisions or suite.precisions),
         _unique(o.frameworks or suite.frameworks),
         _unique(o.modes or suite.modes),
         _unique(o.devices or suite.devices),
@@ -205,7 +222,7 @@ def expand(
     )
     seen: set[str] = set()
     impossible: list[str] = []
-    for arch, dataset, fw, mode, device, batch, workers, tpu_slice, kind in axes:
+    for arch, dataset, precision, fw, mode, device, batch, workers, tpu_slice, kind in axes:
         dataset = dataset if mode == "train" else SYNTHETIC
         tpu_slice = tpu_slice if device == "tpu" else None  # slices and accelerator types: device cells only
         kind = kind if device != "cpu" else None
@@ -224,7 +241,7 @@ def expand(
                     "mode": mode,
                     "device": device,
                     "batch_size": batch,
-                    "precision": suite.precision,
+                    "precision": precision,
                     "compile": o.compile or suite.compile,
                     "dataset": dataset,
                     "threads": o.threads or suite.threads or default_threads,
@@ -252,7 +269,7 @@ def expand(
         info = FRAMEWORKS[fw]
         reason = (
             unavailable.get(fw)
-            or info.unsupported_reason(device, suite.precision, mode)
+            or info.unsupported_reason(device, precision, mode)
             or info.multi_worker_reason(spec.workers, mode, spec.trains_to_accuracy)
             or problem
         )

@@ -116,7 +116,7 @@ def _processes(c: Cell) -> str:
 
 
 WIDE = (
-    Column("architecture", "left", lambda c: c.spec.architecture),
+    Column("architecture", "left", lambda c: escape(c.spec.architecture)),  # sized names carry [keys]
     Column("framework", "left", lambda c: c.spec.framework),
     Column("mode", "left", lambda c: c.spec.mode),
     Column("dataset", "left", lambda c: c.spec.dataset),
@@ -154,6 +154,7 @@ SETUP: dict[str, Callable[[TrialSpec], str]] = {
     "dataset": lambda s: "" if s.dataset == "synthetic" else s.dataset,
     "workers": lambda s: "" if s.workers == 1 else f"w{s.workers}-{s.scaling}",
     "device": lambda s: s.device,
+    "precision": lambda s: s.precision,
 }
 
 
@@ -324,7 +325,7 @@ def skipped_table(results: Iterable[TrialResult]) -> Table:
     table.add_column("trial")
     table.add_column("reason")
     for r in rows:
-        table.add_row(r.spec.name, escape(r.reason))
+        table.add_row(escape(r.spec.name), escape(r.reason))
     return table
 
 
@@ -364,7 +365,7 @@ def verdict_table(c: Comparison) -> Table:
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for r in c.rows:
         table.add_row(
-            r.label,
+            escape(r.label),
             f"{r.ratio.estimate:.3f}",
             f"{r.ratio.low:.3f} - {r.ratio.high:.3f}",
             f"{r.base.repeats}/{r.new.repeats}",
@@ -382,7 +383,7 @@ def result_line(r: TrialResult) -> str:
     detail = f"{tput:,.0f} samples/s" if tput else escape(r.reason[:80])
     detail += f", val acc {acc:.3f}" if acc is not None else ""
     style = STATUS_STYLE.get(r.status, "red")
-    return f"[{style}]{r.status:>11}[/] {r.spec.name} bs={r.spec.batch_size} #{r.replica}  {detail}"
+    return f"[{style}]{r.status:>11}[/] {escape(r.spec.name)} bs={r.spec.batch_size} #{r.replica}  {detail}"
 
 
 def mlflow_ui_command(uri: str) -> str:

@@ -26,7 +26,7 @@ from harness.contract import (
     TrainSpec,
     unknown_choice,
 )
-from workloads.architectures import ARCHITECTURES
+from workloads.architectures import canonical, get
 from workloads.datasets import DATASETS, SYNTHETIC
 
 TPU_GENERATIONS = ("v2", "v3", "v4", "v5p", "v5litepod", "v6e", "v7x")
@@ -49,6 +49,12 @@ def _choice(kind: str, value: str, choices: Any) -> str:
     return value
 
 
+def _architecture(name: str) -> str:
+    """A zoo name, preset or sized family member (``mlp[depth=16,width=512]``), in canonical spelling."""
+    get(name)  # raises ValueError naming the valid names or keys
+    return canonical(name)
+
+
 class Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -63,7 +69,10 @@ class SuiteSpec(Frozen):
     modes: list[Mode] = ["train", "infer"]
     devices: list[Device] = ["cpu"]
     batch_sizes: list[int]
-    precision: str = "float32"
+    precisions: list[str] = Field(
+        default_factory=lambda: ["float32"],
+        description="float32, or bfloat16/float16 mixed precision with float32 master weights (--precision)",
+    )
     compile: CompileChoice = "auto"
     datasets: list[str] = Field(
         default_factory=lambda: [SYNTHETIC], description="train cells run on each (infer cells: synthetic)"
@@ -131,7 +140,7 @@ class SuiteSpec(Frozen):
     @field_validator("architectures")
     @classmethod
     def _archs(cls, v: list[str]) -> list[str]:
-        return [_choice("architecture", x, ARCHITECTURES) for x in v]
+        return [_architecture(x) for x in v]
 
     @field_validator("workers")
     @classmethod
@@ -156,14 +165,15 @@ class SuiteSpec(Frozen):
 
     @model_validator(mode="before")
     @classmethod
-    def _single_dataset(cls, data: Any) -> Any:
-        """The older ``dataset = "name"`` key is a one-element ``datasets`` list."""
-        if isinstance(data, dict) and "dataset" in data:
-            if "datasets" in data:
-                raise ValueError("give either dataset or datasets, not both")
-            data = dict(data)
-            single = data.pop("dataset")
-            data["datasets"] = [single] if isinstance(single, str) else single
+    def _single_values(cls, data: Any) -> Any:
+        """The older ``dataset = "name"`` and ``precision = "name"`` keys are one-element lists."""
+        for single, axis in (("dataset", "datasets"), ("precision", "precisions")):
+            if isinstance(data, dict) and single in data:
+                if axis in data:
+                    raise ValueError(f"give either {single} or {axis}, not both")
+                data = dict(data)
+                value = data.pop(single)
+                data[axis] = [value] if isinstance(value, str) else value
         return data
 
     @field_validator("datasets")
@@ -181,14 +191,14 @@ class SuiteSpec(Frozen):
                 raise ValueError(f"target accuracy for {name!r} must be in (0, 1], got {target}")
         return v
 
-    @field_validator("precision")
+    @field_validator("precisions")
     @classmethod
-    def _prec(cls, v: str) -> str:
-        return _choice("precision", v, PRECISIONS)
+    def _prec(cls, v: list[str]) -> list[str]:
+        return [_choice("precision", x, PRECISIONS) for x in v]
 
     @model_validator(mode="after")
     def _non_empty(self) -> SuiteSpec:
-        for axis in ("frameworks", "architectures", "modes", "devices", "datasets"):
+        for axis in ("frameworks", "architectures", "modes", "devices", "datasets", "precisions"):
             if not getattr(self, axis):
                 raise ValueError(f"suite {self.name!r}: {axis} is empty")
         return self

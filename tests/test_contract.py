@@ -48,9 +48,9 @@ def test_base_spec_is_valid_with_defaults() -> None:
     ("field", "value", "valid"),
     [
         ("framework", "pytorch", FRAMEWORKS),
-        ("architecture", "resnet50", ARCHITECTURES),
+        ("architecture", "resnet9000", ARCHITECTURES),
         ("dataset", "imagenet", DATASETS),
-        ("precision", "bfloat16", PRECISIONS),
+        ("precision", "float8", PRECISIONS),
     ],
 )
 def test_unknown_choice_is_rejected_listing_valid_choices(field: str, value: str, valid: Any) -> None:

@@ -148,7 +148,7 @@ def test_extra_suite_field_is_a_spec_error(tmp_path: Path) -> None:
 
 
 def test_bad_suite_precision_is_rejected_at_load(tmp_path: Path) -> None:
-    path = write_toml(tmp_path, 'precision = "float16"\n' + GOOD_TOML)
+    path = write_toml(tmp_path, 'precision = "float8"\n' + GOOD_TOML)
     with pytest.raises(SpecError, match=choices(PRECISIONS)):
         load_suite(str(path))
 

@@ -35,8 +35,8 @@ def test_zoo_is_not_empty_and_named_consistently() -> None:
 
 
 def test_get_unknown_architecture_lists_choices() -> None:
-    with pytest.raises(KeyError, match=re.escape(", ".join(ARCHITECTURES))):
-        get("resnet")
+    with pytest.raises(ValueError, match=re.escape(", ".join(ARCHITECTURES))):
+        get("resnet9000")
 
 
 def test_param_count_matches_init_variables_and_layout(arch: Architecture) -> None:

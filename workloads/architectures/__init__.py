@@ -6,16 +6,22 @@ a dataset is resized to its samples with :meth:`Architecture.for_data`.
 
 from __future__ import annotations
 
+import dataclasses
+
+from workloads.architectures import families
 from workloads.architectures.architecture import Architecture
 from workloads.architectures.layers import (
     BatchNorm,
+    ClassToken,
     Conv,
     Dense,
     Embedding,
+    FirstToken,
     Flatten,
     GlobalAvgPool,
     Layer,
     LayerNorm,
+    LMHead,
     PadShortcut,
     Pool,
     Recurrent,
@@ -29,11 +35,14 @@ __all__ = [
     "ARCHITECTURES",
     "Architecture",
     "BatchNorm",
+    "ClassToken",
     "Conv",
     "Dense",
     "Embedding",
+    "FirstToken",
     "Flatten",
     "GlobalAvgPool",
+    "LMHead",
     "Layer",
     "LayerNorm",
     "PadShortcut",
@@ -43,6 +52,8 @@ __all__ = [
     "ToSequence",
     "TokenMeanPool",
     "TransformerBlock",
+    "canonical",
+    "families",
     "get",
 ]
 
@@ -68,33 +79,6 @@ def _mlp_residual(width: int, blocks: int) -> Architecture:
         f"{1 + 2 * blocks} hidden layers",
         MNIST1D,
         (Flatten(), Dense(width), *[block] * blocks, Dense(CLASSES, activation="none")),
-    )
-
-
-def _conv3(filters: int, stride: int) -> Conv:
-    return Conv(filters, (3, 3), (stride, stride), (1, 1), activation="none", bias=False, init_rule="he")
-
-
-def _resnet_cifar(name: str, blocks_per_stage: int) -> Architecture:
-    """He et al. (2016) section 4.2: 3x3 convolutions, 16/32/64 filters, option-A (parameter-free) shortcuts."""
-    layers: list[Layer] = [_conv3(16, 1), BatchNorm("relu")]
-    channels = 16
-    for filters in (16, 32, 64):
-        for b in range(blocks_per_stage):
-            stride = 2 if filters != channels and b == 0 else 1
-            body = (_conv3(filters, stride), BatchNorm("relu"), _conv3(filters, 1), BatchNorm())
-            shortcut = (PadShortcut(filters, stride),) if stride != 1 else ()
-            layers.append(Residual(body, shortcut, activation="relu"))
-            channels = filters
-    layers += [GlobalAvgPool(), Dense(CLASSES, activation="none")]
-    depth = 6 * blocks_per_stage + 2
-    return Architecture(
-        name,
-        f"CIFAR ResNet-{depth}: 3x3 convs (16/32/64 filters), batch norm, option-A shortcuts, 3x32x32 input",
-        (3, 32, 32),
-        tuple(layers),
-        published_params=269_722,  # "0.27M" in He et al. (2016) table 6; exact count with BN affine params
-        reference="He, Zhang, Ren, Sun (2016), Deep Residual Learning, section 4.2",
     )
 
 
@@ -141,7 +125,10 @@ ARCHITECTURES: dict[str, Architecture] = {
             published_params=61_706,
             reference="LeCun et al. (1998); fully connected C3 and a linear output instead of RBF units",
         ),
-        _resnet_cifar("resnet20", 3),
+        dataclasses.replace(
+            families.FAMILIES["resnet_cifar"].build("resnet20", n=3, classes=CLASSES, image=32),
+            published_params=269_722,  # "0.27M" in He et al. (2016) table 6; exact count with BN affine params
+        ),
         Architecture(
             "gru",
             "bidirectional GRU (6 hidden units per direction) over the 40 positions; all outputs to a linear layer",
@@ -179,7 +166,14 @@ ARCHITECTURES: dict[str, Architecture] = {
 
 
 def get(name: str) -> Architecture:
-    try:
+    """A zoo architecture, a preset or a sized family member (``mlp[depth=16,width=512]``, see ``families``).
+
+    Raises ValueError, naming the valid choices, for a name that is none of them."""
+    if name in ARCHITECTURES:
         return ARCHITECTURES[name]
-    except KeyError:
-        raise KeyError(f"unknown architecture {name!r}; choose from {', '.join(ARCHITECTURES)}") from None
+    return families.resolve(families.canonical(name))
+
+
+def canonical(name: str) -> str:
+    """The one spelling of an architecture name (ValueError, with the valid choices, when it is none)."""
+    return name if name in ARCHITECTURES else families.canonical(name)

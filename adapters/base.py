@@ -7,7 +7,9 @@ framework, which is imported inside the adapter module only.
 
 Conventions every adapter follows, so that all frameworks run the same computation:
 
-- loss: mean softmax cross-entropy over the batch, from logits;
+- loss: mean softmax cross-entropy from logits over every label of the batch: logits ``(N, *P, C)``,
+  int labels ``(N, *P)`` with ``P = Architecture.label_shape`` (``()`` for a classifier, the
+  positions ``(T,)`` for a language model);
 - ``sgd``: ``v = momentum * v + g; p -= lr * v`` (no dampening, no Nesterov, no weight decay);
 - ``adam``: bias-corrected Adam with ``betas = ADAM_BETAS`` and ``eps = ADAM_EPS`` outside the square
   root; the framework's defaults are never relied on;

@@ -53,7 +53,7 @@ class JaxAdapter(Adapter):
         def loss_fn(p: Params, state: Params, x: jax.Array, y: jax.Array) -> tuple[jax.Array, Params]:
             logits, new_state = forward(p, state, x, True)
             logp = jax.nn.log_softmax(logits, axis=-1)
-            return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=-1)), new_state
+            return -jnp.mean(jnp.take_along_axis(logp, y[..., None], axis=-1)), new_state  # over every label
 
         def train(p: Params, state: Params, opt: dict[str, Any], x: jax.Array, y: jax.Array) -> TrainStep:
             (loss, new_state), g = jax.value_and_grad(loss_fn, has_aux=True)(p, state, x, y)

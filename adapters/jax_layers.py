@@ -5,7 +5,7 @@ preferred convolution layout on CPU and GPU); sequences ``(N, T, F)``, flat vect
 the canonical layout. The layers that work along the channel axis read channel-last data, every other
 layer canonical data; ``compose`` inserts a transpose only where a layer needs the other layout
 (Flatten after a convolution, so dense layers see the channel-first order). A ``ToSequence`` after
-channel-last data is free: ``(N, L, C)`` already is the sequence.
+channel-last data is a reshape: ``(N, *spatial, C)`` already is the sequence, positions row-major.
 
 Batch norm reads its running statistics from :class:`Run` and, in training mode, writes the updated
 ones to ``Run.new_state``: the forward stays a pure function of ``(params, state, x)``.
@@ -29,14 +29,18 @@ from workloads.architectures.architecture import Architecture
 from workloads.architectures.compose import Builder, FunctionComposer, compose
 from workloads.architectures.layers import (
     LAYER_NORM_EPS,
+    TIED_TABLE,
     Activation,
     BatchNorm,
+    ClassToken,
     Conv,
     Dense,
     Embedding,
+    FirstToken,
     Flatten,
     GlobalAvgPool,
     LayerNorm,
+    LMHead,
     PadShortcut,
     Pool,
     Recurrent,
@@ -124,11 +128,11 @@ def _flatten(path: str, layer: Flatten, shape: Shape, ctx: FunctionComposer) -> 
 
 def _pool(path: str, layer: Pool, shape: Shape, ctx: FunctionComposer) -> LayerFn:
     window, strides = (1, *layer.window, 1), (1, *layer.stride, 1)
-    size = math.prod(layer.window)
+    size, padding = math.prod(layer.window), [(0, 0), *((p, p) for p in layer.pads), (0, 0)]
 
     def f(run: Run, x: jax.Array) -> jax.Array:
-        if layer.kind == "max":
-            return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, strides, "VALID")
+        if layer.kind == "max":  # padding takes the initial value, -inf
+            return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, strides, padding)
         return jax.lax.reduce_window(x, 0.0, jax.lax.add, window, strides, "VALID") / size
 
     return f
@@ -173,7 +177,7 @@ def _pad_shortcut(path: str, layer: PadShortcut, shape: Shape, ctx: FunctionComp
 
 
 def _to_sequence(path: str, layer: ToSequence, shape: Shape, ctx: FunctionComposer) -> LayerFn:
-    return lambda run, x: x  # reads channel-last: an (N, L, C) image already is the (N, T, F) sequence
+    return lambda run, x: x.reshape(x.shape[0], -1, x.shape[-1])  # reads channel-last: (N, *spatial, C)
 
 
 def _recurrent(path: str, layer: Recurrent, shape: Shape, ctx: FunctionComposer) -> LayerFn:
@@ -247,7 +251,7 @@ def _transformer_block(path: str, layer: TransformerBlock, shape: Shape, ctx: Fu
 
         h = _normalise_last(x, p("ln1.gamma"), p("ln1.beta"), LAYER_NORM_EPS)
         q, k, v = ((h @ p(f"w{c}") + p(f"b{c}")).reshape(*x.shape[:-1], heads, -1) for c in "qkv")
-        attn = jax.nn.dot_product_attention(q, k, v, scale=scale)  # (N, T, heads, D / heads)
+        attn = jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=layer.causal)  # (N, T, heads, D / heads)
         attn = attn.reshape(x.shape)
         x = x + attn @ p("wo") + p("bo")
         h = _normalise_last(x, p("ln2.gamma"), p("ln2.beta"), LAYER_NORM_EPS)
@@ -258,6 +262,22 @@ def _transformer_block(path: str, layer: TransformerBlock, shape: Shape, ctx: Fu
 
 def _token_mean_pool(path: str, layer: TokenMeanPool, shape: Shape, ctx: FunctionComposer) -> LayerFn:
     return lambda run, x: jnp.mean(x, axis=1)
+
+
+def _class_token(path: str, layer: ClassToken, shape: Shape, ctx: FunctionComposer) -> LayerFn:
+    def f(run: Run, x: jax.Array) -> jax.Array:
+        cls = jnp.broadcast_to(run.var(path, "cls"), (x.shape[0], 1, x.shape[-1]))
+        return jnp.concatenate([cls, x], axis=1) + run.var(path, "positions")
+
+    return f
+
+
+def _first_token(path: str, layer: FirstToken, shape: Shape, ctx: FunctionComposer) -> LayerFn:
+    return lambda run, x: x[:, 0]
+
+
+def _lm_head(path: str, layer: LMHead, shape: Shape, ctx: FunctionComposer) -> LayerFn:
+    return lambda run, x: x @ run.params[TIED_TABLE].T  # the embedding's table: its gradient adds up
 
 
 BUILDERS: dict[type, Builder[LayerFn]] = {
@@ -274,6 +294,9 @@ BUILDERS: dict[type, Builder[LayerFn]] = {
     Embedding: _embedding,
     TransformerBlock: _transformer_block,
     TokenMeanPool: _token_mean_pool,
+    ClassToken: _class_token,
+    FirstToken: _first_token,
+    LMHead: _lm_head,
 }
 
 

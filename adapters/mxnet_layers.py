@@ -37,14 +37,18 @@ from workloads.architectures import Architecture
 from workloads.architectures.compose import BindingComposer, Builder, compose
 from workloads.architectures.layers import (
     LAYER_NORM_EPS,
+    TIED_TABLE,
     Activation,
     BatchNorm,
+    ClassToken,
     Conv,
     Dense,
     Embedding,
+    FirstToken,
     Flatten,
     GlobalAvgPool,
     LayerNorm,
+    LMHead,
     PadShortcut,
     Pool,
     Recurrent,
@@ -173,9 +177,11 @@ class _PositionalEmbedding(gluon.HybridBlock):  # type: ignore[misc]
 class _TransformerBlock(gluon.HybridBlock):  # type: ignore[misc]
     """Pre-norm encoder block; q/k/v are one fused ``Dense(3D)``, heads contiguous slices of D."""
 
-    def __init__(self, layer: TransformerBlock, width: int):
+    def __init__(self, layer: TransformerBlock, shape: Shape):
         super().__init__()
+        length, width = shape
         self._heads, self._scale = layer.heads, layer.attention_scale(width)
+        self._causal_length = length if layer.causal else 0
         with self.name_scope():
             self.ln1 = nn.LayerNorm(epsilon=LAYER_NORM_EPS, in_channels=width)
             self.qkv = nn.Dense(3 * width, flatten=False, in_units=width)
@@ -190,10 +196,46 @@ class _TransformerBlock(gluon.HybridBlock):  # type: ignore[misc]
 
     def hybrid_forward(self, F: Any, x: Any) -> Any:
         q, k, v = (self._split_heads(F, t) for t in F.split(self.qkv(self.ln1(x)), num_outputs=3, axis=-1))
-        scores = F.softmax(F.batch_dot(q * self._scale, k, transpose_b=True), axis=-1)
+        scores = F.batch_dot(q * self._scale, k, transpose_b=True)  # (N * heads, T, T)
+        if self._causal_length:  # query i sees keys j <= i; exp(-inf) = 0 leaves the later ones out
+            positions = F.arange(self._causal_length)
+            later = F.broadcast_greater(F.reshape(positions, shape=(1, -1)), F.reshape(positions, shape=(-1, 1)))
+            later = F.broadcast_like(F.expand_dims(later, axis=0), scores)
+            scores = F.where(later, F.ones_like(scores) * -np.inf, scores)
+        scores = F.softmax(scores, axis=-1)
         att = F.reshape(F.batch_dot(scores, v), shape=(-4, -1, self._heads, -2))  # (N, heads, T, D / heads)
         x = x + self.out(F.reshape(F.transpose(att, axes=(0, 2, 1, 3)), shape=(0, 0, -1)))
         return x + self.fc2(F.LeakyReLU(self.fc1(self.ln2(x)), act_type="gelu"))
+
+
+class _ClassToken(gluon.HybridBlock):  # type: ignore[misc]
+    """``concat([cls], x) + positions`` along the positions."""
+
+    def __init__(self, shape: Shape):
+        super().__init__()
+        t, d = shape
+        with self.name_scope():
+            self.cls = self.params.get("cls", shape=(d,))
+            self.positions = self.params.get("positions", shape=(t + 1, d))
+
+    def hybrid_forward(self, F: Any, x: Any, cls: Any, positions: Any) -> Any:
+        first = F.broadcast_like(F.reshape(cls, shape=(1, 1, -1)), F.slice_axis(x, axis=1, begin=0, end=1))
+        return F.broadcast_add(F.concat(first, x, dim=1), F.expand_dims(positions, axis=0))
+
+
+class _LMHead(gluon.HybridBlock):  # type: ignore[misc]
+    """``x @ table^T`` with the embedding's own Gluon parameter (tied: one variable in the graph).
+
+    Assigned as an attribute, the parameter reaches ``hybrid_forward`` but stays out of this block's
+    ``params``, so ``collect_params`` lists it once (in the embedding).
+    """
+
+    def __init__(self, table: Any, vocab: int):
+        super().__init__()
+        self.table, self._vocab = table, vocab
+
+    def hybrid_forward(self, F: Any, x: Any, table: Any) -> Any:
+        return F.FullyConnected(x, table, no_bias=True, num_hidden=self._vocab, flatten=False)
 
 
 # Builders: (path, layer, input sample shape, ctx) -> native block; its bindings go to ``ctx``.
@@ -221,7 +263,7 @@ def _flatten(path: str, layer: Flatten, shape: Shape, ctx: _Ctx) -> Block:
 
 def _pool(path: str, layer: Pool, shape: Shape, ctx: _Ctx) -> Block:
     pools = {"max": (nn.MaxPool1D, nn.MaxPool2D), "avg": (nn.AvgPool1D, nn.AvgPool2D)}[layer.kind]
-    return pools[len(layer.window) - 1](layer.window, layer.stride, 0)
+    return pools[len(layer.window) - 1](layer.window, layer.stride, layer.pads)  # max: padding never selected
 
 
 def _global_avg_pool(path: str, layer: GlobalAvgPool, shape: Shape, ctx: _Ctx) -> Block:
@@ -246,7 +288,7 @@ def _pad_shortcut(path: str, layer: PadShortcut, shape: Shape, ctx: _Ctx) -> Blo
 
 
 def _to_sequence(path: str, layer: ToSequence, shape: Shape, ctx: _Ctx) -> Block:
-    return nn.HybridLambda(lambda F, x: F.swapaxes(x, 1, 2))
+    return nn.HybridLambda(lambda F, x: F.swapaxes(F.reshape(x, shape=(0, 0, -1)), 1, 2))
 
 
 _RNN_NAMES = (("w_ih", "i2h_weight"), ("w_hh", "h2h_weight"), ("b_ih", "i2h_bias"), ("b_hh", "h2h_bias"))
@@ -277,7 +319,7 @@ def _embedding(path: str, layer: Embedding, shape: Shape, ctx: _Ctx) -> Block:
 
 
 def _transformer_block(path: str, layer: TransformerBlock, shape: Shape, ctx: _Ctx) -> Block:
-    block, d = _TransformerBlock(layer, shape[1]), shape[1]
+    block, d = _TransformerBlock(layer, shape), shape[1]
     bindings: Bindings = {}
     for j, w in enumerate("qkv"):
         rows = slice(j * d, (j + 1) * d)
@@ -294,6 +336,20 @@ def _token_mean_pool(path: str, layer: TokenMeanPool, shape: Shape, ctx: _Ctx) -
     return nn.HybridLambda(lambda F, x: F.mean(x, axis=1))
 
 
+def _class_token(path: str, layer: ClassToken, shape: Shape, ctx: _Ctx) -> Block:
+    block = _ClassToken(shape)
+    ctx.bind(path, {"cls": Binding(block.cls), "positions": Binding(block.positions)})
+    return block
+
+
+def _first_token(path: str, layer: FirstToken, shape: Shape, ctx: _Ctx) -> Block:
+    return nn.HybridLambda(lambda F, x: F.reshape(F.slice_axis(x, axis=1, begin=0, end=1), shape=(0, -1)))
+
+
+def _lm_head(path: str, layer: LMHead, shape: Shape, ctx: _Ctx) -> Block:
+    return _LMHead(ctx.bindings[TIED_TABLE].param, layer.vocab)  # bound when the first layer was built
+
+
 BUILDERS: dict[type, Builder[Block]] = {
     Dense: _dense,
     Conv: _conv,
@@ -308,6 +364,9 @@ BUILDERS: dict[type, Builder[Block]] = {
     Embedding: _embedding,
     TransformerBlock: _transformer_block,
     TokenMeanPool: _token_mean_pool,
+    ClassToken: _class_token,
+    FirstToken: _first_token,
+    LMHead: _lm_head,
 }
 
 

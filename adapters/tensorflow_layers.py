@@ -14,6 +14,7 @@ build context (a ``FunctionComposer``) and ``build(arch)`` through ``compose``.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -25,14 +26,18 @@ from workloads.architectures.architecture import Architecture
 from workloads.architectures.compose import Builder, FunctionComposer, compose
 from workloads.architectures.layers import (
     LAYER_NORM_EPS,
+    TIED_TABLE,
     Activation,
     BatchNorm,
+    ClassToken,
     Conv,
     Dense,
     Embedding,
+    FirstToken,
     Flatten,
     GlobalAvgPool,
     LayerNorm,
+    LMHead,
     PadShortcut,
     Pool,
     Recurrent,
@@ -115,7 +120,14 @@ def _flatten(path: str, layer: Flatten, shape: Shape, ctx: FunctionComposer) -> 
 
 def _pool(path: str, layer: Pool, shape: Shape, ctx: FunctionComposer) -> LayerFn:
     op = tf.nn.max_pool if layer.kind == "max" else tf.nn.avg_pool
-    return lambda run, x: op(x, list(layer.window), list(layer.stride), "VALID")
+    pad = [[0, 0], *[[p, p] for p in layer.pads], [0, 0]]
+
+    def fn(run: Run, x: tf.Tensor) -> tf.Tensor:
+        if any(layer.pads):  # max pooling only: -inf is never the maximum
+            x = tf.pad(x, pad, constant_values=-math.inf)
+        return op(x, list(layer.window), list(layer.stride), "VALID")
+
+    return fn
 
 
 def _global_avg_pool(path: str, layer: GlobalAvgPool, shape: Shape, ctx: FunctionComposer) -> LayerFn:
@@ -164,7 +176,8 @@ def _pad_shortcut(path: str, layer: PadShortcut, shape: Shape, ctx: FunctionComp
 
 
 def _to_sequence(path: str, layer: ToSequence, shape: Shape, ctx: FunctionComposer) -> LayerFn:
-    return lambda run, x: x  # reads channel-last: an (N, L, C) image already is the (N, T, F) sequence
+    # reads channel-last: (N, *spatial, C) already is the sequence, positions row-major
+    return lambda run, x: tf.reshape(x, [tf.shape(x)[0], -1, x.shape[-1]])
 
 
 def _gru_cell(x_t: tf.Tensor, state: tuple[tf.Tensor, ...], w_hh: tf.Tensor, b_hh: tf.Tensor) -> tuple[tf.Tensor, ...]:
@@ -233,6 +246,9 @@ def _transformer_block(path: str, layer: TransformerBlock, shape: Shape, ctx: Fu
         h = _normalise_last(x, p("ln1.gamma"), p("ln1.beta"), LAYER_NORM_EPS)
         q, k, v = (tf.reshape(tf.matmul(h, p(f"w{c}")) + p(f"b{c}"), split) for c in "qkv")
         scores = tf.einsum("nqhd,nkhd->nhqk", q, k) * scale
+        if layer.causal:  # query i sees keys j <= i; exp(-inf) = 0 leaves the later ones out of the softmax
+            visible = tf.linalg.band_part(tf.ones([t, t], scores.dtype), -1, 0) > 0
+            scores = tf.where(visible, scores, -math.inf)
         mixed = tf.einsum("nhqk,nkhd->nqhd", tf.nn.softmax(scores, axis=-1), v)
         x = x + (tf.matmul(tf.reshape(mixed, [-1, t, d]), p("wo")) + p("bo"))
         h = _normalise_last(x, p("ln2.gamma"), p("ln2.beta"), LAYER_NORM_EPS)
@@ -244,6 +260,22 @@ def _transformer_block(path: str, layer: TransformerBlock, shape: Shape, ctx: Fu
 
 def _token_mean_pool(path: str, layer: TokenMeanPool, shape: Shape, ctx: FunctionComposer) -> LayerFn:
     return lambda run, x: tf.reduce_mean(x, axis=1)
+
+
+def _class_token(path: str, layer: ClassToken, shape: Shape, ctx: FunctionComposer) -> LayerFn:
+    def fn(run: Run, x: tf.Tensor) -> tf.Tensor:
+        cls = tf.broadcast_to(run.var(path, "cls"), [tf.shape(x)[0], 1, x.shape[-1]])
+        return tf.concat([cls, x], axis=1) + run.var(path, "positions")
+
+    return fn
+
+
+def _first_token(path: str, layer: FirstToken, shape: Shape, ctx: FunctionComposer) -> LayerFn:
+    return lambda run, x: x[:, 0]
+
+
+def _lm_head(path: str, layer: LMHead, shape: Shape, ctx: FunctionComposer) -> LayerFn:
+    return lambda run, x: tf.einsum("ntd,vd->ntv", x, run.variables[TIED_TABLE])  # the embedding's table
 
 
 BUILDERS: dict[type, Builder[LayerFn]] = {
@@ -260,6 +292,9 @@ BUILDERS: dict[type, Builder[LayerFn]] = {
     Embedding: _embedding,
     TransformerBlock: _transformer_block,
     TokenMeanPool: _token_mean_pool,
+    ClassToken: _class_token,
+    FirstToken: _first_token,
+    LMHead: _lm_head,
 }
 
 

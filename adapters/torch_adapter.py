@@ -110,7 +110,8 @@ class TorchAdapter(Adapter):
         if not self.model.training:  # a recursive walk over the modules: not on every step
             self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(self._forward(x), y)
+        logits = self._forward(x)  # (N, *P, C) against labels (N, *P): the mean over every label
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
         loss.backward()
         if self.options.workers > 1:
             self._all_reduce_gradients()

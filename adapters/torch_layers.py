@@ -24,14 +24,18 @@ from workloads.architectures import Architecture
 from workloads.architectures.compose import BindingComposer, Builder, compose
 from workloads.architectures.layers import (
     LAYER_NORM_EPS,
+    TIED_TABLE,
     Activation,
     BatchNorm,
+    ClassToken,
     Conv,
     Dense,
     Embedding,
+    FirstToken,
     Flatten,
     GlobalAvgPool,
     LayerNorm,
+    LMHead,
     PadShortcut,
     Pool,
     Recurrent,
@@ -167,7 +171,7 @@ class _TransformerBlock(nn.Module):
 
     def __init__(self, layer: TransformerBlock, width: int):
         super().__init__()
-        self.heads, self.scale = layer.heads, layer.attention_scale(width)
+        self.heads, self.scale, self.causal = layer.heads, layer.attention_scale(width), layer.causal
         self.ln1, self.ln2 = nn.LayerNorm(width, eps=LAYER_NORM_EPS), nn.LayerNorm(width, eps=LAYER_NORM_EPS)
         self.wq, self.wk, self.wv, self.wo = (nn.Linear(width, width) for _ in range(4))
         self.w1, self.w2 = nn.Linear(width, layer.mlp_dim), nn.Linear(layer.mlp_dim, width)
@@ -179,7 +183,7 @@ class _TransformerBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.ln1(x)
         q, k, v = self._split(self.wq(h)), self._split(self.wk(h)), self._split(self.wv(h))
-        a = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, scale=self.scale)
         x = x + self.wo(a.transpose(1, 2).reshape(x.shape))
         return x + self.w2(F.gelu(self.w1(self.ln2(x)), approximate="none"))
 
@@ -191,6 +195,29 @@ class _TransformerBlock(nn.Module):
             linear = getattr(self, f"w{w}")
             out |= {f"w{w}": Binding(linear, "weight", transposed=True), f"b{w}": Binding(linear, "bias")}
         return out
+
+
+class _ClassToken(nn.Module):
+    """``concat([cls], x) + positions`` along the positions."""
+
+    def __init__(self, shape: Shape):
+        super().__init__()
+        t, d = shape
+        self.cls, self.positions = nn.Parameter(torch.empty(d)), nn.Parameter(torch.empty(t + 1, d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.cls.expand(x.shape[0], 1, -1), x], dim=1) + self.positions
+
+
+class _LMHead(nn.Module):
+    """``x @ table^T`` with the embedding's own ``nn.Parameter`` (tied: registered here too, counted once)."""
+
+    def __init__(self, table: torch.Tensor):
+        super().__init__()
+        self.weight = table
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)
 
 
 # Builders: (path, layer, input sample shape, ctx) -> native module; its bindings go to ``ctx``.
@@ -214,13 +241,9 @@ def _flatten(path: str, layer: Flatten, shape: Shape, ctx: _Ctx) -> nn.Module:
 
 
 def _pool(path: str, layer: Pool, shape: Shape, ctx: _Ctx) -> nn.Module:
-    cls = {
-        ("max", 1): nn.MaxPool1d,
-        ("max", 2): nn.MaxPool2d,
-        ("avg", 1): nn.AvgPool1d,
-        ("avg", 2): nn.AvgPool2d,
-    }[layer.kind, len(layer.window)]
-    return cls(layer.window, layer.stride)
+    if layer.kind == "max":  # pads with -inf
+        return {1: nn.MaxPool1d, 2: nn.MaxPool2d}[len(layer.window)](layer.window, layer.stride, layer.pads)
+    return {1: nn.AvgPool1d, 2: nn.AvgPool2d}[len(layer.window)](layer.window, layer.stride)
 
 
 def _global_avg_pool(path: str, layer: GlobalAvgPool, shape: Shape, ctx: _Ctx) -> nn.Module:
@@ -246,7 +269,7 @@ def _pad_shortcut(path: str, layer: PadShortcut, shape: Shape, ctx: _Ctx) -> nn.
 
 
 def _to_sequence(path: str, layer: ToSequence, shape: Shape, ctx: _Ctx) -> nn.Module:
-    return _Lambda(lambda x: x.transpose(1, 2), "(N, C, L) -> (N, L, C)")
+    return _Lambda(lambda x: x.flatten(2).transpose(1, 2), "(N, C, *spatial) -> (N, prod(spatial), C)")
 
 
 def _recurrent(path: str, layer: Recurrent, shape: Shape, ctx: _Ctx) -> nn.Module:
@@ -279,6 +302,20 @@ def _token_mean_pool(path: str, layer: TokenMeanPool, shape: Shape, ctx: _Ctx) -
     return _Lambda(lambda x: x.mean(1), "mean over positions")
 
 
+def _class_token(path: str, layer: ClassToken, shape: Shape, ctx: _Ctx) -> nn.Module:
+    module = _ClassToken(shape)
+    ctx.bind(path, {"cls": Binding(module, "cls"), "positions": Binding(module, "positions")})
+    return module
+
+
+def _first_token(path: str, layer: FirstToken, shape: Shape, ctx: _Ctx) -> nn.Module:
+    return _Lambda(lambda x: x[:, 0], "position 0")
+
+
+def _lm_head(path: str, layer: LMHead, shape: Shape, ctx: _Ctx) -> nn.Module:
+    return _LMHead(ctx.bindings[TIED_TABLE].tensor())  # bound when the first layer was built
+
+
 BUILDERS: dict[type, Builder[nn.Module]] = {
     Dense: _dense,
     Conv: _conv,
@@ -293,6 +330,9 @@ BUILDERS: dict[type, Builder[nn.Module]] = {
     Embedding: _embedding,
     TransformerBlock: _transformer_block,
     TokenMeanPool: _token_mean_pool,
+    ClassToken: _class_token,
+    FirstToken: _first_token,
+    LMHead: _lm_head,
 }
 
 

@@ -115,13 +115,14 @@ def ui_base(uri: str) -> str:
     return uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI_DEFAULT
 
 
-def _tensor_schema(sample: tuple[int, ...], dtype: str) -> str:
+def _tensor_schema(sample: tuple[int, ...], dtype: str, label: tuple[int, ...] = ()) -> str:
     """The schema MLflow's dataset view shows (its ``mlflow_tensorspec`` form): samples and labels."""
 
     def spec(shape: list[int], kind: str) -> str:
         return json.dumps([{"type": "tensor", "tensor-spec": {"dtype": kind, "shape": shape}}])
 
-    return json.dumps({"mlflow_tensorspec": {"features": spec([-1, *sample], dtype), "targets": spec([-1], "int64")}})
+    features, targets = spec([-1, *sample], dtype), spec([-1, *label], "int64")
+    return json.dumps({"mlflow_tensorspec": {"features": features, "targets": targets}})
 
 
 @lru_cache(maxsize=256)
@@ -134,11 +135,14 @@ def _synthetic_input(architecture: str, dataset: str, batch: int, seed: int) -> 
     if dataset != datasets.SYNTHETIC:
         info = datasets.INFO[dataset]
         arch = arch.for_data(info.sample_shape, info.dtype, info.vocab_size)
-    x, y = datasets.synthetic(arch.input_shape, arch.num_classes, batch, seed, vocab_size=arch.vocab_size)
+    x, y = datasets.synthetic(
+        arch.input_shape, arch.num_classes, batch, seed, vocab_size=arch.vocab_size, label_shape=arch.label_shape
+    )
     source = {"tags": {"generator": "workloads.datasets.synthetic", "seed": str(seed), "samples": str(batch)}}
     profile = {"features_shape": list(x.shape), "targets_shape": list(y.shape)}
     digest = datasets.content_hash({"x": x, "y": y})[:DIGEST]
-    return digest, json.dumps(source), _tensor_schema(arch.input_shape, str(x.dtype)), json.dumps(profile)
+    schema = _tensor_schema(arch.input_shape, str(x.dtype), arch.label_shape)
+    return digest, json.dumps(source), schema, json.dumps(profile)
 
 
 DIGEST = 16  # hex digits of the content hash shown as a dataset's digest (MLflow allows 36)

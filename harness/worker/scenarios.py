@@ -205,16 +205,17 @@ def train_to_accuracy(adapter: Adapter, trial: TrialSpec, data: TrialData) -> Ou
 
 
 def evaluate(adapter: Adapter, x: np.ndarray, y: np.ndarray, batch: int = 500) -> tuple[float, float]:
-    """Accuracy and mean softmax cross-entropy of the model on ``(x, y)``, in inference mode."""
+    """Accuracy and mean softmax cross-entropy of the model on ``(x, y)``, in inference mode, over every
+    label (``y`` is ``(N,)`` for a classifier, ``(N, T)`` for a language model)."""
     from workloads.architectures.reference import cross_entropy
 
     correct, loss_sum = 0, 0.0
     for i in range(0, len(x), batch):
         logits = adapter.to_numpy(adapter.infer(adapter.to_device(x[i : i + batch]))).astype(np.float64)
         labels = y[i : i + batch]
-        loss_sum += cross_entropy(logits, labels) * len(labels)
+        loss_sum += cross_entropy(logits, labels) * labels.size
         correct += int((logits.argmax(axis=-1) == labels).sum())
-    return correct / len(x), loss_sum / len(x)
+    return correct / y.size, loss_sum / y.size
 
 
 ScenarioFn = Callable[[Adapter, TrialSpec, TrialData], Outcome]

@@ -47,7 +47,12 @@ def prepare(spec: TrialSpec, dataset_path: str | None, node_peak_gflops: float, 
             data = _fit(datasets.load(spec.dataset, dataset_path), arch.input_shape)
     # timing batch: synthetic, in the (resized) architecture's input shape; int ids for token models
     x, y = datasets.synthetic(
-        arch.input_shape, arch.num_classes, spec.global_batch, spec.seed + 1, vocab_size=arch.vocab_size
+        arch.input_shape,
+        arch.num_classes,
+        spec.global_batch,
+        spec.seed + 1,
+        vocab_size=arch.vocab_size,
+        label_shape=arch.label_shape,
     )
     share = slice(rank * spec.local_batch, (rank + 1) * spec.local_batch)
     return TrialData(arch, arch.init_variables(spec.seed), x[share], y[share], data, node_peak_gflops)

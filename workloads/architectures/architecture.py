@@ -1,4 +1,4 @@
-"""The framework-neutral classifier: an input sample shape and a stack of layer specs from ``layers.py``.
+"""The framework-neutral model: an input sample shape and a stack of layer specs from ``layers.py``.
 
 Worker-side module: numpy and the standard library only. From the layers it derives the shapes, the
 canonical variable layout, the FLOPs and the initial weights of the whole model.
@@ -13,12 +13,27 @@ from typing import Literal
 
 import numpy as np
 
-from workloads.architectures.layers import Dense, Embedding, Layer, Leaf, Shape, chain_shapes, variable_name, walk
+from workloads.architectures.layers import (
+    Dense,
+    Embedding,
+    Layer,
+    Leaf,
+    LMHead,
+    Shape,
+    chain_shapes,
+    variable_name,
+    walk,
+)
 
 
 @dataclass(frozen=True)
 class Architecture:
-    """A classifier: input sample shape, layers (the last one a ``Dense`` with no activation: logits)."""
+    """A classifier or a language model: input sample shape and layers.
+
+    A classifier's last layer is a ``Dense`` with no activation (its logits); a language model's is an
+    ``LMHead`` whose tied table is that of its first layer, an ``Embedding`` of the same vocabulary and
+    width (logits per position).
+    """
 
     name: str
     description: str
@@ -29,15 +44,33 @@ class Architecture:
 
     def __post_init__(self) -> None:
         last = self.layers[-1] if self.layers else None
-        if not isinstance(last, Dense) or last.activation != "none":
-            raise ValueError(f"{self.name}: the last layer must be Dense with activation 'none' (logits)")
-        self.shapes()  # raises on inconsistent shapes
+        if not isinstance(last, LMHead) and (not isinstance(last, Dense) or last.activation != "none"):
+            raise ValueError(f"{self.name}: the last layer must be Dense with activation 'none' (logits) or LMHead")
+        shapes = self.shapes()  # raises on inconsistent shapes
+        if isinstance(last, LMHead):
+            first, width = self.layers[0], shapes[-2][-1]
+            if not isinstance(first, Embedding) or (first.vocab, first.dim) != (last.vocab, width):
+                raise ValueError(
+                    f"{self.name}: an LMHead({last.vocab}) on width {width} ties the table of a first layer "
+                    f"Embedding({last.vocab}, {width}), not of {first}"
+                )
+
+    @property
+    def lm_head(self) -> LMHead | None:
+        last = self.layers[-1]
+        return last if isinstance(last, LMHead) else None
 
     @property
     def num_classes(self) -> int:
+        """Classes of a classifier; the vocabulary of a language model (its classes at every position)."""
         last = self.layers[-1]
-        assert isinstance(last, Dense)
-        return last.units
+        assert isinstance(last, Dense | LMHead)
+        return last.units if isinstance(last, Dense) else last.vocab
+
+    @property
+    def label_shape(self) -> Shape:
+        """A sample's label shape: ``()`` for a classifier, ``(T,)`` for a language model (output less class axis)."""
+        return self.shapes()[-1][:-1]
 
     @property
     def embedding(self) -> Embedding | None:
@@ -60,6 +93,8 @@ class Architecture:
         learned positions, vocabulary) adapt; input channels do not: single-channel images fed to a
         model that takes more channels are repeated channel-wise (``datasets.fit_channels``).
         """
+        if self.lm_head:
+            raise ValueError(f"{self.name}: a language model trains on synthetic next-token batches only")
         if dtype != self.input_dtype:
             raise ValueError(f"{self.name} takes {self.input_dtype} inputs, the dataset has {dtype}")
         shape = tuple(sample_shape)

@@ -5,7 +5,8 @@ Worker-side module: numpy and the standard library only.
 Canonical layout (every adapter converts to and from it itself):
 - image-like tensors are channel-first: a sample is ``(C, L)`` for 1-D and ``(C, H, W)`` for 2-D data;
 - sequence tensors are ``(T, features)`` per sample (batch-first, time-major inside a sample);
-  token inputs are int32 ids of shape ``(T,)``;
+  token inputs are int32 ids of shape ``(T,)``; an image becomes a sequence of its positions in
+  row-major order (``ToSequence``);
 - a dense kernel is ``(in, out)`` and its bias ``(out,)``;
 - a convolution kernel is ``(out, in, *kernel)`` (OIW / OIHW) and its bias ``(out,)``;
 - a recurrent layer follows the cuDNN convention (the one torch, MXNet and Keras ``reset_after``
@@ -23,13 +24,20 @@ Canonical layout (every adapter converts to and from it itself):
   exported and loaded with the weights, never trained.
 
 A variable is named ``"{path}.{kind}"`` where ``path`` is the layer's index (``"3"``) or, inside a
-residual block, ``"{index}.body.{j}"`` / ``"{index}.shortcut.{j}"``.
+residual block, ``"{index}.body.{j}"`` / ``"{index}.shortcut.{j}"``. A variable belongs to one layer;
+the one exception reads another's: a language model's ``LMHead`` multiplies by the first layer's
+embedding table (tied weights, ``TIED_TABLE``) and has none of its own.
+
+Outputs: a classifier gives logits ``(classes,)`` per sample and takes one int label; a language model
+(last layer ``LMHead``) gives ``(T, vocab)`` and takes a label per position ``(T,)``. The loss is the
+mean softmax cross-entropy over every label of the batch (every position of every sample).
 
 FLOPs count 2 per multiply-add of the matrix products (dense, convolution, recurrent gates,
-attention projections, scores and weighted sums); bias adds, normalisation, activations and pooling
-are left out, the convention of most published FLOP counts. Training costs 3x the forward pass.
+attention projections, scores and weighted sums, the tied output projection); bias adds,
+normalisation, activations, pooling and the class token's additions are left out, the convention of
+most published FLOP counts. Training costs 3x the forward pass.
 
-The classifier made of these layers: ``architecture.py``; how the framework layer modules turn it into
+The model made of these layers: ``architecture.py``; how the framework layer modules turn it into
 native models: ``compose.py``.
 """
 
@@ -159,15 +167,33 @@ class Flatten(_Leaf):
 
 @dataclass(frozen=True)
 class Pool(_Leaf):
-    """Max or average pooling over 1 or 2 spatial dims, no padding (floor output size)."""
+    """Max or average pooling over 1 or 2 spatial dims (floor output size: ``(n + 2p - w) // s + 1``).
+
+    ``padding`` per spatial dim (``()``: none) is for max pooling only; it pads with -inf, so a padded
+    position is never the maximum (at most half a window, so that no window is padding alone).
+    Average pooling with padding is not in the contract (frameworks disagree on the divisor).
+    """
 
     kind: Literal["max", "avg"]
     window: Shape
     stride: Shape
+    padding: Shape = ()
+
+    @property
+    def pads(self) -> Shape:
+        """The padding of every spatial dim (zeros when ``padding`` is ``()``)."""
+        return self.padding or (0,) * len(self.window)
 
     def out_shape(self, in_shape: Shape) -> Shape:
         _expect_rank(self, in_shape, 1 + len(self.window))
-        spatial = tuple((n - w) // s + 1 for n, w, s in zip(in_shape[1:], self.window, self.stride, strict=True))
+        if len(self.pads) != len(self.window) or any(2 * p > w for p, w in zip(self.pads, self.window, strict=True)):
+            raise ValueError(f"{self}: padding must give each spatial dim at most half its window")
+        if self.kind == "avg" and any(self.pads):
+            raise ValueError(f"{self}: average pooling with padding is not in the contract")
+        spatial = tuple(
+            (n + 2 * p - w) // s + 1
+            for n, w, s, p in zip(in_shape[1:], self.window, self.stride, self.pads, strict=True)
+        )
         if min(spatial) < 1:
             raise ValueError(f"{self} turns input {in_shape} into an empty output {spatial}")
         return (in_shape[0], *spatial)
@@ -250,11 +276,13 @@ class PadShortcut(_Leaf):
 
 @dataclass(frozen=True)
 class ToSequence(_Leaf):
-    """Channel-first 1-D sample to a sequence: ``(C, L) -> (L, C)`` (L steps of C features)."""
+    """Channel-first sample to a sequence: ``(C, *spatial) -> (prod(spatial), C)``, the positions in
+    row-major order of the spatial dims (``(C, L) -> (L, C)``; ``(C, H, W) -> (H * W, C)``)."""
 
     def out_shape(self, in_shape: Shape) -> Shape:
-        _expect_rank(self, in_shape, 2)
-        return (in_shape[1], in_shape[0])
+        if len(in_shape) < 2:
+            raise ValueError(f"{self} expects a channel-first sample with spatial dims, got {in_shape}")
+        return (math.prod(in_shape[1:]), in_shape[0])
 
 
 @dataclass(frozen=True)
@@ -330,16 +358,20 @@ class Embedding(_Leaf):
 
 @dataclass(frozen=True)
 class TransformerBlock(_Leaf):
-    """Pre-norm encoder block on ``(T, D)``: ``x += MHA(LN1(x))``; ``x += W2 gelu(W1 LN2(x) + b1) + b2``.
+    """Pre-norm transformer block on ``(T, D)``: ``x += MHA(LN1(x))``; ``x += W2 gelu(W1 LN2(x) + b1) + b2``.
 
     Attention: ``q, k, v = x Wq + bq, x Wk + bk, x Wv + bv`` split into ``heads`` contiguous slices of
-    ``D / heads`` features; ``softmax(q k^T / sqrt(D / heads)) v`` per head (no mask, no dropout);
-    heads concatenated, then ``Wo, bo``. GELU is the exact (erf) form; LayerNorm eps is ``LAYER_NORM_EPS``.
-    Kernels are ``(in, out)``, LeCun normal; biases zero; LayerNorm gamma one, beta zero.
+    ``D / heads`` features; ``softmax(q k^T / sqrt(D / heads)) v`` per head (no dropout); heads
+    concatenated, then ``Wo, bo``. No mask (an encoder block), or, with ``causal``, position ``i``
+    attends to positions ``j <= i`` only: the scores of later positions are left out of the softmax
+    (a decoder block). The FLOPs count every one of the ``T * T`` scores either way (what a fused
+    kernel computes, and the usual published count). GELU is the exact (erf) form; LayerNorm eps is
+    ``LAYER_NORM_EPS``. Kernels are ``(in, out)``, LeCun normal; biases zero; LayerNorm gamma one, beta zero.
     """
 
     heads: int
     mlp_dim: int
+    causal: bool = False
 
     def out_shape(self, in_shape: Shape) -> Shape:
         _expect_rank(self, in_shape, 2)
@@ -387,6 +419,59 @@ class TokenMeanPool(_Leaf):
 
 
 @dataclass(frozen=True)
+class ClassToken(_Leaf):
+    """ViT's class token: ``(T, D) -> (T + 1, D)``: ``concat([cls], x) + positions``.
+
+    A learned vector ``cls (D,)`` goes in front of the sequence (position 0), then learned
+    ``positions (T + 1, D)`` are added; both are initialised N(0, 1/D), like :class:`Embedding`.
+    """
+
+    def out_shape(self, in_shape: Shape) -> Shape:
+        _expect_rank(self, in_shape, 2)
+        return (in_shape[0] + 1, in_shape[1])
+
+    def param_shapes(self, in_shape: Shape) -> ParamShapes:
+        t, d = in_shape
+        return {"cls": (d,), "positions": (t + 1, d)}
+
+    def init(self, in_shape: Shape, rng: Rng) -> dict[str, np.ndarray]:
+        std = 1.0 / math.sqrt(in_shape[1])
+        return {name: _normal(rng, shape, std) for name, shape in self.param_shapes(in_shape).items()}
+
+
+@dataclass(frozen=True)
+class FirstToken(_Leaf):
+    """The vector at position 0: ``(T, D) -> (D,)`` (the class token's readout)."""
+
+    def out_shape(self, in_shape: Shape) -> Shape:
+        _expect_rank(self, in_shape, 2)
+        return (in_shape[1],)
+
+
+TIED_TABLE = "0.table"  # the canonical variable an ``LMHead`` reads: the first layer's embedding table
+
+
+@dataclass(frozen=True)
+class LMHead(_Leaf):
+    """A language model's output with tied weights: ``(T, D) -> (T, vocab)``, ``logits = x @ table^T``.
+
+    ``table`` is the ``(vocab, D)`` table of the model's first layer, an :class:`Embedding` (the
+    variable ``TIED_TABLE``); the head has no parameters of its own and no bias. Its gradient adds to
+    the embedding's.
+    """
+
+    vocab: int
+
+    def out_shape(self, in_shape: Shape) -> Shape:
+        _expect_rank(self, in_shape, 2)
+        return (in_shape[0], self.vocab)
+
+    def forward_flops(self, in_shape: Shape) -> int:
+        t, d = in_shape
+        return 2 * t * d * self.vocab
+
+
+@dataclass(frozen=True)
 class Residual:
     """``act(body(x) + shortcut(x))``; an empty ``shortcut`` is the identity."""
 
@@ -416,6 +501,9 @@ Leaf: TypeAlias = (
     | Embedding
     | TransformerBlock
     | TokenMeanPool
+    | ClassToken
+    | FirstToken
+    | LMHead
 )
 Layer: TypeAlias = Leaf | Residual
 

@@ -13,14 +13,18 @@ import numpy as np
 
 from workloads.architectures.architecture import Architecture
 from workloads.architectures.layers import (
+    TIED_TABLE,
     BatchNorm,
+    ClassToken,
     Conv,
     Dense,
     Embedding,
+    FirstToken,
     Flatten,
     GlobalAvgPool,
     Layer,
     LayerNorm,
+    LMHead,
     PadShortcut,
     Pool,
     Recurrent,
@@ -120,6 +124,8 @@ def _transformer(layer: TransformerBlock, v: Vars, p: str, x: np.ndarray) -> np.
 
     q, k, val = heads("q"), heads("k"), heads("v")
     scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(hd)
+    if layer.causal:  # position i sees j <= i: exp(-inf) = 0 leaves the later ones out of the softmax
+        scores = np.where(np.tri(t, dtype=bool), scores, -np.inf)
     scores = np.exp(scores - scores.max(-1, keepdims=True))
     att = (scores / scores.sum(-1, keepdims=True)) @ val  # (n, heads, t, hd)
     x = x + att.transpose(0, 2, 1, 3).reshape(n, t, d) @ v[f"{p}.wo"] + v[f"{p}.bo"]
@@ -160,6 +166,7 @@ def _run(layers: tuple[Layer, ...], v: Vars, x: np.ndarray, training: bool, stat
         elif isinstance(layer, Flatten):
             x = x.reshape(x.shape[0], -1)
         elif isinstance(layer, Pool):
+            x = np.pad(x, ((0, 0), (0, 0), *((p, p) for p in layer.pads)), constant_values=-np.inf)
             win = _windows(x, layer.window, layer.stride)
             axes = tuple(range(-len(layer.window), 0))
             x = win.max(axes) if layer.kind == "max" else win.mean(axes)
@@ -174,7 +181,7 @@ def _run(layers: tuple[Layer, ...], v: Vars, x: np.ndarray, training: bool, stat
             extra = layer.filters - x.shape[1]
             x = np.pad(x, ((0, 0), (extra // 2, extra - extra // 2), *((0, 0),) * (x.ndim - 2)))
         elif isinstance(layer, ToSequence):
-            x = x.transpose(0, 2, 1)
+            x = x.reshape(x.shape[0], x.shape[1], -1).transpose(0, 2, 1)
         elif isinstance(layer, Recurrent):
             x = _recurrent(layer, v, p, x)
         elif isinstance(layer, Embedding):
@@ -184,6 +191,13 @@ def _run(layers: tuple[Layer, ...], v: Vars, x: np.ndarray, training: bool, stat
             x = _transformer(layer, v, p, x)
         elif isinstance(layer, TokenMeanPool):
             x = x.mean(1)
+        elif isinstance(layer, ClassToken):
+            cls = np.broadcast_to(v[f"{p}.cls"], (x.shape[0], 1, x.shape[2]))
+            x = np.concatenate([cls, x], axis=1) + v[f"{p}.positions"]
+        elif isinstance(layer, FirstToken):
+            x = x[:, 0]
+        elif isinstance(layer, LMHead):
+            x = x @ v[TIED_TABLE].T
         else:  # pragma: no cover - the Layer union is exhaustive
             raise TypeError(f"no reference for {layer}")
     return x
@@ -198,7 +212,9 @@ def forward(arch: Architecture, variables: Vars, x: np.ndarray, training: bool =
 
 
 def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Mean softmax cross-entropy, the canonical loss."""
-    shifted = logits - logits.max(1, keepdims=True)
+    """Mean softmax cross-entropy over every label, the canonical loss: logits ``(N, *P, C)``, labels
+    ``(N, *P)`` (``P`` is ``()`` for a classifier, the positions ``(T,)`` for a language model)."""
+    flat = logits.reshape(-1, logits.shape[-1])
+    shifted = flat - flat.max(1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
-    return float(-log_probs[np.arange(len(labels)), labels].mean())
+    return float(-log_probs[np.arange(len(flat)), labels.reshape(-1)].mean())

@@ -156,10 +156,17 @@ def load(name: str, path: str | Path) -> Dataset:
 
 
 def synthetic(
-    sample_shape: tuple[int, ...], num_classes: int, batch_size: int, seed: int, vocab_size: int | None = None
+    sample_shape: tuple[int, ...],
+    num_classes: int,
+    batch_size: int,
+    seed: int,
+    vocab_size: int | None = None,
+    label_shape: tuple[int, ...] = (),
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One shape-correct random batch: int64 labels, and float32 N(0,1) inputs or, when ``vocab_size``
-    is given, int32 token ids uniform in ``[0, vocab_size)``. The same seed gives the same batch."""
+    """One shape-correct random batch: int64 labels ``(batch_size, *label_shape)`` (a language model's
+    ``Architecture.label_shape`` is a label per position), and float32 N(0,1) inputs or, when
+    ``vocab_size`` is given, int32 token ids uniform in ``[0, vocab_size)``. The same seed gives the
+    same batch."""
     rng = np.random.default_rng(seed)
     x: np.ndarray
     if vocab_size is None:
@@ -168,7 +175,7 @@ def synthetic(
         if vocab_size < 1:
             raise ValueError(f"vocab_size must be positive, got {vocab_size}")
         x = rng.integers(0, vocab_size, size=(batch_size, *sample_shape), dtype=np.int32)
-    y = rng.integers(0, num_classes, size=batch_size, dtype=np.int64)
+    y = rng.integers(0, num_classes, size=(batch_size, *label_shape), dtype=np.int64)
     return x, y
 
 

@@ -75,7 +75,7 @@ def conformance(framework: str, device: str, names: tuple[str, ...]) -> list[Che
     for name in names:
         arch = get(name)
         params = arch.init_variables(0)
-        x, y = synthetic(arch.input_shape, arch.num_classes, 8, 1, vocab_size=arch.vocab_size)
+        x, y = synthetic(arch.input_shape, arch.num_classes, 8, 1, arch.vocab_size, arch.label_shape)
         want = reference.forward(arch, params, x)[0]
         try:
             for precision in ("float32", "bfloat16"):

@@ -34,7 +34,7 @@ def test_full_preset_builds_and_trains_one_step_at_batch_1(name: str) -> None:
     assert adapter.native_param_count() == arch.param_count()
     if published is not None:
         assert arch.param_count() == published
-    x, y = synthetic(arch.input_shape, arch.num_classes, 1, 1, vocab_size=arch.vocab_size)
+    x, y = synthetic(arch.input_shape, arch.num_classes, 1, 1, arch.vocab_size, arch.label_shape)
     xd, yd = adapter.to_device(x), adapter.to_device(y)
     logits = adapter.to_numpy(adapter.infer(xd))
     assert logits.shape == (1, *arch.shapes()[-1]) and np.isfinite(logits).all()

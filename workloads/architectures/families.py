@@ -218,7 +218,7 @@ def _vit(
         (3, image, image),
         (
             Conv(d_model, (patch, patch), (patch, patch), (0, 0), activation="none", init_rule="lecun"),
-            ToSequence(),
+            ToSequence(spatial_dims=2),
             ClassToken(),
             *_blocks(layers, d_model, heads, mlp_ratio),
             LayerNorm(),

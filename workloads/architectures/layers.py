@@ -277,11 +277,16 @@ class PadShortcut(_Leaf):
 @dataclass(frozen=True)
 class ToSequence(_Leaf):
     """Channel-first sample to a sequence: ``(C, *spatial) -> (prod(spatial), C)``, the positions in
-    row-major order of the spatial dims (``(C, L) -> (L, C)``; ``(C, H, W) -> (H * W, C)``)."""
+    row-major order of the spatial dims (``(C, L) -> (L, C)``; ``(C, H, W) -> (H * W, C)``).
+
+    ``spatial_dims`` is the rank it takes (1: a 1-D signal, as the recurrent MNIST-1D models read it;
+    2: an image's patches, as a vision transformer reads them), so a model never silently turns an
+    image into a sequence of thousands of pixels."""
+
+    spatial_dims: int = 1
 
     def out_shape(self, in_shape: Shape) -> Shape:
-        if len(in_shape) < 2:
-            raise ValueError(f"{self} expects a channel-first sample with spatial dims, got {in_shape}")
+        _expect_rank(self, in_shape, 1 + self.spatial_dims)
         return (math.prod(in_shape[1:]), in_shape[0])
 
 

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 MXNET_VENV := .venvs/mxnet
 MXNET_STAMP := $(MXNET_VENV)/.installed
 
-.PHONY: setup browser smoke test lint bench clean
+.PHONY: setup browser smoke test test-heavy lint bench clean
 
 setup: $(STAMP) $(MXNET_STAMP)
 
@@ -33,6 +33,10 @@ browser:
 
 test: setup browser
 	$(VENV)/bin/pytest -q
+
+# the full-size presets one step each at batch 1 (about 4 min of CPU on one core; not in `make test`)
+test-heavy: setup
+	$(VENV)/bin/pytest -q -m heavy
 
 lint: setup
 	$(VENV)/bin/ruff check harness adapters workloads tests benchmarks

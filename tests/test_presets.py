@@ -1,7 +1,7 @@
 """The full-size presets: built at their published sizes and run for one step at batch 1 on CPU.
 
 Slow (GPT-2 small's training step alone is about 0.9 TFLOP at 1024 positions), so in one framework:
-torch, eager, in this process. Parity of each family is proven on small members (tests/test_parity.py);
+torch, eager, in this process; the transformers are marked ``heavy`` (``make test-heavy``). Parity of each family is proven on small members (tests/test_parity.py);
 this proves the full sizes build, count their parameters as published and run forward and backward.
 """
 
@@ -17,7 +17,16 @@ from workloads.datasets import synthetic
 
 torch_adapter = pytest.importorskip("adapters.torch_adapter")
 
-FULL = ["resnet50", "vit_b16", "bert_base", "gpt2_small", "resnet110"]
+# resnet50 and resnet110 take seconds and run in `make test`; the transformers take a minute or more each
+# on one core and run in `make test-heavy`
+HEAVY = pytest.mark.heavy
+FULL = [
+    "resnet50",
+    "resnet110",
+    pytest.param("vit_b16", marks=HEAVY),
+    pytest.param("bert_base", marks=HEAVY),
+    pytest.param("gpt2_small", marks=HEAVY),
+]
 
 
 @pytest.mark.slow

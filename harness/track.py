@@ -156,9 +156,12 @@ def dataset_inputs(spec: TrialSpec) -> list[DatasetInput]:
 
     from workloads import datasets
 
-    digest, source, schema, profile = _synthetic_input(
-        spec.architecture, spec.dataset, spec.global_batch, spec.seed + 1
-    )
+    try:
+        digest, source, schema, profile = _synthetic_input(
+            spec.architecture, spec.dataset, spec.global_batch, spec.seed + 1
+        )
+    except ValueError:  # a cell skipped because the model cannot take the data set: it ran on nothing
+        return []
     out = [
         DatasetInput(
             Dataset(f"synthetic-{spec.architecture}", digest, "code", source, schema, profile),
@@ -326,7 +329,9 @@ class Tracker:
             between = "95% between processes (hierarchical bootstrap)"
             tags["interval"] = ONE_PROCESS if unstable == ONE_PROCESS else between
         metrics = _metrics(first, start_ms, cell.metrics)
-        self.client.log_inputs(run_id, datasets=dataset_inputs(s))
+        inputs = dataset_inputs(s)
+        if inputs:
+            self.client.log_inputs(run_id, datasets=inputs)
         for i in range(0, max(len(metrics), 1), 1000):
             self.client.log_batch(
                 run_id,

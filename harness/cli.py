@@ -261,10 +261,16 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    checks: list[tuple[str, str | None, str | None]] = []  # (what, problem, fix)
-    for name, st in envs.probe_all(import_it=True).items():
-        checks.append((f"{name} {st.version or ''} imports in {st.interpreter}", st.problem, st.fix))
+    from concurrent.futures import ThreadPoolExecutor
+
     from harness import schedule
+
+    checks: list[tuple[str, str | None, str | None]] = []  # (what, problem, fix)
+    uri = args.tracking_uri or track.default_tracking_uri()
+    # the frameworks' imports (subprocesses) and the store check run while Ray starts here
+    pool = ThreadPoolExecutor(max_workers=2)
+    probes = pool.submit(envs.probe_all, import_it=True)
+    store = pool.submit(track.check_store, uri)
 
     try:
         schedule.connect(args.address)
@@ -284,6 +290,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         )
     finally:
         schedule.shutdown()
+    frameworks = [
+        (f"{name} {st.version or ''} imports in {st.interpreter}", st.problem, st.fix)
+        for name, st in probes.result().items()
+    ]
+    checks[:0] = frameworks
     node_cores = len(node_cpus())
     reserve = args.reserve_cores if args.reserve_cores is not None else plan.default_reserve(node_cores)
     threads = max(1, node_cores - reserve)
@@ -295,12 +306,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             None,
         )
     )
-    uri = args.tracking_uri or track.default_tracking_uri()
     try:
-        track.check_store(uri)
+        store.result()
         checks.append((f"MLflow store {uri} is writable", None, None))
     except SpecError as e:
         checks.append((f"MLflow store {uri}", str(e), "start the tracking server or pass a writable --tracking-uri"))
+    pool.shutdown()
     table = Table(title="harness doctor", header_style="bold")
     for col in ("check", "result", "what to do"):
         table.add_column(col)

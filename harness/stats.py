@@ -36,11 +36,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy import stats as _sps
 
 LEVEL = 0.95
 MAX_PROCESSES = 100  # repeats_needed's cap
@@ -57,6 +56,13 @@ class Interval:
     high: float
     processes: int  # K (for a ratio: min of the two sides)
     between_known: bool  # False when any side has K == 1: the interval then reflects window jitter only
+
+
+def _scipy_stats() -> Any:
+    """scipy.stats, imported on first use: it takes most of a CLI start (0.7 s) that many commands never need."""
+    from scipy import stats
+
+    return stats
 
 
 def _windows(windows: ArrayLike) -> NDArray[np.float64]:
@@ -154,7 +160,8 @@ def _stretch(alpha: float, factor: float, df: float) -> float:
 
     This is z_{1-alpha'/2} / z_{1-alpha/2} for Hesterberg's expanded alpha' = 2 Phi(-factor * t_{df,1-alpha/2}): the
     same interval as the expanded percentile when the bootstrap distribution is normal, read where it is populated."""
-    return factor * float(_sps.t.ppf(1.0 - alpha / 2.0, df)) / float(_sps.norm.ppf(1.0 - alpha / 2.0))
+    sps = _scipy_stats()
+    return factor * float(sps.t.ppf(1.0 - alpha / 2.0, df)) / float(sps.norm.ppf(1.0 - alpha / 2.0))
 
 
 def _interval_logs(
@@ -264,7 +271,7 @@ def welch_p(base_values: ArrayLike, new_values: ArrayLike) -> float:
     va, vb = float(np.var(la, ddof=1)) / ka, float(np.var(lb, ddof=1)) / kb
     difference = float(np.mean(la) - np.mean(lb))
     df = (va + vb) ** 2 / (va**2 / (ka - 1) + vb**2 / (kb - 1))
-    return float(2.0 * _sps.t.sf(abs(difference) / math.sqrt(va + vb), df))
+    return float(2.0 * _scipy_stats().t.sf(abs(difference) / math.sqrt(va + vb), df))
 
 
 def mann_whitney_p(base_values: ArrayLike, new_values: ArrayLike) -> float:
@@ -277,7 +284,7 @@ def mann_whitney_p(base_values: ArrayLike, new_values: ArrayLike) -> float:
         return 1.0
     ties = np.unique(np.concatenate([a, b])).size < a.size + b.size
     method = "asymptotic" if ties or a.size * b.size > 10_000 else "exact"
-    return float(_sps.mannwhitneyu(a, b, alternative="two-sided", method=method).pvalue)
+    return float(_scipy_stats().mannwhitneyu(a, b, alternative="two-sided", method=method).pvalue)
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:

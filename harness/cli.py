@@ -234,7 +234,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         arch.add_column(col)
     for a in [*ARCHITECTURES.values(), *map(get, families.PRESETS)]:
         arch.add_row(escape(a.name), f"{a.param_count():,}", f"{a.forward_flops() / 1e6:,.3f}", a.description)
-    fam = Table(title="sized families (--arch 'NAME[key=value,...]'; presets take keys too)", header_style="bold")
+    title = escape("sized families (--arch 'NAME[key=value,...]'; presets take keys too)")
+    fam = Table(title=title, header_style="bold")
     for col in ("family", "keys (defaults)", "description"):
         fam.add_column(col)
     for f in families.FAMILIES.values():

@@ -312,7 +312,9 @@ def test_list_and_help(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: 
     assert out.code == 0
     mxnet_python = str(REPO / ".venvs" / "mxnet" / "bin" / "python")
     for word in ("torch", "tensorflow", "jax", "mxnet", "2.13.0", "2.21.0", "0.10.2", "1.9.1", mxnet_python,
-                 "mlp_deep", "cnn1d", "mnist1d", "smoke", sys.executable):  # fmt: skip
+                 "mlp_deep", "cnn1d", "mnist1d", "smoke", sys.executable,
+                 "gpt2_small", "124,439,808", "resnet50", "25,557,032", "vit_b16",  # presets, with their sizes
+                 "NAME[key=value,...]", "[depth=8,width=256,input=40,classes=10]"):  # fmt: skip
         assert word in out.stdout, word
     for cmd in ("run", "list", "doctor", "compare", "sync"):
         h = harness_in_process(monkeypatch, capsys, tmp_path, cmd, "--help")

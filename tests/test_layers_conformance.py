@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.layer_archs import LAYER_ARCHITECTURES
 from workloads.architectures import ARCHITECTURES
 from workloads.architectures.compose import ACTIVATION_NAMES, LEAF_TYPES, Composer, compose
 from workloads.architectures.layers import (
@@ -133,6 +134,15 @@ def test_compose_moves_the_channel_axis_only_where_the_layout_changes() -> None:
     resnet = compose(ARCHITECTURES["resnet20"], TRACE, Trace())
     assert "to_c" not in resnet and "res([3.body.0:Conv, 3.body.1:BatchNorm" in resnet
     assert "res([5.body.0:Conv" in resnet and "[5.shortcut.0:PadShortcut]" in resnet
+
+
+def test_compose_reads_images_channel_last_into_sequences() -> None:
+    """A ViT's patches go from the channel-last convolution straight to ``ToSequence`` (a reshape there);
+    the ResNet stem's padded max pooling stays channel-last."""
+    vit = compose(LAYER_ARCHITECTURES["tiny_vit"], TRACE, Trace())
+    assert vit == "[0:Conv, 1:ToSequence, 2:ClassToken, 3:TransformerBlock, 4:LayerNorm, 5:FirstToken, 6:Dense]"
+    stem = compose(LAYER_ARCHITECTURES["tiny_resnet_stem"], TRACE, Trace())
+    assert stem.startswith("[0:Conv, 1:BatchNorm, 2:Pool, res(") and "to_c" not in stem
 
 
 def test_compose_refuses_a_leaf_without_builder() -> None:

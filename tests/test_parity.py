@@ -19,12 +19,13 @@ import pytest
 from adapters import FRAMEWORKS
 from harness.envs import interpreter
 from tests.conftest import REPO
-from tests.parity_probe import TRAINING
-from tests.tolerances import ADAM_NOISY_SHARE, BN_ARCHS, tolerance
-from workloads.architectures import ARCHITECTURES
+from tests.layer_archs import LAYER_ARCHITECTURES, resolve
+from tests.parity_probe import PROBED, TRAINING, probe_batch
+from tests.tolerances import ADAM_NOISY_SHARE, BN_ARCHS, REFERENCE_LOGITS, REFERENCE_LOSS, tolerance
+from workloads.architectures.reference import cross_entropy, forward
 
 PAIRS = list(itertools.combinations(FRAMEWORKS, 2))
-ARCHS = list(ARCHITECTURES)
+ARCHS = PROBED  # the zoo and the tiny models of the newer layers (tests/layer_archs.py)
 PROBE_ORDER = ["tensorflow", "jax", "torch", "mxnet"]  # longest first (about 120, 70, 40 and 10 s here)
 
 
@@ -56,7 +57,7 @@ def probes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, np.n
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("fw", list(FRAMEWORKS))
 def test_param_count_and_exact_roundtrip(probes: dict[str, dict[str, np.ndarray]], fw: str, arch: str) -> None:
-    spec = ARCHITECTURES[arch]
+    spec = resolve(arch)
     assert int(probes[fw][f"{arch}/param_count"]) == spec.param_count()
     params = spec.init_variables(13)
     for key, value in params.items():
@@ -81,7 +82,7 @@ def test_training_parity(
     pa, pb = probes[fw_a], probes[fw_b]
     bn = arch in BN_ARCHS
     tolerance("loss", arch, optimizer).check(pa[f"{arch}/{optimizer}/loss"], pb[f"{arch}/{optimizer}/loss"])
-    params = ARCHITECTURES[arch].init_variables(13)
+    params = resolve(arch).init_variables(13)
     tol = tolerance("weights", arch, optimizer)
     moved, close, total = 0.0, 0, 0
     for key in params:
@@ -117,16 +118,31 @@ def test_batchnorm_running_stats_agree(
     probes: dict[str, dict[str, np.ndarray]], fw_a: str, fw_b: str, arch: str, optimizer: str
 ) -> None:
     """Running mean and (unbiased) variance move identically in every framework while training."""
-    initial = ARCHITECTURES[arch].init_variables(13)
+    initial = resolve(arch).init_variables(13)
     tol = tolerance("weights", arch, optimizer)  # batch norm: after steps on trained weights (tests/tolerances.py)
-    for key in ARCHITECTURES[arch].state_layout():
+    for key in resolve(arch).state_layout():
         wa, wb = probes[fw_a][f"{arch}/{optimizer}/w/{key}"], probes[fw_b][f"{arch}/{optimizer}/w/{key}"]
         assert not np.array_equal(wa, initial[key]), f"{key} never updated"
         tol.check(wa, wb, err_msg=key)
 
 
+@pytest.mark.parametrize("arch", list(LAYER_ARCHITECTURES))
+@pytest.mark.parametrize("fw", list(FRAMEWORKS))
+def test_layer_models_match_the_reference(probes: dict[str, dict[str, np.ndarray]], fw: str, arch: str) -> None:
+    """The tiny models of the newer layers against the float64 reference (the zoo's are in test_adapters):
+    eval-mode logits, and the first training-mode loss (over every position for a language model)."""
+    spec = resolve(arch)
+    x, y = probe_batch(arch)
+    params = spec.init_variables(13)
+    logits = probes[fw][f"{arch}/logits"]
+    assert logits.shape == (len(x), *spec.shapes()[-1])
+    REFERENCE_LOGITS.check(logits, forward(spec, params, x)[0])
+    expected = cross_entropy(forward(spec, params, x, training=True)[0], y)
+    REFERENCE_LOSS.check(probes[fw][f"{arch}/sgd/loss"][0], np.array(expected))
+
+
 def test_zoo_has_batchnorm() -> None:
-    assert "resnet20" in BN_ARCHS
+    assert "resnet20" in BN_ARCHS and "tiny_resnet_stem" in BN_ARCHS
 
 
 def test_probe_covers_every_framework(probes: dict[str, dict[str, np.ndarray]]) -> None:

@@ -69,9 +69,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tests.layer_archs import LAYER_ARCHITECTURES
 from workloads.architectures import ARCHITECTURES
 
-BN_ARCHS = [a for a in ARCHITECTURES if ARCHITECTURES[a].state_layout()]
+BN_ARCHS = [name for name, a in (ARCHITECTURES | LAYER_ARCHITECTURES).items() if a.state_layout()]
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,7 @@ LAYER_ARCHITECTURES: dict[str, Architecture] = {
             (3, 8, 8),
             (
                 Conv(16, (4, 4), (4, 4), (0, 0), activation="none"),
-                ToSequence(),
+                ToSequence(spatial_dims=2),
                 ClassToken(),
                 TransformerBlock(heads=2, mlp_dim=32),
                 LayerNorm(),

@@ -79,10 +79,12 @@ def test_reference_max_pool_never_selects_the_padding() -> None:
 
 def test_to_sequence_takes_the_positions_row_major() -> None:
     assert ToSequence().out_shape((4, 40)) == (40, 4)
-    assert ToSequence().out_shape((16, 14, 14)) == (196, 16)
-    with pytest.raises(ValueError, match="spatial dims"):
-        ToSequence().out_shape((16,))
-    arch = Architecture("seq", "", (3, 2, 4), (ToSequence(), Flatten(), Dense(24, activation="none")))
+    assert ToSequence(spatial_dims=2).out_shape((16, 14, 14)) == (196, 16)
+    for layer, shape in ((ToSequence(), (16,)), (ToSequence(), (16, 14, 14)), (ToSequence(spatial_dims=2), (4, 40))):
+        with pytest.raises(ValueError, match="expects a rank"):  # an image is never read as a pixel sequence
+            layer.out_shape(shape)
+    seq2 = ToSequence(spatial_dims=2)
+    arch = Architecture("seq", "", (3, 2, 4), (seq2, Flatten(), Dense(24, activation="none")))
     eye = {"2.kernel": np.eye(24, dtype=np.float32), "2.bias": np.zeros(24, np.float32)}
     x = np.random.default_rng(1).standard_normal((2, 3, 2, 4))
     seq = forward(arch, eye, x)[0].reshape(2, 8, 3)

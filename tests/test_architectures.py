@@ -143,7 +143,7 @@ def test_for_data_resizes_input_widths() -> None:
     [
         ("lenet5", (1, 40), "float32", "rank-3"),
         ("cnn1d", (1, 8, 8), "float32", "rank-2"),
-        ("gru", (40,), "float32", "spatial dims"),  # (1, 8, 8) is a sequence of 64 pixels (ToSequence)
+        ("gru", (1, 8, 8), "float32", "rank-2"),  # never read as a sequence of 64 pixels
         ("transformer", (1, 40), "float32", "int32"),
         ("mlp_shallow", (32,), "int32", "float32"),
         ("lenet5", (1, 8, 8), "float32", "empty output"),

@@ -2,7 +2,8 @@
 
 Slow (GPT-2 small's training step alone is about 0.9 TFLOP at 1024 positions), so in one framework:
 torch, eager, in this process; the transformers are marked ``heavy`` (``make test-heavy``). Parity
-of each family is proven on small members (tests/test_parity.py); this proves the full sizes build, count their parameters as published and run forward and backward.
+of each family is proven on small members (tests/test_parity.py); this proves the full sizes build,
+count their parameters as published and run forward and backward.
 """
 
 from __future__ import annotations

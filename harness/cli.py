@@ -27,6 +27,7 @@ from rich.table import Table
 from harness import batch, envs, jobs, journal, plan, report, track
 from harness import compare as cmp
 from harness.cells import Cell, cells
+from harness.contract import MODES
 from harness.launch import node_cpus
 from harness.spec import SpecError, SuiteSpec, first_error, load_suite, suite_names
 
@@ -582,7 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     axis("--framework", "frameworks (default: the suite's)")
     axis("--arch", "architectures (default: the suite's)")
-    axis("--mode", "modes: train, infer")
+    axis("--mode", f"modes: {', '.join(MODES)} (serve: Poisson requests, dynamic batching, max rate under a p99 bound)")
     axis("--batch-size", "batch sizes")
     axis("--device", "devices: cpu, gpu, tpu")
     axis("--dataset", "datasets train cells run on (default: the suite's); infer cells always use synthetic data")

@@ -33,6 +33,7 @@ def test_trial_scenarios_follow_its_mode_and_data() -> None:
     base = {"architecture": "mlp_shallow", "framework": "torch", "batch_size": 8, "threads": 1}
     assert TrialSpec(mode="infer", **base).scenarios == ("infer_offline", "infer_single_stream")  # type: ignore[arg-type]
     assert TrialSpec(mode="train", **base).scenarios == ("train_throughput",)  # type: ignore[arg-type]
+    assert TrialSpec(mode="serve", **base).scenarios == ("infer_server",)  # type: ignore[arg-type]
     trained = TrialSpec(mode="train", dataset="mnist1d", train={"steps": 2}, **base)  # type: ignore[arg-type]
     assert trained.scenarios == ("train_throughput", "train_to_accuracy")
 

@@ -9,6 +9,9 @@ on one built adapter. Adding a scenario is adding one function here, one name to
   untimed evaluations on the side; time to the target accuracy.
 - ``infer_offline``: batched inference, timed by the protocol.
 - ``infer_single_stream``: one sample per request, synced after every request (latency).
+- ``infer_server``: Poisson arrivals of single-sample requests served in dynamic batches; the
+  highest rate whose p99 latency meets a bound, and the latencies at a target rate
+  (:mod:`harness.worker.server`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import numpy as np
 from adapters.base import Adapter
 from harness import metrics as M
 from harness.contract import Scenario, TrialSpec
+from harness.worker import server as S
 from harness.worker.measure import Agree, Timing, run_timed, summarize
 from workloads.architectures import Architecture
 from workloads.datasets import Dataset
@@ -128,6 +132,55 @@ def infer_single_stream(adapter: Adapter, trial: TrialSpec, data: TrialData) -> 
     )
 
 
+def infer_server(adapter: Adapter, trial: TrialSpec, data: TrialData) -> Outcome:
+    """Warm every bucket, search the highest rate under the p99 bound, then serve the target rate.
+
+    Defaults (:class:`harness.contract.MeasureSpec`): the bound is ``SERVER_P99_FACTOR`` times the
+    single-request latency (at least ``SERVER_P99_FLOOR_MS``), the target rate
+    ``SERVER_RATE_FRACTION`` of the highest rate found (or ``CAPACITY_FRACTION`` of the capacity
+    estimate when no rate met the bound)."""
+    budget, bs = trial.measure, trial.batch_size
+    server = S.Server(adapter, data.x, bs)
+    compile_s = server.warm(max(S.BUCKET_CALLS, budget.warmup_steps))
+    bound_s = S.p99_bound_s(budget, server.single_s)
+    requests = S.probe_requests(budget, bs)
+    found = S.search(server, bound_s, requests, budget.server_search_steps, trial.seed)
+    rate = budget.server_rate_qps
+    if rate is None:
+        rate = (
+            S.SERVER_RATE_FRACTION * found.max_rate
+            if found.max_rate is not None
+            else S.CAPACITY_FRACTION * server.capacity
+        )
+    target = server.run(rate, requests, trial.seed)
+    metrics = {
+        M.COMPILE_S: compile_s,
+        M.SERVER_BUCKETS: float(len(server.buckets)),
+        M.SERVER_SINGLE_REQUEST: server.single_s * 1e3,
+        M.SERVER_CAPACITY: server.capacity,
+        M.SERVER_P99_BOUND: bound_s * 1e3,
+        M.SERVER_PROBES: float(len(found.probes)),
+        M.SERVER_PROBE_REQUESTS: float(requests),
+        M.SERVER_RATE: rate,
+        M.SERVER_ACHIEVED_RATE: target.achieved_rate,
+        M.SERVER_MEAN_BATCH: target.mean_batch,
+        M.FLOPS_PER_SAMPLE: float(data.arch.flops_per_sample("infer")),
+    } | _latency(M.SERVER_LATENCY, target.latency_s)
+    if found.max_rate is not None:
+        metrics[M.SERVER_MAX_RATE] = found.max_rate
+        metrics[M.SERVER_MAX_RATE_LOWER_BOUND] = float(found.lower_bound)
+    steps = list(range(len(found.probes)))
+    return Outcome(
+        metrics=metrics,
+        samples={M.SERVER_REQUEST_S: target.latency_s.tolist()},
+        history={
+            M.SERVER_PROBE_RATE: [p.rate for p in found.probes],
+            M.SERVER_PROBE_P99: [p.p99_s * 1e3 for p in found.probes],
+        },
+        history_steps={M.SERVER_PROBE_RATE: steps, M.SERVER_PROBE_P99: steps},
+    )
+
+
 def train_to_accuracy(adapter: Adapter, trial: TrialSpec, data: TrialData) -> Outcome:
     """Train for the step budget from the canonical weights; evaluate on the side, untimed.
 
@@ -223,4 +276,5 @@ SCENARIOS: dict[Scenario, ScenarioFn] = {
     "train_to_accuracy": train_to_accuracy,
     "infer_offline": infer_offline,
     "infer_single_stream": infer_single_stream,
+    "infer_server": infer_server,
 }

@@ -19,7 +19,8 @@ Worker side: numpy and the standard library only. The adapter is the server:
   estimate; while that meets the bound, double it (at most ``EXPAND`` times: if every rate met it,
   the result is a lower bound and says so). Otherwise start from half the smaller of the capacity
   and the single-request rate, quartering it (at most ``SHRINK`` times) until a probe meets the
-  bound. Then bisect geometrically between the highest rate met and the lowest missed for
+  bound (a server that misses it when mostly idle misses it through the machine's stalls, and a
+  probe lasts ``requests / rate``: lower rates cost much and tell little). Then bisect geometrically between the highest rate met and the lowest missed for
   ``server_search_steps`` steps. Each probe has ``max(server_requests, QUEUE_DEPTH * batch_size)``
   requests, so that an overloaded server's queue grows deeper than the default bound allows.
 """
@@ -40,7 +41,7 @@ SERVER_P99_FACTOR = 10.0  # default bound: this many times the single-request la
 SERVER_P99_FLOOR_MS = 2.0  # ... and at least this: below it a bound measures the OS's scheduling jitter
 SERVER_RATE_FRACTION = 0.8  # default target rate: this fraction of the highest rate found
 CAPACITY_FRACTION = 0.5  # default target rate when no rate met the bound: this fraction of the capacity
-EXPAND, SHRINK = 2, 2  # bracketing steps above the capacity estimate / below the low start
+EXPAND, SHRINK = 2, 1  # bracketing steps above the capacity estimate / below the low start
 QUEUE_DEPTH = 32  # a probe has at least this many full batches of requests
 BUCKET_CALLS = 3  # timed calls per bucket (at least; warmup_steps when more) for its latency
 SPIN_S = 1e-3  # the last stretch of an idle wait is spun, not slept (sleep overshoots)

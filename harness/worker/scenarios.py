@@ -29,6 +29,7 @@ from harness import metrics as M
 from harness.contract import Scenario, TrialSpec
 from harness.worker import server as S
 from harness.worker.measure import Agree, Timing, run_timed, summarize
+from harness.worker.telemetry import EnergyMeter
 from workloads.architectures import Architecture
 from workloads.datasets import Dataset
 
@@ -46,6 +47,7 @@ class TrialData:
     dataset: Dataset | None  # the real dataset, in the architecture's input shape (train_to_accuracy)
     node_peak_gflops: float
     agree: Agree | None = None  # multi-worker trials: the maximum over every worker (measure.run_timed)
+    energy: EnergyMeter | None = None  # the trial's device energy counter, where one is readable
 
 
 @dataclass
@@ -89,19 +91,53 @@ def _throughput(timing: Timing, trial: TrialSpec, data: TrialData) -> dict[str, 
     }
 
 
+class Energy:
+    """Joules over the timed part of a throughput scenario: read just before the first timed window
+    (``run_timed``'s ``on_start``) and just after the last one; no figure when the counter is
+    unreadable or did not advance (coarser than the timed part)."""
+
+    def __init__(self, meter: EnergyMeter | None) -> None:
+        self.meter = meter
+        self.start: float | None = None
+
+    def begin(self) -> None:
+        try:
+            self.start = None if self.meter is None else self.meter.joules()
+        except Exception:
+            self.start = None
+
+    def metrics(self, timing: Timing, samples_per_step: int) -> dict[str, float]:
+        if self.meter is None or self.start is None:
+            return {}
+        try:
+            joules = self.meter.joules() - self.start
+        except Exception:
+            return {}
+        if joules <= 0:
+            return {}
+        return {
+            M.ENERGY_J_PER_SAMPLE: joules / (timing.steps * samples_per_step),
+            M.POWER_W: joules / sum(timing.window_s),
+        }
+
+
 def train_throughput(adapter: Adapter, trial: TrialSpec, data: TrialData) -> Outcome:
     xd, yd = adapter.to_device(data.x), adapter.to_device(data.y)
     last: list[Any] = [None]
+    energy = Energy(data.energy)
 
     def step() -> None:
         last[0] = adapter.train_step(xd, yd)
 
-    def timed_from_here() -> None:  # the all-reduce time over the timed steps only
+    def timed_from_here() -> None:  # the all-reduce time and the energy over the timed steps only
         adapter.comm_s, adapter.comm_steps = 0.0, 0
+        energy.begin()
 
     timing = run_timed(step, adapter.sync, trial.measure, agree=data.agree, on_start=timed_from_here)
     out = Outcome(
-        metrics=_latency(M.LATENCY, timing.step_s) | _throughput(timing, trial, data),
+        metrics=_latency(M.LATENCY, timing.step_s)
+        | _throughput(timing, trial, data)
+        | energy.metrics(timing, trial.local_batch),
         samples={M.TRAIN_WINDOW_S: timing.window_s},
     )
     comm = adapter.comm_s_per_step()
@@ -115,9 +151,12 @@ def train_throughput(adapter: Adapter, trial: TrialSpec, data: TrialData) -> Out
 
 def infer_offline(adapter: Adapter, trial: TrialSpec, data: TrialData) -> Outcome:
     xd = adapter.to_device(data.x)
-    timing = run_timed(lambda: adapter.infer(xd), adapter.sync, trial.measure)
+    energy = Energy(data.energy)
+    timing = run_timed(lambda: adapter.infer(xd), adapter.sync, trial.measure, on_start=energy.begin)
     return Outcome(
-        metrics=_latency(M.BATCH_LATENCY, timing.step_s) | _throughput(timing, trial, data),
+        metrics=_latency(M.BATCH_LATENCY, timing.step_s)
+        | _throughput(timing, trial, data)
+        | energy.metrics(timing, trial.local_batch),
         samples={M.OFFLINE_WINDOW_S: timing.window_s},
     )
 

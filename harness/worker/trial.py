@@ -25,6 +25,7 @@ from harness.worker.group import Group
 from harness.worker.measure import current_rss_mb, gemm_peak_gflops, peak_rss_mb
 from harness.worker.node import node_info
 from harness.worker.scenarios import SCENARIOS, TrialData
+from harness.worker.telemetry import NvmlMemory, open_energy
 from workloads import datasets
 from workloads.architectures import get
 
@@ -85,6 +86,10 @@ def run_trial(request: TrialRequest, preloaded: dict[str, float] | None = None) 
     if group is not None:
         data = replace(data, agree=group.max)
     baseline_mb = current_rss_mb()
+    device = backend_device(spec.device)
+    nvml_memory = NvmlMemory().start() if device == "gpu" else None  # from before the build to the end
+    meter, energy_source = open_energy(device)
+    data = replace(data, energy=meter)
     options = BuildOptions.for_training(
         spec.train,
         device=backend_device(spec.device),
@@ -123,6 +128,15 @@ def run_trial(request: TrialRequest, preloaded: dict[str, float] | None = None) 
     if device_peak is not None:
         result.metrics[M.PEAK_DEVICE_MEM_MB] = device_peak
     result.environment = environment(adapter.runtime(), spec.threads)
+    if nvml_memory is not None:
+        nvml_peak = nvml_memory.stop()
+        if nvml_peak is not None:
+            result.metrics[M.PEAK_DEVICE_MEM_NVML_MB] = nvml_peak
+        else:
+            result.environment["device_memory_nvml"] = nvml_memory.reason
+    # the counter the energy figures come from; the node record says why a device kind has none
+    result.environment["energy_source"] = meter.source if meter is not None else "none"
+    result.environment["energy"] = energy_source
     result.environment["process"] = "fork" if preloaded else "spawn"  # of a fork server / a fresh interpreter
     if preloaded:
         result.environment["fork_server_pid"] = os.getppid()

@@ -333,3 +333,12 @@ def test_serve_cells_show_their_max_rate_and_latencies_at_the_target_rate() -> N
     assert "none met" in next(line for line in narrow.splitlines() if "jax" in line and "serve" in line)
     assert "max 12,345 requests/s with p99 <= 20.0 ms" in report.result_line(results[0])
     assert [f.name for f in figures.figures(batch_cells)] == ["throughput", "latency", "memory"]  # serve: no crash
+
+
+def test_the_memory_figure_shows_nvml_s_figure_beside_the_framework_s() -> None:
+    rng = np.random.default_rng(9)
+    results = [_result(_spec("mlp_deep", fw, "infer", device="gpu"), 0, 0.01, rng) for fw in ("torch", "jax")]
+    for r in results:
+        r.metrics |= {M.PEAK_DEVICE_MEM_MB: 300.0, M.PEAK_DEVICE_MEM_NVML_MB: 800.0}
+    (memory,) = [f for f in figures.figures(cells(results)) if f.name == "memory"]
+    assert "framework reports" in memory.caption and "NVML" in memory.caption

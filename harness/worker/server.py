@@ -20,8 +20,9 @@ Worker side: numpy and the standard library only. The adapter is the server:
   the result is a lower bound and says so). Otherwise start from half the smaller of the capacity
   and the single-request rate, quartering it (at most ``SHRINK`` times) until a probe meets the
   bound (a server that misses it when mostly idle misses it through the machine's stalls, and a
-  probe lasts ``requests / rate``: lower rates cost much and tell little). Then bisect geometrically between the highest rate met and the lowest missed for
-  ``server_search_steps`` steps. Each probe has ``max(server_requests, QUEUE_DEPTH * batch_size)``
+  probe lasts ``requests / rate``: lower rates cost much and tell little). Then bisect
+  geometrically between the highest rate met and the lowest missed for ``server_search_steps``
+  steps. Each probe has ``max(server_requests, QUEUE_DEPTH * batch_size)``
   requests, so that an overloaded server's queue grows deeper than the default bound allows.
 """
 

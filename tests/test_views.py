@@ -333,6 +333,8 @@ def test_serve_cells_show_their_max_rate_and_latencies_at_the_target_rate() -> N
     assert "none met" in next(line for line in narrow.splitlines() if "jax" in line and "serve" in line)
     assert "max 12,345 requests/s with p99 <= 20.0 ms" in report.result_line(results[0])
     assert [f.name for f in figures.figures(batch_cells)] == ["throughput", "latency", "memory"]  # serve: no crash
+    (row, *_) = batch_cells[0].process_rows()  # MLflow's table of the cell's processes
+    assert row[M.SERVER_MAX_RATE] == 12345.0 and row[report.SERVER_P99] == batch_cells[0].metrics[report.SERVER_P99]
 
 
 def test_the_memory_figure_shows_nvml_s_figure_beside_the_framework_s() -> None:

@@ -231,7 +231,7 @@ def test_crash_and_hang_end_with_status_and_batch_finishes(tmp_path: Path) -> No
             "unknown framework 'pytorch'; choose from torch, tensorflow, jax, mxnet",
         ),
         (["run", "smoke", "--arch", "vgg"], "unknown architecture 'vgg'; choose from"),
-        (["run", "smoke", "--mode", "serve"], "unknown mode 'serve'; choose from train, infer"),
+        (["run", "smoke", "--mode", "predict"], "unknown mode 'predict'; choose from train, infer, serve"),
         (["run", "smoke", "--batch-size", "0"], "batch size must be a positive integer"),
         (["run", "smoke", "--batch-size", "x"], "batch sizes must be integers"),
         (["run", "smoke", "--device", "npu"], "unknown device 'npu'; choose from cpu, gpu, tpu"),

@@ -217,7 +217,8 @@ class MeasureSpec(Record):
 
     - ``server_requests`` (default 400): requests per probe (each search probe and the run at the
       target rate), at least; a probe has at least 32 full batches (``QUEUE_DEPTH x batch_size``),
-      so that an overloaded server's queue outgrows the default bound.
+      so that an overloaded server's queue outgrows the default bound, but at low rates no more
+      than arrive in 5 s (``MAX_PROBE_S``; at least 100).
     - ``server_search_steps`` (default 5): bisection steps of the search for the highest rate whose
       p99 latency stays under the bound, after bracketing it around the capacity estimate.
     - ``server_p99_ms`` (default None): the p99 bound; None: ``SERVER_P99_FACTOR`` (10) times the

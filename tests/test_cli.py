@@ -390,7 +390,7 @@ def test_a_serve_cell_runs_end_to_end(tmp_path: Path) -> None:
     for key in ("server_p99_bound_ms", "server_latency_ms_p99", "server_capacity_qps", "server_rate_qps"):
         assert metrics[key] > 0, key
     assert metrics["server_buckets"] == 6  # 1, 2, 4, 8, 16, 32
-    assert len(result["samples"]["server_request_s"]) == metrics["server_probe_requests"]  # type: ignore[index]
+    assert 0 < len(result["samples"]["server_request_s"]) <= metrics["server_probe_requests"]  # type: ignore[index]
     row = next(line for line in out.splitlines() if line.split()[:3] == ["mlp_shallow", "torch", "serve"])
     assert ("max" in row or "none met" in row) and row.split()[-1] == "ok", row
     client, exp_id = _client(run)

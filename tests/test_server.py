@@ -53,6 +53,13 @@ def test_buckets_are_powers_of_two_up_to_the_batch_size() -> None:
     assert S.buckets(48) == [1, 2, 4, 8, 16, 32, 48]
 
 
+def test_a_probe_at_a_low_rate_is_cut_to_a_few_seconds_of_arrivals() -> None:
+    assert S.probe_size(3000, 10_000.0) == 3000
+    assert S.probe_size(3000, 100.0) == 100 * S.MAX_PROBE_S
+    assert S.probe_size(3000, 1.0) == S.MIN_PROBE_REQUESTS
+    assert S.probe_size(50, 1.0) == 50
+
+
 def test_arrivals_are_seeded_poisson_and_scale_with_the_rate() -> None:
     a = S.arrivals(1000.0, 20_000, seed=3)
     assert np.array_equal(a, S.arrivals(1000.0, 20_000, seed=3))

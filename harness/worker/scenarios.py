@@ -191,7 +191,7 @@ def infer_server(adapter: Adapter, trial: TrialSpec, data: TrialData) -> Outcome
             if found.max_rate is not None
             else S.CAPACITY_FRACTION * server.capacity
         )
-    target = server.run(rate, requests, trial.seed)
+    target = server.run(rate, S.probe_size(requests, rate), trial.seed)
     metrics = {
         M.COMPILE_S: compile_s,
         M.SERVER_BUCKETS: float(len(server.buckets)),
@@ -199,7 +199,7 @@ def infer_server(adapter: Adapter, trial: TrialSpec, data: TrialData) -> Outcome
         M.SERVER_CAPACITY: server.capacity,
         M.SERVER_P99_BOUND: bound_s * 1e3,
         M.SERVER_PROBES: float(len(found.probes)),
-        M.SERVER_PROBE_REQUESTS: float(requests),
+        M.SERVER_PROBE_REQUESTS: float(requests),  # at high rates; at most MAX_PROBE_S of arrivals
         M.SERVER_RATE: rate,
         M.SERVER_ACHIEVED_RATE: target.achieved_rate,
         M.SERVER_MEAN_BATCH: target.mean_batch,

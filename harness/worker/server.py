@@ -22,8 +22,10 @@ Worker side: numpy and the standard library only. The adapter is the server:
   bound (a server that misses it when mostly idle misses it through the machine's stalls, and a
   probe lasts ``requests / rate``: lower rates cost much and tell little). Then bisect
   geometrically between the highest rate met and the lowest missed for ``server_search_steps``
-  steps. Each probe has ``max(server_requests, QUEUE_DEPTH * batch_size)``
-  requests, so that an overloaded server's queue grows deeper than the default bound allows.
+  steps. Each probe has ``max(server_requests, QUEUE_DEPTH * batch_size)`` requests, so that an
+  overloaded server's queue grows deeper than the default bound allows; fewer (never fewer than
+  ``MIN_PROBE_REQUESTS``) where they would arrive over more than ``MAX_PROBE_S``: a slow model's
+  low rates would otherwise take minutes per probe, and a queue only builds at high rates anyway.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ SERVER_P99_FLOOR_MS = 2.0  # ... and at least this: below it a bound measures th
 SERVER_RATE_FRACTION = 0.8  # default target rate: this fraction of the highest rate found
 CAPACITY_FRACTION = 0.5  # default target rate when no rate met the bound: this fraction of the capacity
 EXPAND, SHRINK = 2, 1  # bracketing steps above the capacity estimate / below the low start
-QUEUE_DEPTH = 32  # a probe has at least this many full batches of requests
+QUEUE_DEPTH = 32  # a probe has at least this many full batches of requests ...
+MAX_PROBE_S, MIN_PROBE_REQUESTS = 5.0, 100  # ... unless they would arrive over longer than this
 BUCKET_CALLS = 3  # timed calls per bucket (at least; warmup_steps when more) for its latency
 SPIN_S = 1e-3  # the last stretch of an idle wait is spun, not slept (sleep overshoots)
 
@@ -176,7 +179,7 @@ def search(server: Server, bound_s: float, requests: int, steps: int, seed: int)
     probes: list[Probe] = []
 
     def meets(rate: float) -> bool:
-        probes.append(server.run(rate, requests, seed))
+        probes.append(server.run(rate, probe_size(requests, rate), seed))
         return probes[-1].p99_s <= bound_s
 
     if bound_s <= server.single_s:  # one request alone already takes longer: no rate can meet it
@@ -217,4 +220,10 @@ def p99_bound_s(budget: MeasureSpec, single_s: float) -> float:
 
 
 def probe_requests(budget: MeasureSpec, batch_size: int) -> int:
+    """Requests per probe at high rates (see the module docstring)."""
     return max(budget.server_requests, QUEUE_DEPTH * batch_size)
+
+
+def probe_size(requests: int, rate: float) -> int:
+    """The requests of a probe at ``rate``: ``requests``, or as many as arrive in ``MAX_PROBE_S``."""
+    return min(requests, max(MIN_PROBE_REQUESTS, math.ceil(rate * MAX_PROBE_S)))

@@ -27,7 +27,7 @@ class FrameworkInfo:
     compile_modes: tuple[str, ...]  # the modes ``auto``/``on``/``off`` may resolve to
     why_not: tuple[tuple[str, str], ...] = ()  # (device, reason) for devices it lacks
     options: tuple[str, ...] = ()  # framework-specific build options a suite may set
-    modes: tuple[str, ...] = ("train", "infer")  # trial modes the adapter implements
+    modes: tuple[str, ...] = ("train", "infer", "serve")  # trial modes the adapter implements
     thread_vars: tuple[str, ...] = ()  # environment variables its thread pools read at start-up
     one_thread_flags: tuple[tuple[str, str], ...] = ()  # (variable, flags appended) when threads == 1
     runtime_env: tuple[tuple[str, str], ...] = ()  # defaults unless the user set them (e.g. no preallocation)

@@ -202,14 +202,17 @@ class Cell:
     def process_rows(self) -> list[dict[str, object]]:
         """One row per process: what it measured and where (the table artifact in MLflow)."""
         rows: list[dict[str, object]] = []
-        p50, p99 = M.percentile_keys(M.LATENCY)[50], M.percentile_keys(M.LATENCY)[99]
+        serve = self.spec.mode == "serve"  # the max request rate, and latency per request at the target rate
+        rate = M.SERVER_MAX_RATE if serve else M.THROUGHPUT
+        latency = M.percentile_keys(M.SERVER_LATENCY if serve else M.LATENCY)
+        p50, p99 = latency[50], latency[99]
         for p in self.processes:
             rows.append(
                 {
                     "replica": p.replica,
                     "attempt": p.attempt,
                     "status": p.status,
-                    M.THROUGHPUT: p.metrics.get(M.THROUGHPUT, float("nan")),
+                    rate: p.metrics.get(rate, float("nan")),
                     p50: p.metrics.get(p50, float("nan")),
                     p99: p.metrics.get(p99, float("nan")),
                     M.COMPILE_S: p.metrics.get(M.COMPILE_S, float("nan")),

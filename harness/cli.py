@@ -29,6 +29,7 @@ from rich.table import Table
 from harness import batch, envs, jobs, journal, plan, report, track
 from harness import compare as cmp
 from harness.cells import Cell, cells
+from harness.contract import MODES
 from harness.launch import node_cpus
 from harness.spec import SpecError, SuiteSpec, first_error, load_suite, suite_names
 
@@ -606,7 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
         "architectures (default: the suite's): zoo names, presets (resnet50, gpt2_small, vit_b16, ...) or sized "
         "family members, e.g. 'mlp[depth=16,width=512]' or 'gpt2_small[seq=256]' (harness list shows them)",
     )
-    axis("--mode", "modes: train, infer")
+    axis("--mode", f"modes: {', '.join(MODES)} (serve: Poisson requests, dynamic batching, max rate under a p99 bound)")
     axis("--batch-size", "batch sizes")
     axis("--device", "devices: cpu, gpu, tpu")
     axis(

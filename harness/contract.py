@@ -31,10 +31,10 @@ from workloads.architectures import canonical as canonical_architecture
 from workloads.architectures import get as get_architecture
 from workloads.datasets import DATASETS, SYNTHETIC
 
-Mode = Literal["train", "infer"]
+Mode = Literal["train", "infer", "serve"]
 Scaling = Literal["weak", "strong"]
 Status = Literal["ok", "failed", "timeout", "oom", "crash", "unsupported", "diverged"]
-Scenario = Literal["train_throughput", "train_to_accuracy", "infer_offline", "infer_single_stream"]
+Scenario = Literal["train_throughput", "train_to_accuracy", "infer_offline", "infer_single_stream", "infer_server"]
 MODES: tuple[str, ...] = get_args(Mode)
 DEVICES: tuple[str, ...] = get_args(Device)
 COMPILE: tuple[str, ...] = get_args(CompileChoice)
@@ -47,7 +47,7 @@ FINAL: tuple[str, ...] = ("ok", "unsupported", "diverged")
 OK_STATUSES: tuple[str, ...] = ("ok", "unsupported")
 
 # The MLflow ``scenario`` param of each mode (kept from before scenarios were units).
-SCENARIO_PARAM = {"train": "train", "infer": "offline+single_stream"}
+SCENARIO_PARAM = {"train": "train", "infer": "offline+single_stream", "serve": "server"}
 
 
 class ContractError(ValueError):
@@ -216,7 +216,24 @@ class Record:
 
 @dataclass(frozen=True, kw_only=True)
 class MeasureSpec(Record):
-    """The timing protocol's budgets (see :mod:`harness.worker.measure`)."""
+    """The timing protocol's budgets (see :mod:`harness.worker.measure`).
+
+    The ``server_*`` knobs are the ``serve`` mode's (``infer_server``, :mod:`harness.worker.server`):
+    single-sample requests arrive as a seeded Poisson process and the adapter serves them in
+    dynamic batches of at most ``batch_size``.
+
+    - ``server_requests`` (default 400): requests per probe (each search probe and the run at the
+      target rate), at least; a probe has at least 32 full batches (``QUEUE_DEPTH x batch_size``),
+      so that an overloaded server's queue outgrows the default bound, but at low rates no more
+      than arrive in 5 s (``MAX_PROBE_S``; at least 100).
+    - ``server_search_steps`` (default 5): bisection steps of the search for the highest rate whose
+      p99 latency stays under the bound, after bracketing it around the capacity estimate.
+    - ``server_p99_ms`` (default None): the p99 bound; None: ``SERVER_P99_FACTOR`` (10) times the
+      measured latency of one single-sample request, and at least ``SERVER_P99_FLOOR_MS`` (2 ms).
+    - ``server_rate_qps`` (default None): the target rate whose latencies are reported; None:
+      ``SERVER_RATE_FRACTION`` (0.8) of the highest rate found (``CAPACITY_FRACTION``, 0.5, of the
+      capacity estimate when no rate met the bound).
+    """
 
     warmup_steps: int = field(default=5, metadata=_range(ge=0))
     min_steps: int = field(default=20, metadata=_range(ge=1))
@@ -224,6 +241,18 @@ class MeasureSpec(Record):
     window_steps: int = field(default=5, metadata=_range(ge=1))  # steps per timed window (one clock read), at least
     min_window_s: float = field(default=0.005, metadata=_range(ge=0))  # a window lasts at least this (calibrated)
     latency_requests: int = field(default=50, metadata=_range(ge=1))  # minimum single-stream requests
+    server_requests: int = field(default=400, metadata=_range(ge=10, le=1_000_000))
+    server_search_steps: int = field(default=5, metadata=_range(ge=0, le=20))
+    server_p99_ms: float | None = field(default=None, metadata=_range(gt=0))
+    server_rate_qps: float | None = field(default=None, metadata=_range(gt=0))
+
+    # fields left out of a trial's canonical JSON while they hold these values (the keys of older journals)
+    _KEY_DEFAULTS: ClassVar[dict[str, object]] = {
+        "server_requests": 400,
+        "server_search_steps": 5,
+        "server_p99_ms": None,
+        "server_rate_qps": None,
+    }
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -319,6 +348,8 @@ class TrialSpec(Record):
         """The worker's scenario units this trial runs, in order (see :mod:`harness.worker.scenarios`)."""
         if self.mode == "infer":
             return ("infer_offline", "infer_single_stream")
+        if self.mode == "serve":
+            return ("infer_server",)
         return ("train_throughput", "train_to_accuracy") if self.trains_to_accuracy else ("train_throughput",)
 
     @property
@@ -333,6 +364,9 @@ class TrialSpec(Record):
         for key, default in self._KEY_DEFAULTS.items():
             if data[key] == default:
                 del data[key]
+        for key, default in MeasureSpec._KEY_DEFAULTS.items():
+            if data["measure"][key] == default:
+                del data["measure"][key]
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     @functools.cached_property

@@ -263,17 +263,22 @@ def _memory(cells: Sequence[Cell]) -> Figure | None:
 
     host = [c for c in cells if c.ok_processes and M.PEAK_HOST_RSS_MB in c.metrics]
     device = [c for c in cells if c.ok_processes and M.PEAK_DEVICE_MEM_MB in c.metrics]
+    nvml = [c for c in cells if c.ok_processes and M.PEAK_DEVICE_MEM_NVML_MB in c.metrics]
     if not host:
         return None
     panels = [(host, M.PEAK_HOST_RSS_MB, "peak host RSS, MB")]
     if device:
         panels.append((device, M.PEAK_DEVICE_MEM_MB, "peak device memory, MB (framework's counter)"))
+    if nvml:
+        panels.append((nvml, M.PEAK_DEVICE_MEM_NVML_MB, "peak device memory, MB (NVML, the process)"))
     fig = _new(len(host))
     for ax, (members, key, xlabel) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels, strict=True):
         _grouped_bars(ax, members, metric(key), log=False)
         ax.set_xlabel(xlabel)
-    caption = "Peak memory per cell (median over its processes): host RSS of the worker process" + (
-        "; device memory as the framework reports it." if device else "."
+    caption = (
+        "Peak memory per cell (median over its processes): host RSS of the worker process"
+        + ("; device memory as the framework reports it." if device else ".")
+        + (" NVML: what the driver holds for the worker process (sampled every 50 ms)." if nvml else "")
     )
     return _render(fig, "memory", "Memory", caption)
 

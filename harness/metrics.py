@@ -28,6 +28,23 @@ LATENCY = "latency_ms"
 BATCH_LATENCY = "batch_latency_ms"  # infer: per offline batch
 PERCENTILES = (50, 90, 95, 99)
 
+# serve mode (infer_server, harness.worker.server): Poisson single-sample requests, dynamic batching
+SERVER_LATENCY = "server_latency_ms"  # per request at the target rate, arrival to completion (queueing included)
+SERVER_RATE = "server_rate_qps"  # the target (offered) request rate
+SERVER_ACHIEVED_RATE = "server_achieved_rate_qps"  # requests completed per second at the target rate
+SERVER_MEAN_BATCH = "server_mean_batch_size"  # requests per dynamic batch at the target rate
+SERVER_MAX_RATE = "server_max_rate_qps"  # highest probed rate whose p99 met the bound (absent: none did)
+SERVER_MAX_RATE_LOWER_BOUND = "server_max_rate_is_lower_bound"  # 1: every rate tried met the bound
+SERVER_P99_BOUND = "server_p99_bound_ms"
+SERVER_CAPACITY = "server_capacity_qps"  # batch_size / latency of one full batch (where the search starts)
+SERVER_SINGLE_REQUEST = "server_single_request_ms"  # one request alone (bucket 1): the default bound's unit
+SERVER_PROBES = "server_probes"  # probes of the search
+SERVER_PROBE_REQUESTS = "server_probe_requests"  # requests per probe
+SERVER_BUCKETS = "server_buckets"  # padded batch sizes, each compiled before anything is timed
+# history (one point per probe of the search, step = probe number): its rate and p99
+SERVER_PROBE_RATE = "server_probe_rate_qps"
+SERVER_PROBE_P99 = "server_probe_p99_ms"
+
 # model and machine
 PARAM_COUNT = "param_count"
 FLOPS_PER_SAMPLE = "flops_per_sample"
@@ -43,8 +60,13 @@ SCALING_EFFICIENCY = "scaling_efficiency"  # throughput / (workers x the batch's
 # memory
 PEAK_HOST_RSS_MB = "peak_host_rss_mb"
 HOST_MEM_DELTA_MB = "host_mem_delta_mb"
-PEAK_DEVICE_MEM_MB = "peak_device_mem_mb"
+PEAK_DEVICE_MEM_MB = "peak_device_mem_mb"  # the framework's own counter (torch.cuda, memory_stats(), TF)
+PEAK_DEVICE_MEM_NVML_MB = "peak_device_mem_nvml_mb"  # this process on its GPUs, sampled from NVML
 PEAK_GROUP_RSS_MB = "peak_group_rss_mb"  # the worker's whole process group, sampled by the memory cap
+
+# energy over the timed part of the throughput scenario (NVML on GPU trials, RAPL packages on CPU trials)
+ENERGY_J_PER_SAMPLE = "energy_j_per_sample"
+POWER_W = "power_w"  # mean over the timed part
 
 # training to accuracy
 TRAIN_ACCURACY = "train_accuracy"
@@ -68,6 +90,7 @@ EVAL_SERIES = (VAL_LOSS, VAL_ACCURACY, TRAIN_ACCURACY)  # at each evaluation
 TRAIN_WINDOW_S = "train_window_s"
 OFFLINE_WINDOW_S = "offline_window_s"
 SINGLE_STREAM_REQUEST_S = "single_stream_request_s"
+SERVER_REQUEST_S = "server_request_s"  # each request's latency at the target rate
 
 
 def percentile_keys(prefix: str) -> dict[int, str]:

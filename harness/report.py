@@ -85,6 +85,21 @@ class Column:
 
 
 P50, P99 = M.percentile_keys(M.LATENCY)[50], M.percentile_keys(M.LATENCY)[99]
+SERVER_P50, SERVER_P99 = M.percentile_keys(M.SERVER_LATENCY)[50], M.percentile_keys(M.SERVER_LATENCY)[99]
+
+
+def _latency(c: Cell, q: int) -> float | None:
+    """Latency percentile ``q`` (50 or 99) in ms: per request (serve: at the target rate, queueing included)."""
+    serve = c.spec.mode == "serve"
+    return c.metrics.get((SERVER_P50 if serve else P50) if q == 50 else (SERVER_P99 if serve else P99))
+
+
+def _max_rate(c: Cell) -> str:
+    """A serve cell's highest request rate under its p99 bound ("none": no rate met it)."""
+    rate = c.metrics.get(M.SERVER_MAX_RATE)
+    if rate is None:
+        return "none met" if c.ok_processes else "-"
+    return (">=" if c.metrics.get(M.SERVER_MAX_RATE_LOWER_BOUND) else "") + f"{compact(rate)} max"
 
 
 def _peak(c: Cell) -> str:
@@ -93,7 +108,9 @@ def _peak(c: Cell) -> str:
 
 
 def _throughput(c: Cell) -> str:
-    """Throughput with its interval in one column (the narrow table)."""
+    """Throughput with its interval in one column (the narrow table); serve cells: the max request rate."""
+    if c.spec.mode == "serve":
+        return _max_rate(c)
     value = c.metrics.get(M.THROUGHPUT)
     if value is None:
         return "-"
@@ -106,8 +123,12 @@ def _throughput(c: Cell) -> str:
 
 
 def _latencies(c: Cell) -> str:
-    p50, p99 = c.metrics.get(P50), c.metrics.get(P99)
+    p50, p99 = _latency(c, 50), _latency(c, 99)
     return "-" if p50 is None or p99 is None else f"{significant(p50)}/{significant(p99)}"
+
+
+def _wide_throughput(c: Cell) -> str:
+    return _num(c.metrics.get(M.THROUGHPUT), ",.0f")
 
 
 def _processes(c: Cell) -> str:
@@ -124,12 +145,12 @@ WIDE = (
     Column("batch", "right", lambda c: str(c.spec.batch_size)),
     Column("workers", "right", _workers),
     Column("exec", "left", lambda c: c.representative.compile_mode or "-"),
-    Column("samples/s", "right", lambda c: _num(c.metrics.get(M.THROUGHPUT), ",.0f")),
+    Column("samples/s", "right", lambda c: _max_rate(c) if c.spec.mode == "serve" else _wide_throughput(c)),
     Column("95% CI", "right", _interval),
     Column("CV", "right", _cv),
     Column("n", "right", _processes),
-    Column("p50 ms", "right", lambda c: _num(c.metrics.get(P50), ".3f")),
-    Column("p99 ms", "right", lambda c: _num(c.metrics.get(P99), ".3f")),
+    Column("p50 ms", "right", lambda c: _num(_latency(c, 50), ".3f")),
+    Column("p99 ms", "right", lambda c: _num(_latency(c, 99), ".3f")),
     Column("compile s", "right", lambda c: _num(c.metrics.get(M.COMPILE_S), ".2f")),
     Column("RSS MB", "right", lambda c: _num(c.metrics.get(M.PEAK_HOST_RSS_MB), ".0f")),
     Column("% peak", "right", _peak),
@@ -215,6 +236,11 @@ def caption(rows: list[Cell], wide: bool = True) -> str:
         lines = ["samples/s: geometric mean over the cell's processes [95% interval between processes]"]
     if single:
         lines.append(f"{single} cell(s) with {ONE_PROCESS} (--repeats 3 or more for an interval)")
+    if any(c.spec.mode == "serve" for c in rows):
+        lines.append(
+            "serve: samples/s is the highest request rate (Poisson arrivals, dynamic batching) whose p99 "
+            "latency met the bound; p50/p99 at the target rate, queueing included"
+        )
     if any(c.spec.workers > 1 for c in rows):
         lines.append("workers: samples/s of all workers (weak: batch per worker; strong: global batch)")
         if wide:
@@ -381,6 +407,10 @@ def result_line(r: TrialResult) -> str:
     """One progress line per finished trial (rich markup)."""
     tput, acc = r.metrics.get(M.THROUGHPUT), r.metrics.get(M.VAL_ACCURACY)
     detail = f"{tput:,.0f} samples/s" if tput else escape(r.reason[:80])
+    rate, bound = r.metrics.get(M.SERVER_MAX_RATE), r.metrics.get(M.SERVER_P99_BOUND)
+    if r.status == "ok" and bound is not None:
+        detail = f"max {rate:,.0f} requests/s" if rate is not None else "no rate"
+        detail += f" with p99 <= {significant(bound)} ms"
     detail += f", val acc {acc:.3f}" if acc is not None else ""
     style = STATUS_STYLE.get(r.status, "red")
     return f"[{style}]{r.status:>11}[/] {escape(r.spec.name)} bs={r.spec.batch_size} #{r.replica}  {detail}"

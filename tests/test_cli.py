@@ -231,7 +231,7 @@ def test_crash_and_hang_end_with_status_and_batch_finishes(tmp_path: Path) -> No
             "unknown framework 'pytorch'; choose from torch, tensorflow, jax, mxnet",
         ),
         (["run", "smoke", "--arch", "vgg"], "unknown architecture 'vgg'; choose from"),
-        (["run", "smoke", "--mode", "serve"], "unknown mode 'serve'; choose from train, infer"),
+        (["run", "smoke", "--mode", "predict"], "unknown mode 'predict'; choose from train, infer, serve"),
         (["run", "smoke", "--batch-size", "0"], "batch size must be a positive integer"),
         (["run", "smoke", "--batch-size", "x"], "batch sizes must be integers"),
         (["run", "smoke", "--device", "npu"], "unknown device 'npu'; choose from cpu, gpu, tpu"),
@@ -379,3 +379,24 @@ def test_same_cpu_set_and_threads_in_every_framework(tmp_path: Path) -> None:
     assert "intra_op_parallelism_threads=1" in runtime["jax"]["xla_flags"]
     assert runtime["mxnet"]["omp_threads"] == "1" and runtime["mxnet"]["engine_threads"] == "1"
     assert {r["compile_mode"] for r in run.journal()} == {"eager", "xla", "jit", "hybridize"}
+
+
+def test_a_serve_cell_runs_end_to_end(tmp_path: Path) -> None:
+    """``--mode serve``: the worker's server scenario, its row in the table, its metrics and search in MLflow."""
+    run = harness(tmp_path, "run", TINY, "--framework", "torch", "--mode", "serve")
+    out = run.proc.stdout
+    assert run.proc.returncode == 0, out[-3000:] + run.proc.stderr[-3000:]
+    (result,) = run.journal()
+    metrics: dict[str, float] = result["metrics"]  # type: ignore[assignment]
+    assert result["status"] == "ok" and result["spec"]["mode"] == "serve"  # type: ignore[index]
+    for key in ("server_p99_bound_ms", "server_latency_ms_p99", "server_capacity_qps", "server_rate_qps"):
+        assert metrics[key] > 0, key
+    assert metrics["server_buckets"] == 6  # 1, 2, 4, 8, 16, 32
+    assert 0 < len(result["samples"]["server_request_s"]) <= metrics["server_probe_requests"]  # type: ignore[index]
+    row = next(line for line in out.splitlines() if line.split()[:3] == ["mlp_shallow", "torch", "serve"])
+    assert ("max" in row or "none met" in row) and row.split()[-1] == "ok", row
+    client, exp_id = _client(run)
+    (child,) = client.search_runs([exp_id], "tags.harness_kind = 'trial'")
+    assert child.data.params["scenario"] == "server" and "server_latency_ms_p50" in child.data.metrics
+    probes = client.get_metric_history(child.info.run_id, "server_probe_p99_ms")
+    assert len(probes) == metrics["server_probes"] and [p.step for p in probes] == list(range(len(probes)))

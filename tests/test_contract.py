@@ -261,6 +261,8 @@ def test_unset_target_keeps_the_keys_of_earlier_journals() -> None:
     del earlier["memory_limit_mb"]  # ... and before memory limits
     for key in ("workers", "scaling", "tpu_slice", "accelerator_type"):  # ... and multi-worker trials
         del earlier[key]
+    for key in ("server_requests", "server_search_steps", "server_p99_ms", "server_rate_qps"):  # ... and serve
+        del earlier["measure"][key]
     text = json.dumps(earlier, sort_keys=True, separators=(",", ":"))
     assert spec.trial_key == hashlib.sha256(text.encode()).hexdigest()[:16]
 

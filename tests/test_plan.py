@@ -132,7 +132,7 @@ def test_synthetic_suite_trains_on_synthetic_data() -> None:
         (Overrides(frameworks=["pytorch"]), "framework", list(FRAMEWORKS)),
         (Overrides(frameworks=["jax", "mxnet2"]), "framework", list(FRAMEWORKS)),
         (Overrides(architectures=["resnet9000"]), "architecture", list(ARCHITECTURES)),
-        (Overrides(modes=["serve"]), "mode", MODES),
+        (Overrides(modes=["predict"]), "mode", MODES),
         (Overrides(devices=["npu"]), "device", DEVICES),
         (Overrides(compile="max"), "compile mode", COMPILE),
     ],

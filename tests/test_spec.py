@@ -120,7 +120,7 @@ def _replace_line(text: str, prefix: str, new: str) -> str:
         ("batch_sizes", "batch_sizes = [0]", "batch_sizes", "positive integers"),
         ("batch_sizes", "batch_sizes = [8, -1]", "batch_sizes", "positive integers"),
         ("batch_sizes", "batch_sizes = []", "batch_sizes", "positive integers"),
-        ("modes", 'modes = ["serve"]', "modes", "'train' or 'infer'"),
+        ("modes", 'modes = ["predict"]', "modes", "'train', 'infer' or 'serve'"),
         ("dataset", 'dataset = "cifar10"', "dataset", choices(DATASETS)),
     ],
 )

@@ -297,3 +297,50 @@ def test_report_command_bad_input_exits_2_and_a_journal_alone_is_enough(
     assert cli.main(["report", "b1", "-o", str(out), *common]) == 0  # no MLflow run: the file alone
     assert out.read_text().count("data-trial-key=") == len(batch(1, seed=3, workers=False))
     assert "harness run views --seed 3" in out.read_text()
+
+
+def _served(fw: str, replica: int, rng: np.random.Generator, max_rate: float | None) -> TrialResult:
+    spec = _spec("mlp_residual", fw, "serve", batch_size=32)
+    latency = rng.lognormal(np.log(2e-3), 0.3, 400)
+    metrics = {M.SERVER_P99_BOUND: 20.0, M.SERVER_RATE: 9000.0, M.COMPILE_S: 0.4, M.PEAK_HOST_RSS_MB: 400.0}
+    metrics |= {key: float(np.percentile(latency, q)) * 1e3 for q, key in M.percentile_keys(M.SERVER_LATENCY).items()}
+    if max_rate is not None:
+        metrics |= {M.SERVER_MAX_RATE: max_rate, M.SERVER_MAX_RATE_LOWER_BOUND: 0.0}
+    samples = {M.SERVER_REQUEST_S: latency.tolist()}
+    history = {M.SERVER_PROBE_RATE: [20000.0, 10000.0], M.SERVER_PROBE_P99: [40.0, 10.0]}
+    return TrialResult(
+        trial_key=spec.trial_key, spec=spec, status="ok", replica=replica, metrics=metrics, samples=samples,
+        history=history, history_steps={key: [0, 1] for key in history},
+        environment={"hostname": "node-a", "node": {"hostname": "node-a", "gpu": []}},
+    )  # fmt: skip
+
+
+def test_serve_cells_show_their_max_rate_and_latencies_at_the_target_rate() -> None:
+    rng = np.random.default_rng(8)
+    results = [_served("torch", i, rng, 12345.0) for i in range(3)] + [_served("jax", 0, rng, None)]
+    results += [_result(_spec("mlp_residual", fw, "infer", batch_size=32), 0, 0.01, rng) for fw in FRAMEWORKS]
+    batch_cells = cells(results)
+    console = Console(width=200, record=True)
+    for wide in (False, True):
+        for part in report.tables(batch_cells, "batch s", wide=wide):
+            console.print(part)
+    out = console.export_text()
+    narrow = out.split("serve: samples/s is")[0]
+    assert max(len(line) for line in narrow.splitlines()) <= 100, narrow
+    torch_row = next(line for line in narrow.splitlines() if "torch" in line and "serve" in line)
+    p50, p99 = (batch_cells[0].metrics[k] for k in (report.SERVER_P50, report.SERVER_P99))
+    assert "12.3k max" in torch_row and f"{report.significant(p50)}/{report.significant(p99)}" in torch_row
+    assert "none met" in next(line for line in narrow.splitlines() if "jax" in line and "serve" in line)
+    assert "max 12,345 requests/s with p99 <= 20.0 ms" in report.result_line(results[0])
+    assert [f.name for f in figures.figures(batch_cells)] == ["throughput", "latency", "memory"]  # serve: no crash
+    (row, *_) = batch_cells[0].process_rows()  # MLflow's table of the cell's processes
+    assert row[M.SERVER_MAX_RATE] == 12345.0 and row[report.SERVER_P99] == batch_cells[0].metrics[report.SERVER_P99]
+
+
+def test_the_memory_figure_shows_nvml_s_figure_beside_the_framework_s() -> None:
+    rng = np.random.default_rng(9)
+    results = [_result(_spec("mlp_deep", fw, "infer", device="gpu"), 0, 0.01, rng) for fw in ("torch", "jax")]
+    for r in results:
+        r.metrics |= {M.PEAK_DEVICE_MEM_MB: 300.0, M.PEAK_DEVICE_MEM_NVML_MB: 800.0}
+    (memory,) = [f for f in figures.figures(cells(results)) if f.name == "memory"]
+    assert "framework reports" in memory.caption and "NVML" in memory.caption

@@ -6,7 +6,9 @@ and a driver answers; otherwise from ``/proc/driver/nvidia`` (names and driver, 
 ``nvml`` says why NVML was not used. TPU facts come from the variables TPU hosts set (GKE sets
 ``TPU_ACCELERATOR_TYPE``, ``TPU_TOPOLOGY``, ``TPU_WORKER_ID``, ``TPU_NAME``, as Ray's
 ``ray/_private/accelerators/tpu.py`` reads them) and the chips from ``/dev/accel*`` or VFIO groups
-of Google's PCI vendor; the GCE metadata server is never asked. Computed once per process.
+of Google's PCI vendor; the GCE metadata server is never asked. ``energy`` says, per device kind,
+which counter a trial's energy comes from or why there is none (:mod:`harness.worker.telemetry`).
+Computed once per process.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import platform
 import socket
 from pathlib import Path
 from typing import Any
+
+from harness.worker.telemetry import energy_info
 
 TPU_ENV = {  # result field: environment variable
     "accelerator_type": "TPU_ACCELERATOR_TYPE",
@@ -57,6 +61,7 @@ def _node_info() -> dict[str, Any]:
         **driver,
         "nvml": why,
         "tpu": tpu_info(),
+        "energy": energy_info(),
     }
 
 

@@ -9,6 +9,9 @@ on one built adapter. Adding a scenario is adding one function here, one name to
   untimed evaluations on the side; time to the target accuracy.
 - ``infer_offline``: batched inference, timed by the protocol.
 - ``infer_single_stream``: one sample per request, synced after every request (latency).
+- ``infer_server``: Poisson arrivals of single-sample requests served in dynamic batches; the
+  highest rate whose p99 latency meets a bound, and the latencies at a target rate
+  (:mod:`harness.worker.server`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ import numpy as np
 from adapters.base import Adapter
 from harness import metrics as M
 from harness.contract import Scenario, TrialSpec
+from harness.worker import server as S
 from harness.worker.measure import Agree, Timing, run_timed, summarize
+from harness.worker.telemetry import EnergyMeter
 from workloads.architectures import Architecture
 from workloads.datasets import Dataset
 
@@ -42,6 +47,7 @@ class TrialData:
     dataset: Dataset | None  # the real dataset, in the architecture's input shape (train_to_accuracy)
     node_peak_gflops: float
     agree: Agree | None = None  # multi-worker trials: the maximum over every worker (measure.run_timed)
+    energy: EnergyMeter | None = None  # the trial's device energy counter, where one is readable
 
 
 @dataclass
@@ -85,19 +91,53 @@ def _throughput(timing: Timing, trial: TrialSpec, data: TrialData) -> dict[str, 
     }
 
 
+class Energy:
+    """Joules over the timed part of a throughput scenario: read just before the first timed window
+    (``run_timed``'s ``on_start``) and just after the last one; no figure when the counter is
+    unreadable or did not advance (coarser than the timed part)."""
+
+    def __init__(self, meter: EnergyMeter | None) -> None:
+        self.meter = meter
+        self.start: float | None = None
+
+    def begin(self) -> None:
+        try:
+            self.start = None if self.meter is None else self.meter.joules()
+        except Exception:
+            self.start = None
+
+    def metrics(self, timing: Timing, samples_per_step: int) -> dict[str, float]:
+        if self.meter is None or self.start is None:
+            return {}
+        try:
+            joules = self.meter.joules() - self.start
+        except Exception:
+            return {}
+        if joules <= 0:
+            return {}
+        return {
+            M.ENERGY_J_PER_SAMPLE: joules / (timing.steps * samples_per_step),
+            M.POWER_W: joules / sum(timing.window_s),
+        }
+
+
 def train_throughput(adapter: Adapter, trial: TrialSpec, data: TrialData) -> Outcome:
     xd, yd = adapter.to_device(data.x), adapter.to_device(data.y)
     last: list[Any] = [None]
+    energy = Energy(data.energy)
 
     def step() -> None:
         last[0] = adapter.train_step(xd, yd)
 
-    def timed_from_here() -> None:  # the all-reduce time over the timed steps only
+    def timed_from_here() -> None:  # the all-reduce time and the energy over the timed steps only
         adapter.comm_s, adapter.comm_steps = 0.0, 0
+        energy.begin()
 
     timing = run_timed(step, adapter.sync, trial.measure, agree=data.agree, on_start=timed_from_here)
     out = Outcome(
-        metrics=_latency(M.LATENCY, timing.step_s) | _throughput(timing, trial, data),
+        metrics=_latency(M.LATENCY, timing.step_s)
+        | _throughput(timing, trial, data)
+        | energy.metrics(timing, trial.local_batch),
         samples={M.TRAIN_WINDOW_S: timing.window_s},
     )
     comm = adapter.comm_s_per_step()
@@ -111,9 +151,12 @@ def train_throughput(adapter: Adapter, trial: TrialSpec, data: TrialData) -> Out
 
 def infer_offline(adapter: Adapter, trial: TrialSpec, data: TrialData) -> Outcome:
     xd = adapter.to_device(data.x)
-    timing = run_timed(lambda: adapter.infer(xd), adapter.sync, trial.measure)
+    energy = Energy(data.energy)
+    timing = run_timed(lambda: adapter.infer(xd), adapter.sync, trial.measure, on_start=energy.begin)
     return Outcome(
-        metrics=_latency(M.BATCH_LATENCY, timing.step_s) | _throughput(timing, trial, data),
+        metrics=_latency(M.BATCH_LATENCY, timing.step_s)
+        | _throughput(timing, trial, data)
+        | energy.metrics(timing, trial.local_batch),
         samples={M.OFFLINE_WINDOW_S: timing.window_s},
     )
 
@@ -125,6 +168,55 @@ def infer_single_stream(adapter: Adapter, trial: TrialSpec, data: TrialData) -> 
     return Outcome(
         metrics=_latency(M.LATENCY, timing.step_s) | {M.COMPILE_S_SINGLE_STREAM: timing.compile_s},
         samples={M.SINGLE_STREAM_REQUEST_S: timing.window_s},
+    )
+
+
+def infer_server(adapter: Adapter, trial: TrialSpec, data: TrialData) -> Outcome:
+    """Warm every bucket, search the highest rate under the p99 bound, then serve the target rate.
+
+    Defaults (:class:`harness.contract.MeasureSpec`): the bound is ``SERVER_P99_FACTOR`` times the
+    single-request latency (at least ``SERVER_P99_FLOOR_MS``), the target rate
+    ``SERVER_RATE_FRACTION`` of the highest rate found (or ``CAPACITY_FRACTION`` of the capacity
+    estimate when no rate met the bound)."""
+    budget, bs = trial.measure, trial.batch_size
+    server = S.Server(adapter, data.x, bs)
+    compile_s = server.warm(max(S.BUCKET_CALLS, budget.warmup_steps))
+    bound_s = S.p99_bound_s(budget, server.single_s)
+    requests = S.probe_requests(budget, bs)
+    found = S.search(server, bound_s, requests, budget.server_search_steps, trial.seed)
+    rate = budget.server_rate_qps
+    if rate is None:
+        rate = (
+            S.SERVER_RATE_FRACTION * found.max_rate
+            if found.max_rate is not None
+            else S.CAPACITY_FRACTION * server.capacity
+        )
+    target = server.run(rate, S.probe_size(requests, rate), trial.seed)
+    metrics = {
+        M.COMPILE_S: compile_s,
+        M.SERVER_BUCKETS: float(len(server.buckets)),
+        M.SERVER_SINGLE_REQUEST: server.single_s * 1e3,
+        M.SERVER_CAPACITY: server.capacity,
+        M.SERVER_P99_BOUND: bound_s * 1e3,
+        M.SERVER_PROBES: float(len(found.probes)),
+        M.SERVER_PROBE_REQUESTS: float(requests),  # at high rates; at most MAX_PROBE_S of arrivals
+        M.SERVER_RATE: rate,
+        M.SERVER_ACHIEVED_RATE: target.achieved_rate,
+        M.SERVER_MEAN_BATCH: target.mean_batch,
+        M.FLOPS_PER_SAMPLE: float(data.arch.flops_per_sample("infer")),
+    } | _latency(M.SERVER_LATENCY, target.latency_s)
+    if found.max_rate is not None:
+        metrics[M.SERVER_MAX_RATE] = found.max_rate
+        metrics[M.SERVER_MAX_RATE_LOWER_BOUND] = float(found.lower_bound)
+    steps = list(range(len(found.probes)))
+    return Outcome(
+        metrics=metrics,
+        samples={M.SERVER_REQUEST_S: target.latency_s.tolist()},
+        history={
+            M.SERVER_PROBE_RATE: [p.rate for p in found.probes],
+            M.SERVER_PROBE_P99: [p.p99_s * 1e3 for p in found.probes],
+        },
+        history_steps={M.SERVER_PROBE_RATE: steps, M.SERVER_PROBE_P99: steps},
     )
 
 
@@ -224,4 +316,5 @@ SCENARIOS: dict[Scenario, ScenarioFn] = {
     "train_to_accuracy": train_to_accuracy,
     "infer_offline": infer_offline,
     "infer_single_stream": infer_single_stream,
+    "infer_server": infer_server,
 }

@@ -25,6 +25,7 @@ from harness.worker.group import Group
 from harness.worker.measure import current_rss_mb, gemm_peak_gflops, peak_rss_mb
 from harness.worker.node import node_info
 from harness.worker.scenarios import SCENARIOS, TrialData
+from harness.worker.telemetry import NvmlMemory, open_energy
 from workloads import datasets
 from workloads.architectures import get
 
@@ -90,6 +91,10 @@ def run_trial(request: TrialRequest, preloaded: dict[str, float] | None = None) 
     if group is not None:
         data = replace(data, agree=group.max)
     baseline_mb = current_rss_mb()
+    device = backend_device(spec.device)
+    nvml_memory = NvmlMemory().start() if device == "gpu" else None  # from before the build to the end
+    meter, _ = open_energy(device)
+    data = replace(data, energy=meter)
     options = BuildOptions.for_training(
         spec.train,
         device=backend_device(spec.device),
@@ -124,10 +129,21 @@ def run_trial(request: TrialRequest, preloaded: dict[str, float] | None = None) 
             break
     result.metrics[M.PEAK_HOST_RSS_MB] = peak_rss_mb()
     result.metrics[M.HOST_MEM_DELTA_MB] = result.metrics[M.PEAK_HOST_RSS_MB] - baseline_mb
-    device_peak = adapter.device_memory_peak_mb()
+    result.environment = environment(adapter.runtime(), spec.threads)
+    try:  # a counter a backend lacks (TF's get_memory_info on some devices) costs the figure, not the trial
+        device_peak = adapter.device_memory_peak_mb()
+    except Exception as e:
+        device_peak, result.environment["device_memory_framework"] = None, f"{type(e).__name__}: {e}"
     if device_peak is not None:
         result.metrics[M.PEAK_DEVICE_MEM_MB] = device_peak
-    result.environment = environment(adapter.runtime(), spec.threads)
+    if nvml_memory is not None:
+        nvml_peak = nvml_memory.stop()
+        if nvml_peak is not None:
+            result.metrics[M.PEAK_DEVICE_MEM_NVML_MB] = nvml_peak
+        else:
+            result.environment["device_memory_nvml"] = nvml_memory.reason
+    # the counter the energy figures come from ("none": the node record's energy says why)
+    result.environment["energy_source"] = meter.source if meter is not None else "none"
     result.environment["process"] = "fork" if preloaded else "spawn"  # of a fork server / a fresh interpreter
     if preloaded:
         result.environment["fork_server_pid"] = os.getppid()

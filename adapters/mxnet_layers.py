@@ -175,7 +175,8 @@ class _PositionalEmbedding(gluon.HybridBlock):  # type: ignore[misc]
 
 
 class _TransformerBlock(gluon.HybridBlock):  # type: ignore[misc]
-    """Pre-norm encoder block; q/k/v are one fused ``Dense(3D)``, heads contiguous slices of D."""
+    """Pre-norm transformer block; q/k/v are one fused ``Dense(3D)``, heads contiguous slices of D; a
+    causal block sets the scores of later positions to -inf (a mask made in the graph from ``arange``)."""
 
     def __init__(self, layer: TransformerBlock, shape: Shape):
         super().__init__()

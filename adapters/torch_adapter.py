@@ -205,7 +205,7 @@ class TorchAdapter(Adapter):
             "matmul_precision": torch.get_float32_matmul_precision(),
             "allow_tf32": torch.backends.cuda.matmul.allow_tf32,
             "compute_dtype": self.options.precision,
-            "autocast": "off" if self.options.precision == "float32" else f"{self.device.type} {self.options.precision}",
+            "autocast": "off" if (low := self.options.precision) == "float32" else f"{self.device.type} {low}",
         }
 
 

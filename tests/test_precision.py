@@ -30,12 +30,13 @@ accumulated in the low dtype would not: a 256-term bfloat16 sum errs by ~``sqrt(
 One training step is not held to that bound weight by weight: the gradients of the deep ReLU models
 are ill-conditioned with respect to the weights' own rounding (in float64 with only the weights rounded
 to bfloat16, mlp_deep's first-layer gradient moves by 25%: pre-activations near zero flip ReLU masks).
-So the step is checked where it is well-conditioned: the training-mode loss against the reference (its
-error is at most ``2 max |d logits|``), the output layer's update against the float32 step (within
-the logits bound), the batch-norm running statistics against the reference (in units of each
-channel's batch standard deviation, within the bound); and the whole update against float32's in
-relative L2 norm within 0.5 (measured: at most 0.19, mlp_deep and resnet20; a dropped, doubled,
-unscaled or sign-flipped update is 1 or more).
+So the step is checked where it is well-conditioned: the training-mode loss against the reference
+(its error is at most ``2 max |d logits|``); the output layer's update against the float32 step, within
+twice the logits bound (it is ``h^T (softmax - onehot) / N``, both factors as far off as the logits);
+the batch-norm running statistics against the reference, in units of each channel's batch standard
+deviation, within the bound; and the whole update against float32's in relative L2 norm, within 0.5
+(measured: at most 0.19, mlp_deep and resnet20; a dropped, doubled, unscaled or sign-flipped update
+is 1 or more).
 """
 
 from __future__ import annotations
@@ -143,7 +144,7 @@ def test_one_training_step(probes: dict[str, dict[str, np.ndarray]], fw: str, ar
     moved = {k: p[f"{arch_name}/{precision}/w/{k}"] - params[k] for k in trainable}
     moved32 = {k: p[f"{arch_name}/float32/w/{k}"] - params[k] for k in trainable}
     head = f"{len(arch.layers) - 1}.kernel"
-    Tol(scale=tol).check(moved[head], moved32[head], err_msg=head)
+    Tol(scale=2 * tol).check(moved[head], moved32[head], err_msg=head)  # h^T (softmax - onehot): both err
     diff = math.sqrt(sum(float(((moved[k] - moved32[k]) ** 2).sum()) for k in trainable))
     assert diff <= UPDATE_L2 * math.sqrt(sum(float((v**2).sum()) for v in moved32.values()))
 

@@ -10,22 +10,27 @@ significant bits, ``u = 2**-8``; float16: ``2**-11``) each, while every kernel a
 The errors of one product partly cancel and those of successive products add up like a random walk,
 so the logits' error relative to their scale grows as ``u * sqrt(depth)``, ``depth`` the number of
 matrix products on the longest path (:func:`depth`). Measured on this CPU (AMD EPYC, AVX2 without
-AVX512-BF16: torch's bfloat16 matmuls run its own float32-accumulating fallback, oneDNN's conv a
-reference path, XLA upcasts bfloat16 dots to float32), ``max |logits - ref| / max |ref|`` in units of
-``u * sqrt(depth)``:
+AVX512-BF16: torch's bfloat16 matmuls run ATen's float32-accumulating fallback, XLA upcasts bfloat16
+dots to float32), ``max |logits - ref| / max |ref|`` in units of ``u * sqrt(depth)``:
 
-    model (depth)          torch   jax     tensorflow   (bfloat16; float16 alike: 0.56-0.74)
-    mlp_deep (9)           0.62    0.62    0.62
-    lenet5 (5)             0.73    0.73    0.73         (torch eager = compiled; TF eager 0.73)
-    resnet20 (20)          0.26    0.26    0.20
-    gru (3)                0.61    0.61    0.56
-    transformer (13)       0.74    0.83    0.65
+    model (depth)          torch   jax     tensorflow
+    mlp_deep (9)           0.62    0.62    0.62         bfloat16
+    lenet5 (5)             0.73    0.90    0.91         (eager builds: torch 0.73, JAX 0.90, TF 1.39)
+    resnet20 (20)          0.26    0.18    0.20
+    gru (3)                0.61    0.88    0.91
+    transformer (13)       0.74    0.83    0.64
+    mlp_deep (9)           0.56    0.56    0.56         float16
+    transformer (13)       0.68    0.74    0.78
 
-The bound is ``2.5 * u * sqrt(depth)`` of the scale: at least 3x the worst measured. It rests on the
-roundings the contract itself prescribes, which are the same on every CPU; what another CPU changes
-(AVX512-BF16 or AMX dot products, oneDNN's blocking, XLA's emitters) is the float32 accumulation
-order, worth ~1e-6 here (the float32 suite's tolerances), so the bound holds there too. A kernel that
-accumulated in the low dtype would not: a 256-term bfloat16 sum errs by ~``sqrt(256) u`` per product.
+The bound is ``3 * u * sqrt(depth)`` of the scale: 3.3x the worst compiled path, 2.2x TensorFlow's
+eager CPU kernels (which round partial sums more often). It rests on the roundings the contract itself
+prescribes, the same on every CPU; what another CPU changes (AVX512-BF16 or AMX dot products, oneDNN's
+blocking, XLA's emitters) is the float32 accumulation order, worth ~1e-6 here (the float32 suite's
+tolerances), so it holds there too; ``python -m tests.isa_sweep --precision`` measured the kernel
+variants it can force on this CPU (see the report). A kernel that accumulated a long sum in the low
+dtype would not: 256 bfloat16 terms err by ~``16 u``. Conversely the error must be at least ``u / 10``
+of the scale (measured: 0.8 u and more), or the model did not run in the low dtype at all (float32's
+error is 1e-7).
 
 One training step is not held to that bound weight by weight: the gradients of the deep ReLU models
 are ill-conditioned with respect to the weights' own rounding (in float64 with only the weights rounded
@@ -62,7 +67,7 @@ from workloads.architectures.reference import cross_entropy, forward
 
 LOW_FWS = [fw for fw, info in FRAMEWORKS.items() if info.unsupported_reason("cpu", "bfloat16") is None]
 UNIT_ROUNDOFF = {"bfloat16": 2.0**-8, "float16": 2.0**-11}
-BOUND = 2.5  # times u * sqrt(depth), of the logits' scale (module docstring)
+BOUND = 3.0  # times u * sqrt(depth), of the logits' scale (module docstring)
 UPDATE_L2 = 0.5  # the whole SGD update against float32's, relative L2 (module docstring)
 PRODUCTS: dict[type, int] = {Dense: 1, Conv: 1, Recurrent: 2, TransformerBlock: 6}  # on the longest path
 
@@ -125,7 +130,7 @@ def test_forward_matches_float64_reference(
     got = probes[fw][f"{arch_name}/{precision}/logits"]
     assert got.dtype == np.float32  # logits come back float32
     Tol(scale=bound(arch, precision)).check(got, expected)
-    assert np.abs(got).max() > 0.01  # not trivially zero
+    assert np.abs(got - expected).max() >= UNIT_ROUNDOFF[precision] / 10 * np.abs(expected).max()  # ran low
     if arch_name in EAGER_ARCHS and precision == "bfloat16":
         Tol(scale=bound(arch, precision)).check(probes[fw][f"{arch_name}/{precision}/logits_eager"], expected)
 

@@ -9,8 +9,14 @@ import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from adapters.base import Adapter
+from adapters.base import PRECISIONS, Adapter
 
+# TPUs have no float16 arithmetic: their matrix units and vector units take bfloat16 and float32
+_TPU_NO_FLOAT16 = (
+    "tpu",
+    "float16",
+    "TPUs compute in bfloat16 and float32 (no float16 matrix or vector units); use bfloat16",
+)
 # XLA's CPU runtime (JAX, TensorFlow's jit_compile) keeps its own Eigen pool: one flag set pins it
 _XLA_ONE_THREAD = (("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"),)
 
@@ -26,6 +32,8 @@ class FrameworkInfo:
     precisions: tuple[str, ...]
     compile_modes: tuple[str, ...]  # the modes ``auto``/``on``/``off`` may resolve to
     why_not: tuple[tuple[str, str], ...] = ()  # (device, reason) for devices it lacks
+    # (device or "*", precision, reason): precisions it lacks (everywhere, or on one device)
+    why_not_precision: tuple[tuple[str, str, str], ...] = ()
     options: tuple[str, ...] = ()  # framework-specific build options a suite may set
     modes: tuple[str, ...] = ("train", "infer", "serve")  # trial modes the adapter implements
     thread_vars: tuple[str, ...] = ()  # environment variables its thread pools read at start-up
@@ -51,6 +59,9 @@ class FrameworkInfo:
         if device not in self.devices:
             why = dict(self.why_not).get(device, f"supports {', '.join(self.devices)}")
             return f"{self.name} does not support device {device!r}: {why}"
+        for where, low, why in self.why_not_precision:
+            if low == precision and where in ("*", device):
+                return f"{self.name} does not support precision {precision!r} on {device}: {why}"
         if precision not in self.precisions:
             return f"{self.name} does not support precision {precision!r} (supports {', '.join(self.precisions)})"
         return None
@@ -76,7 +87,7 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
             "adapters.torch_adapter",
             "torch",
             ("cpu", "gpu"),
-            ("float32",),
+            PRECISIONS,
             ("eager", "inductor"),
             thread_vars=("OMP_NUM_THREADS", "MKL_NUM_THREADS"),
             preload=("torch._dynamo",),  # the first optimiser constructed imports it (about 2 s)
@@ -87,8 +98,9 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
             "adapters.tensorflow_adapter",
             "tensorflow",
             ("cpu", "gpu", "tpu"),
-            ("float32",),
+            PRECISIONS,
             ("eager", "xla"),
+            why_not_precision=(_TPU_NO_FLOAT16,),
             thread_vars=("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"),
             one_thread_flags=_XLA_ONE_THREAD,
             runtime_env=(("TF_FORCE_GPU_ALLOW_GROWTH", "true"),),  # peaks mean nothing after a grab-all
@@ -99,8 +111,9 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
             "adapters.jax_adapter",
             "jax",
             ("cpu", "gpu", "tpu"),
-            ("float32",),
+            PRECISIONS,
             ("eager", "jit"),
+            why_not_precision=(_TPU_NO_FLOAT16,),
             one_thread_flags=_XLA_ONE_THREAD,
             runtime_env=(("XLA_PYTHON_CLIENT_PREALLOCATE", "false"),),  # peaks mean nothing after a grab-all
             data_parallel="jax.distributed (gloo on CPU; NCCL/ICI on GPU/TPU), one global mesh",
@@ -114,6 +127,23 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
             ("eager", "hybridize"),
             options=("static_alloc", "static_shape"),
             thread_vars=("OMP_NUM_THREADS", "MXNET_CPU_WORKER_NTHREADS"),
+            why_not_precision=(
+                (
+                    "*",
+                    "bfloat16",
+                    "MXNet 1.9.1's bfloat16 runs only through oneDNN 2.x primitives that need AVX-512 "
+                    "(on AVX2 its FullyConnected fails: 'could not create a primitive descriptor'), its AMP "
+                    "converts a hybridized graph for inference, not float32-master training, and its numpy "
+                    "front end cannot name the dtype ('bfloat16' not understood)",
+                ),
+                (
+                    "*",
+                    "float16",
+                    "MXNet 1.9.1 has no float16 matrix products on CPU (FullyConnected: 'only supported by "
+                    "CuDNN', Convolution: 'FP16 gemm on cpu not implemented', dot: 'float32/float64 for "
+                    "CPU') and no usable GPU build",
+                ),
+            ),
             why_not=(
                 ("gpu", "MXNet's last GPU wheels (1.9.1, CUDA <= 11.7) predate CUDA 11.8 and current drivers"),
                 ("tpu", "MXNet has no TPU backend"),

@@ -13,7 +13,39 @@ Conventions every adapter follows, so that all frameworks run the same computati
 - ``sgd``: ``v = momentum * v + g; p -= lr * v`` (no dampening, no Nesterov, no weight decay);
 - ``adam``: bias-corrected Adam with ``betas = ADAM_BETAS`` and ``eps = ADAM_EPS`` outside the square
   root; the framework's defaults are never relied on;
-- float32 everywhere, TF32 and reduced-precision matmuls off.
+- precision (``BuildOptions.precision``, one of :data:`PRECISIONS`): ``float32`` is float32 everywhere,
+  TF32 and reduced-precision matmuls off. ``bfloat16`` and ``float16`` are *mixed* precision, the same
+  rule in every framework (the "low" dtype is the one named):
+
+  - master weights, optimiser state and batch-norm running statistics stay float32; gradients reach
+    the optimiser float32 (unscaled) and the update is computed and applied in float32;
+    ``export_params`` returns the float32 masters;
+  - matrix products run in the low dtype: dense, convolution, recurrent layers, the attention
+    projections (q, k, v, o), the attention scores q.k and weighted sums p.v, any tied LM head. Their
+    inputs, weights *and biases* are cast to the low dtype and their output is low (kernels may
+    accumulate in float32 inside). The bias is added in the low dtype because torch.autocast's fused
+    linear/conv (and Keras' mixed policies) do so; every framework follows;
+  - a recurrent layer runs its whole recurrence in the low dtype (gate products, gate arithmetic,
+    hidden and cell state), as cuDNN's and oneDNN's fused half-precision RNN kernels do;
+  - float32 islands: batch norm and layer norm cast their input to float32 and compute and return
+    float32 (with their float32 parameters and statistics); the attention softmax runs in float32 on the
+    scores cast up, and its probabilities are cast to the low dtype for p.v (a fused attention kernel,
+    torch's SDPA or ``jax.nn.dot_product_attention``, keeps the q.k accumulation float32 into the
+    softmax; the unfused ones round the scores to the low dtype first); the loss takes the logits cast
+    to float32;
+  - everything else (activations, residual and bias-free adds, pooling, mean pools, reshapes, the
+    embedding lookup, whose table stays float32) runs in its inputs' dtype, low mixed with float32
+    promoting to float32 (TensorFlow, which does not promote, casts the same way explicitly);
+  - ``float16`` only, dynamic loss scaling: the scale starts at ``LOSS_SCALE_INIT`` (2**15); the loss is
+    multiplied by it before the backward pass and the gradients are divided by it in float32; a step
+    with any non-finite gradient is skipped (weights, optimiser state and step count unchanged; the
+    batch-norm running statistics keep the forward pass's update, as in torch) and halves the scale;
+    after ``LOSS_SCALE_GROWTH_INTERVAL`` (2000) consecutive finite steps the scale doubles. ``bfloat16``
+    has float32's exponent range and no loss scaling;
+  - inference: the same casts, logits returned as float32.
+
+  Where a framework cannot honour this on a device, ``FrameworkInfo.unsupported_reason`` says so
+  before anything runs; ``runtime_info`` reports ``precision``, ``compute_dtype`` and ``loss_scaling``.
 """
 
 from __future__ import annotations
@@ -32,6 +64,9 @@ CompileChoice = Literal["auto", "on", "off"]
 Optimizer = Literal["sgd", "adam"]
 
 RUNTIME_KEYS = ("threads", "matmul_precision", "execution_mode")  # in every framework's runtime report
+PRECISIONS = ("float32", "bfloat16", "float16")  # float32, or mixed precision with float32 master weights
+LOSS_SCALE_INIT = 2.0**15  # float16's dynamic loss scale: its start, ...
+LOSS_SCALE_GROWTH_INTERVAL = 2000  # ... doubled after this many consecutive finite steps, halved on a non-finite one
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 
@@ -74,6 +109,13 @@ class Adapter(ABC):
     name: ClassVar[str]
 
     def __init__(self, arch: Architecture, params: dict[str, np.ndarray], options: BuildOptions):
+        from adapters import FRAMEWORKS  # the capability table (plain data)
+
+        reason = FRAMEWORKS[self.name].unsupported_reason(
+            options.device, options.precision, "train" if options.trainable else "infer"
+        )
+        if reason:
+            raise ValueError(reason)
         self.arch = arch
         self.options = options
         self.comm_s = 0.0  # data-parallel: seconds spent in the gradient all-reduce, where it can be timed
@@ -97,6 +139,15 @@ class Adapter(ABC):
         """Leave the data-parallel job, every process together (after a barrier): a process whose
         coordinator has already exited may otherwise be aborted by the framework's runtime."""
         return None  # TensorFlow's strategy needs no leaving
+
+    @property
+    def loss_scaling(self) -> bool:
+        """Whether training scales the loss dynamically (``float16``; see the module docstring)."""
+        return self.options.precision == "float16" and self.options.trainable
+
+    def loss_scale(self) -> float | None:
+        """The current dynamic loss scale (None without loss scaling)."""
+        return None
 
     def comm_s_per_step(self) -> float | None:
         """Mean seconds per training step in the gradient all-reduce (None where not measurable)."""
@@ -157,7 +208,9 @@ class Adapter(ABC):
 
     def runtime(self) -> dict[str, Any]:
         """:meth:`runtime_info` with the keys every framework reports (:data:`RUNTIME_KEYS`) checked."""
-        info = {"execution_mode": self.compile_mode} | self.runtime_info()
+        scaling = f"dynamic, from {LOSS_SCALE_INIT:g}" if self.loss_scaling else "none"
+        info = {"execution_mode": self.compile_mode, "precision": self.options.precision, "loss_scaling": scaling}
+        info |= self.runtime_info()
         missing = [k for k in RUNTIME_KEYS if k not in info]
         if missing:
             raise NotImplementedError(f"{self.name} adapter's runtime_info lacks {', '.join(missing)}")

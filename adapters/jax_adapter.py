@@ -5,6 +5,10 @@ GPU): ``to_device`` moves the channel axis and the adapter converts kernels OI[H
 load and export; every other variable keeps its canonical layout (``adapters/jax_layers.py`` builds
 the layers). Trainable parameters and batch-norm running statistics are separate pytrees: the
 training step differentiates and updates the first only and threads the second through the forward.
+
+Mixed precision (``bfloat16``/``float16``, the contract in ``adapters/base.py``): the parameters stay
+float32 and the layers cast at the matrix products (``jax_layers.Run.low``); float16's dynamic loss
+scaling is part of the jitted step (its scale and finite-step count are optimiser state).
 """
 
 from __future__ import annotations
@@ -16,7 +20,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from adapters.base import ADAM_BETAS, ADAM_EPS, Adapter, BuildOptions, check_params
+from adapters.base import (
+    ADAM_BETAS,
+    ADAM_EPS,
+    LOSS_SCALE_GROWTH_INTERVAL,
+    LOSS_SCALE_INIT,
+    Adapter,
+    BuildOptions,
+    check_params,
+)
 from adapters.jax_layers import Params, build
 from adapters.layout import to_canonical_kernel, to_channel_last, to_native_kernel
 from workloads.architectures import Architecture
@@ -46,29 +58,51 @@ class JaxAdapter(Adapter):
             self._replicated = NamedSharding(mesh, PartitionSpec())
             self._split = NamedSharding(mesh, PartitionSpec("data"))
         self._jit = options.compile != "off"
-        forward = build(arch)
+        forward = build(arch, jnp.dtype(options.precision))
         lr, momentum, optimizer = options.learning_rate, options.momentum, options.optimizer
         b1, b2 = ADAM_BETAS
+        scaling = self.loss_scaling
 
-        def loss_fn(p: Params, state: Params, x: jax.Array, y: jax.Array) -> tuple[jax.Array, Params]:
+        def loss_fn(
+            p: Params, state: Params, x: jax.Array, y: jax.Array, scale: jax.Array
+        ) -> tuple[jax.Array, tuple[jax.Array, Params]]:
             logits, new_state = forward(p, state, x, True)
-            logp = jax.nn.log_softmax(logits, axis=-1)
-            return -jnp.mean(jnp.take_along_axis(logp, y[..., None], axis=-1)), new_state  # over every label
+            logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+            loss = -jnp.mean(jnp.take_along_axis(logp, y[..., None], axis=-1))  # over every label
+            return loss * scale, (loss, new_state)
 
-        def train(p: Params, state: Params, opt: dict[str, Any], x: jax.Array, y: jax.Array) -> TrainStep:
-            (loss, new_state), g = jax.value_and_grad(loss_fn, has_aux=True)(p, state, x, y)
+        def update(p: Params, opt: dict[str, Any], g: Params) -> tuple[Params, dict[str, Any]]:
             if optimizer == "sgd":
                 v = {k: momentum * opt["v"][k] + g[k] for k in p}
-                return {k: p[k] - lr * v[k] for k in p}, new_state, {"v": v}, loss
+                return {k: p[k] - lr * v[k] for k in p}, {"v": v}
             t = opt["t"] + 1
             m = {k: b1 * opt["m"][k] + (1 - b1) * g[k] for k in p}
             s = {k: b2 * opt["s"][k] + (1 - b2) * g[k] * g[k] for k in p}
             c1, c2 = 1 - b1**t, 1 - b2**t
             new = {k: p[k] - lr * (m[k] / c1) / (jnp.sqrt(s[k] / c2) + ADAM_EPS) for k in p}
-            return new, new_state, {"t": t, "m": m, "s": s}, loss
+            return new, {"t": t, "m": m, "s": s}
+
+        def train(p: Params, state: Params, opt: dict[str, Any], x: jax.Array, y: jax.Array) -> TrainStep:
+            scale = opt["scale"] if scaling else jnp.float32(1)
+            grad_fn = jax.grad(loss_fn, has_aux=True)
+            g, (loss, new_state) = grad_fn(p, state, x, y, scale)
+            if not scaling:
+                new, new_opt = update(p, opt, g)
+                return new, new_state, new_opt, loss
+            g = {k: v / scale for k, v in g.items()}  # float32 gradients, unscaled
+            finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in g.values()]))
+            slots = {k: v for k, v in opt.items() if k not in ("scale", "good")}
+            stepped, stepped_opt = update(p, slots, g)
+            keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+            good = jnp.where(finite, opt["good"] + 1, 0)
+            grow = good >= LOSS_SCALE_GROWTH_INTERVAL
+            new_opt = jax.tree_util.tree_map(keep, stepped_opt, slots)
+            new_opt["scale"] = jnp.where(finite, jnp.where(grow, scale * 2, scale), scale / 2)
+            new_opt["good"] = jnp.where(grow, 0, good)
+            return jax.tree_util.tree_map(keep, stepped, p), new_state, new_opt, loss
 
         def infer(p: Params, state: Params, x: jax.Array) -> jax.Array:
-            return forward(p, state, x, False)[0]
+            return forward(p, state, x, False)[0].astype(jnp.float32)
 
         self._train = jax.jit(train, donate_argnums=(0, 1, 2)) if self._jit else train
         self._infer = jax.jit(infer) if self._jit else infer
@@ -152,6 +186,14 @@ class JaxAdapter(Adapter):
             self.opt_state = {"v": zeros()}
         else:
             self.opt_state = {"t": self._put(np.zeros((), np.int32)), "m": zeros(), "s": zeros()}
+        if self.loss_scaling:
+            self.opt_state |= {
+                "scale": self._put(np.array(LOSS_SCALE_INIT, np.float32)),
+                "good": self._put(np.zeros((), np.int32)),
+            }
+
+    def loss_scale(self) -> float | None:
+        return float(self.to_numpy(self.opt_state["scale"])) if self.loss_scaling else None
 
     def export_params(self) -> dict[str, np.ndarray]:
         values = self.params | self.state
@@ -174,6 +216,7 @@ class JaxAdapter(Adapter):
             "backend": jax.default_backend(),
             "device": str(self.device),
             "matmul_precision": str(jax.config.jax_default_matmul_precision),  # type: ignore[attr-defined]
+            "compute_dtype": self.options.precision,  # the matrix products' (jax_layers.Run.compute)
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "schedulable_cpus": cpus,
             "processes": jax.process_count(),

@@ -7,6 +7,11 @@ layer canonical data; ``compose`` inserts a transpose only where a layer needs t
 (Flatten after a convolution, so dense layers see the channel-first order). A ``ToSequence`` after
 channel-last data is a reshape: ``(N, *spatial, C)`` already is the sequence, positions row-major.
 
+Precision (the contract in ``adapters/base.py``): ``Run.compute`` is the dtype of the matrix products;
+they cast their inputs, weights and biases with :meth:`Run.low` (a no-op in float32). Batch norm and
+layer norm cast their input to float32; the attention softmax is float32 inside
+``jax.nn.dot_product_attention``; everything else follows jnp's promotion.
+
 Batch norm reads its running statistics from :class:`Run` and, in training mode, writes the updated
 ones to ``Run.new_state``: the forward stays a pure function of ``(params, state, x)``.
 
@@ -70,10 +75,15 @@ class Run:
     params: Params
     state: Params
     training: bool
+    compute: Any = jnp.float32  # the matrix products' dtype
     new_state: Params = field(default_factory=dict)
 
     def var(self, path: str, kind: str) -> jax.Array:
         return self.params[variable_name(path, kind)]
+
+    def low(self, x: jax.Array) -> jax.Array:
+        """``x`` in the matrix products' dtype."""
+        return x.astype(self.compute)
 
 
 LayerFn = Callable[[Run, jax.Array], jax.Array]
@@ -88,9 +98,29 @@ def _to_channel_first(run: Run, x: jax.Array) -> jax.Array:
 
 
 def _normalise_last(x: jax.Array, gamma: jax.Array, beta: jax.Array, eps: float) -> jax.Array:
+    x = x.astype(jnp.float32)
     mean = jnp.mean(x, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
     return (x - mean) * jax.lax.rsqrt(var + eps) * gamma + beta
+
+
+def _affine(run: Run, x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
+    """``x @ w + b``, a matrix product: in the compute dtype."""
+    return run.low(x) @ run.low(w) + run.low(b)
+
+
+def _dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, **options: Any) -> jax.Array:
+    """``jax.nn.dot_product_attention`` (scores accumulated float32 into a float32 softmax, probabilities
+    back in the input dtype for p.v). For float16 its own XLA path's steps written out: it asks for the
+    ``F16_F16_F32`` dot algorithm, which XLA:CPU does not have; a float32-accumulating dot is the same."""
+    if q.dtype != jnp.float16:
+        return jax.nn.dot_product_attention(q, k, v, **options)
+    logits = jnp.einsum("nthd,nshd->nhts", q, k, preferred_element_type=jnp.float32) * options["scale"]
+    if options.get("is_causal"):
+        t = logits.shape[-1]
+        logits = jnp.where(jnp.tril(jnp.ones((t, t), bool)), logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jnp.einsum("nhts,nshd->nthd", probs, v)
 
 
 # Builders: (path, layer, input sample shape, ctx) -> fn(run, x).
@@ -100,8 +130,8 @@ def _dense(path: str, layer: Dense, shape: Shape, ctx: FunctionComposer) -> Laye
     act = ACTIVATIONS[layer.activation]
 
     def f(run: Run, x: jax.Array) -> jax.Array:
-        x = x @ run.var(path, "kernel")
-        return act(x + run.var(path, "bias") if layer.bias else x)
+        x = run.low(x) @ run.low(run.var(path, "kernel"))
+        return act(x + run.low(run.var(path, "bias")) if layer.bias else x)
 
     return f
 
@@ -111,13 +141,13 @@ def _conv(path: str, layer: Conv, shape: Shape, ctx: FunctionComposer) -> LayerF
 
     def f(run: Run, x: jax.Array) -> jax.Array:
         x = jax.lax.conv_general_dilated(
-            x,
-            run.var(path, "kernel"),
+            run.low(x),
+            run.low(run.var(path, "kernel")),
             window_strides=layer.stride,
             padding=padding,
             dimension_numbers=_DIMS[layer.spatial_dims],
         )
-        return act(x + run.var(path, "bias") if layer.bias else x)
+        return act(x + run.low(run.var(path, "bias")) if layer.bias else x)
 
     return f
 
@@ -147,6 +177,7 @@ def _batch_norm(path: str, layer: BatchNorm, shape: Shape, ctx: FunctionComposer
     mean_key, var_key = variable_name(path, "running_mean"), variable_name(path, "running_var")
 
     def f(run: Run, x: jax.Array) -> jax.Array:
+        x = x.astype(jnp.float32)
         if run.training:
             axes = tuple(range(x.ndim - 1))  # every axis but the (last) channel axis
             mean = jnp.mean(x, axis=axes)
@@ -212,8 +243,9 @@ def _recurrent(path: str, layer: Recurrent, shape: Shape, ctx: FunctionComposer)
 
     def f(run: Run, x: jax.Array) -> jax.Array:
         def p(kind: str) -> jax.Array:
-            return run.var(path, kind)
+            return run.low(run.var(path, kind))
 
+        x = run.low(x)
         xs = []
         for d in dirs:
             bias = p(f"b_ih{d}") if gru else p(f"b_ih{d}") + p(f"b_hh{d}")
@@ -250,12 +282,12 @@ def _transformer_block(path: str, layer: TransformerBlock, shape: Shape, ctx: Fu
             return run.var(path, kind)
 
         h = _normalise_last(x, p("ln1.gamma"), p("ln1.beta"), LAYER_NORM_EPS)
-        q, k, v = ((h @ p(f"w{c}") + p(f"b{c}")).reshape(*x.shape[:-1], heads, -1) for c in "qkv")
-        attn = jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=layer.causal)  # (N, T, heads, D / heads)
+        q, k, v = (_affine(run, h, p(f"w{c}"), p(f"b{c}")).reshape(*x.shape[:-1], heads, -1) for c in "qkv")
+        attn = _dot_product_attention(q, k, v, scale=scale, is_causal=layer.causal)  # (N, T, heads, D / heads)
         attn = attn.reshape(x.shape)
-        x = x + attn @ p("wo") + p("bo")
+        x = x + _affine(run, attn, p("wo"), p("bo"))
         h = _normalise_last(x, p("ln2.gamma"), p("ln2.beta"), LAYER_NORM_EPS)
-        return x + ACTIVATIONS["gelu"](h @ p("w1") + p("b1")) @ p("w2") + p("b2")
+        return x + _affine(run, ACTIVATIONS["gelu"](_affine(run, h, p("w1"), p("b1"))), p("w2"), p("b2"))
 
     return f
 
@@ -277,7 +309,8 @@ def _first_token(path: str, layer: FirstToken, shape: Shape, ctx: FunctionCompos
 
 
 def _lm_head(path: str, layer: LMHead, shape: Shape, ctx: FunctionComposer) -> LayerFn:
-    return lambda run, x: x @ run.params[TIED_TABLE].T  # the embedding's table: its gradient adds up
+    # the embedding's table (its gradient adds up), a matrix product: in the compute dtype
+    return lambda run, x: run.low(x) @ run.low(run.params[TIED_TABLE]).T
 
 
 BUILDERS: dict[type, Builder[LayerFn]] = {
@@ -300,12 +333,13 @@ BUILDERS: dict[type, Builder[LayerFn]] = {
 }
 
 
-def build(arch: Architecture) -> Forward:
-    """``forward(params, state, x, training) -> (logits, state after the pass)``."""
+def build(arch: Architecture, compute: Any = jnp.float32) -> Forward:
+    """``forward(params, state, x, training) -> (logits, state after the pass)``, its matrix products in
+    ``compute`` (float32 parameters; the logits come in the last layer's dtype)."""
     body = compose(arch, BUILDERS, FunctionComposer(ACTIVATIONS, _to_channel_last, _to_channel_first))
 
     def forward(params: Params, state: Params, x: jax.Array, training: bool) -> tuple[jax.Array, Params]:
-        run = Run(params, state, training)
+        run = Run(params, state, training, compute)
         logits = body(run, x)
         return logits, state | run.new_state
 

@@ -8,6 +8,11 @@ convolutions only take NWC/NHWC); conv kernels are converted OI[H]W <-> [H]WIO o
 The layers live in :mod:`adapters.tensorflow_layers`. Batch-norm running statistics are
 non-trainable variables: loaded and exported with the weights, updated by the training step's
 forward pass, never seen by the gradient or the optimiser.
+
+Mixed precision (``bfloat16``/``float16``, the contract in ``adapters/base.py``): explicit casts in the
+layers (Keras' mixed policies are not used, as Keras is not); float16's dynamic loss scaling is
+written into the step (the scale and the finite-step count are variables), a skipped step a
+``tf.cond`` around the update.
 """
 
 from __future__ import annotations
@@ -29,7 +34,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.modules.setdefault("keras.src.optimizers", None)  # type: ignore[arg-type]
 import tensorflow as tf  # noqa: E402
 
-from adapters.base import ADAM_BETAS, ADAM_EPS, Adapter, BuildOptions, check_params  # noqa: E402
+from adapters.base import (  # noqa: E402
+    ADAM_BETAS,
+    ADAM_EPS,
+    LOSS_SCALE_GROWTH_INTERVAL,
+    LOSS_SCALE_INIT,
+    Adapter,
+    BuildOptions,
+    check_params,
+)
 from adapters.layout import to_canonical_kernel, to_channel_last, to_native_kernel  # noqa: E402
 from adapters.tensorflow_layers import build  # noqa: E402
 from workloads.architectures import Architecture  # noqa: E402
@@ -76,22 +89,36 @@ class TensorflowAdapter(Adapter):
                 for k, v in params.items()
             }
             self._slots = self._make_slots() if options.trainable else {}
+            self._scale = tf.Variable(LOSS_SCALE_INIT, trainable=False)  # float16 only: the loss scale, ...
+            self._good = tf.Variable(0, trainable=False)  # ... and the finite steps since it last changed
         order = [k for k, v in self.vars.items() if v.trainable]
         variables = [self.vars[k] for k in order]
         lr, momentum, optimizer = options.learning_rate, options.momentum, options.optimizer
         b1, b2 = ADAM_BETAS
-        forward = partial(build(arch), self.vars)
+        forward = partial(build(arch, tf.as_dtype(options.precision)), self.vars)
+        scaling = self.loss_scaling
 
         def gradients(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
             with tf.GradientTape() as tape:
-                logits = forward(x, True)
+                logits = tf.cast(forward(x, True), tf.float32)
                 loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits))
+                scaled = loss * self._scale if scaling else loss
             # the embedding table's gradient comes as IndexedSlices: made dense, as the update touches every row
-            return loss, {
-                k: tf.convert_to_tensor(g) for k, g in zip(order, tape.gradient(loss, variables), strict=True)
-            }
+            grads = [tf.convert_to_tensor(g) for g in tape.gradient(scaled, variables)]
+            return loss, {k: g / self._scale if scaling else g for k, g in zip(order, grads, strict=True)}
 
         def apply(grads: dict[str, tf.Tensor]) -> None:
+            if not scaling:
+                return update(grads)
+            finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads.values()])
+            tf.cond(finite, lambda: update(grads), lambda: None)  # a non-finite step: skipped
+            good = tf.where(finite, self._good + 1, 0)
+            grow = good >= LOSS_SCALE_GROWTH_INTERVAL
+            self._scale.assign(tf.where(finite, tf.where(grow, 2.0, 1.0), 0.5) * self._scale)
+            self._good.assign(tf.where(grow, 0, good))
+            return None
+
+        def update(grads: dict[str, tf.Tensor]) -> None:
             s = self._slots
             if optimizer == "sgd":
                 for k in order:
@@ -116,7 +143,7 @@ class TensorflowAdapter(Adapter):
         if options.workers > 1:  # XLA cannot compile the collective: gradients and update compile apart
             self._gradients, self._apply = wrap(gradients), wrap(apply)
             self._train = self._data_parallel_step
-        self._infer = wrap(lambda x: forward(x, False))
+        self._infer = wrap(lambda x: tf.cast(forward(x, False), tf.float32))
         self._synced = True
 
     def _make_slots(self) -> dict[str, tf.Variable]:
@@ -191,6 +218,11 @@ class TensorflowAdapter(Adapter):
             self.vars[k].assign(to_native_kernel(v))
         for slot in self._slots.values():
             slot.assign(tf.zeros_like(slot))
+        self._scale.assign(LOSS_SCALE_INIT)
+        self._good.assign(0)
+
+    def loss_scale(self) -> float | None:
+        return float(self._scale.numpy()) if self.loss_scaling else None
 
     def export_params(self) -> dict[str, np.ndarray]:
         return {k: to_canonical_kernel(v.numpy()) for k, v in self.vars.items()}
@@ -210,6 +242,7 @@ class TensorflowAdapter(Adapter):
             "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
             "tensor_float_32": tf.config.experimental.tensor_float_32_execution_enabled(),
             "matmul_precision": "highest (float32, TF32 off)",
+            "compute_dtype": self.options.precision,  # the matrix products' (tensorflow_layers.Run.compute)
         }
 
 

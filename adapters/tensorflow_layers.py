@@ -7,6 +7,11 @@ axis read channel-last data, every other one the canonical layout, and ``compose
 where the layout changes (before a ``Flatten`` after a convolution). Batch-norm running statistics
 are non-trainable variables, updated with ``assign`` in training mode.
 
+Precision (the contract in ``adapters/base.py``): ``Run.compute`` is the dtype of the matrix products;
+they cast their inputs, weights and biases with :meth:`Run.low` (a no-op in float32). Batch norm, layer
+norm and the attention softmax cast their input to float32. TensorFlow does not promote mixed dtypes,
+so the adds that meet a low and a float32 operand (residuals) promote explicitly (:func:`_add`).
+
 Shape shared with the other ``*_layers`` modules (see ``workloads.architectures.compose``):
 ``ACTIVATIONS``, ``BUILDERS`` (one builder ``(path, layer, shape, ctx) -> fn`` per leaf type), the
 build context (a ``FunctionComposer``) and ``build(arch)`` through ``compose``.
@@ -24,6 +29,7 @@ import tensorflow as tf
 
 from workloads.architectures.architecture import Architecture
 from workloads.architectures.compose import Builder, FunctionComposer, compose
+from workloads.architectures.compose import LayerFn as Piece
 from workloads.architectures.layers import (
     LAYER_NORM_EPS,
     TIED_TABLE,
@@ -41,6 +47,7 @@ from workloads.architectures.layers import (
     PadShortcut,
     Pool,
     Recurrent,
+    Residual,
     Shape,
     TokenMeanPool,
     ToSequence,
@@ -65,9 +72,14 @@ class Run:
 
     variables: Variables
     training: bool
+    compute: tf.DType = tf.float32  # the matrix products' dtype
 
     def var(self, path: str, kind: str) -> tf.Variable:
         return self.variables[variable_name(path, kind)]
+
+    def low(self, x: tf.Tensor) -> tf.Tensor:
+        """``x`` in the matrix products' dtype."""
+        return tf.cast(x, self.compute)
 
 
 LayerFn = Callable[[Run, tf.Tensor], tf.Tensor]
@@ -86,7 +98,28 @@ def _bias_act(x: tf.Tensor, bias: tf.Variable | None, activation: Activation) ->
     return ACTIVATIONS[activation](x if bias is None else x + bias)
 
 
+def _add(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+    """``a + b``, a low-precision and a float32 operand promoted to float32 (as torch and jnp do)."""
+    if a.dtype != b.dtype:
+        a, b = tf.cast(a, tf.float32), tf.cast(b, tf.float32)
+    return a + b
+
+
+def _affine(run: Run, x: tf.Tensor, w: tf.Variable, b: tf.Variable) -> tf.Tensor:
+    """``x @ w + b``, a matrix product: in the compute dtype."""
+    return tf.matmul(run.low(x), run.low(w)) + run.low(b)
+
+
+class _Composer(FunctionComposer):
+    """Residual joins that promote mixed dtypes (a float32 shortcut meeting a low-precision body)."""
+
+    def residual(self, layer: Residual, body: Piece, shortcut: Piece) -> Piece:
+        act = self.activations[layer.activation]
+        return lambda run, x: act(_add(body(run, x), shortcut(run, x)))
+
+
 def _normalise_last(x: tf.Tensor, gamma: tf.Variable, beta: tf.Variable, eps: float) -> tf.Tensor:
+    x = tf.cast(x, tf.float32)
     mean, var = tf.nn.moments(x, [-1], keepdims=True)
     return (x - mean) * tf.math.rsqrt(var + eps) * gamma + beta
 
@@ -96,8 +129,8 @@ def _normalise_last(x: tf.Tensor, gamma: tf.Variable, beta: tf.Variable, eps: fl
 
 def _dense(path: str, layer: Dense, shape: Shape, ctx: FunctionComposer) -> LayerFn:
     def fn(run: Run, x: tf.Tensor) -> tf.Tensor:
-        bias = run.var(path, "bias") if layer.bias else None
-        return _bias_act(tf.matmul(x, run.var(path, "kernel")), bias, layer.activation)
+        bias = run.low(run.var(path, "bias")) if layer.bias else None
+        return _bias_act(tf.matmul(run.low(x), run.low(run.var(path, "kernel"))), bias, layer.activation)
 
     return fn
 
@@ -107,9 +140,9 @@ def _conv(path: str, layer: Conv, shape: Shape, ctx: FunctionComposer) -> LayerF
     explicit = any(layer.padding)
 
     def fn(run: Run, x: tf.Tensor) -> tf.Tensor:
-        x = tf.pad(x, pad) if explicit else x
-        y = tf.nn.convolution(x, run.var(path, "kernel"), list(layer.stride), "VALID")
-        return _bias_act(y, run.var(path, "bias") if layer.bias else None, layer.activation)
+        x = tf.pad(run.low(x), pad) if explicit else run.low(x)
+        y = tf.nn.convolution(x, run.low(run.var(path, "kernel")), list(layer.stride), "VALID")
+        return _bias_act(y, run.low(run.var(path, "bias")) if layer.bias else None, layer.activation)
 
     return fn
 
@@ -142,6 +175,7 @@ def _batch_norm(path: str, layer: BatchNorm, shape: Shape, ctx: FunctionComposer
     m = layer.momentum
 
     def fn(run: Run, x: tf.Tensor) -> tf.Tensor:
+        x = tf.cast(x, tf.float32)
         rank = len(x.shape)
         axes, shape = list(range(rank - 1)), [1] * (rank - 1) + [-1]
         mean_run, var_run = run.var(path, "running_mean"), run.var(path, "running_var")
@@ -208,12 +242,15 @@ def _recurrent(path: str, layer: Recurrent, shape: Shape, ctx: FunctionComposer)
     cell = _gru_cell if layer.cell == "gru" else _lstm_cell
 
     def fn(run: Run, x: tf.Tensor) -> tf.Tensor:
-        projected = []
+        def v(kind: str) -> tf.Tensor:
+            return run.low(run.var(path, kind))
+
+        x, projected = run.low(x), []
         for d in layer.directions:
-            p = tf.einsum("ntf,gf->tng", x, run.var(path, f"w_ih{d}")) + run.var(path, f"b_ih{d}")  # (T, N, G*H)
+            p = tf.einsum("ntf,gf->tng", x, v(f"w_ih{d}")) + v(f"b_ih{d}")  # (T, N, G*H)
             projected.append(tf.reverse(p, [0]) if d else p)
-        w_hh = tf.stack([run.var(path, f"w_hh{d}") for d in layer.directions])  # (D, G*H, H)
-        b_hh = tf.stack([run.var(path, f"b_hh{d}") for d in layer.directions])[:, None, :]  # (D, 1, G*H)
+        w_hh = tf.stack([v(f"w_hh{d}") for d in layer.directions])  # (D, G*H, H)
+        b_hh = tf.stack([v(f"b_hh{d}") for d in layer.directions])[:, None, :]  # (D, 1, G*H)
         zeros = tf.zeros([len(layer.directions), tf.shape(x)[0], layer.hidden], x.dtype)
         init: tuple[tf.Tensor, ...] = (zeros,) if layer.cell == "gru" else (zeros, zeros)
         steps = tf.scan(lambda state, x_t: cell(x_t, state, w_hh, b_hh), tf.stack(projected, axis=1), init)
@@ -244,16 +281,16 @@ def _transformer_block(path: str, layer: TransformerBlock, shape: Shape, ctx: Fu
             return run.var(path, kind)
 
         h = _normalise_last(x, p("ln1.gamma"), p("ln1.beta"), LAYER_NORM_EPS)
-        q, k, v = (tf.reshape(tf.matmul(h, p(f"w{c}")) + p(f"b{c}"), split) for c in "qkv")
-        scores = tf.einsum("nqhd,nkhd->nhqk", q, k) * scale
+        q, k, v = (tf.reshape(_affine(run, h, p(f"w{c}"), p(f"b{c}")), split) for c in "qkv")
+        scores = tf.cast(tf.einsum("nqhd,nkhd->nhqk", q, k), tf.float32) * scale
         if layer.causal:  # query i sees keys j <= i; exp(-inf) = 0 leaves the later ones out of the softmax
             visible = tf.linalg.band_part(tf.ones([t, t], scores.dtype), -1, 0) > 0
             scores = tf.where(visible, scores, -math.inf)
-        mixed = tf.einsum("nhqk,nkhd->nqhd", tf.nn.softmax(scores, axis=-1), v)
-        x = x + (tf.matmul(tf.reshape(mixed, [-1, t, d]), p("wo")) + p("bo"))
+        mixed = tf.einsum("nhqk,nkhd->nqhd", run.low(tf.nn.softmax(scores, axis=-1)), v)
+        x = _add(x, _affine(run, tf.reshape(mixed, [-1, t, d]), p("wo"), p("bo")))
         h = _normalise_last(x, p("ln2.gamma"), p("ln2.beta"), LAYER_NORM_EPS)
-        h = ACTIVATIONS["gelu"](tf.matmul(h, p("w1")) + p("b1"))
-        return x + tf.matmul(h, p("w2")) + p("b2")
+        h = ACTIVATIONS["gelu"](_affine(run, h, p("w1"), p("b1")))
+        return _add(x, _affine(run, h, p("w2"), p("b2")))
 
     return fn
 
@@ -265,7 +302,8 @@ def _token_mean_pool(path: str, layer: TokenMeanPool, shape: Shape, ctx: Functio
 def _class_token(path: str, layer: ClassToken, shape: Shape, ctx: FunctionComposer) -> LayerFn:
     def fn(run: Run, x: tf.Tensor) -> tf.Tensor:
         cls = tf.broadcast_to(run.var(path, "cls"), [tf.shape(x)[0], 1, x.shape[-1]])
-        return tf.concat([cls, x], axis=1) + run.var(path, "positions")
+        # low-precision patches join the float32 token as float32 (the promotion torch and jnp apply)
+        return tf.concat([cls, tf.cast(x, cls.dtype)], axis=1) + run.var(path, "positions")
 
     return fn
 
@@ -275,7 +313,8 @@ def _first_token(path: str, layer: FirstToken, shape: Shape, ctx: FunctionCompos
 
 
 def _lm_head(path: str, layer: LMHead, shape: Shape, ctx: FunctionComposer) -> LayerFn:
-    return lambda run, x: tf.einsum("ntd,vd->ntv", x, run.variables[TIED_TABLE])  # the embedding's table
+    # the embedding's table, a matrix product: in the compute dtype
+    return lambda run, x: tf.einsum("ntd,vd->ntv", run.low(x), run.low(run.variables[TIED_TABLE]))
 
 
 BUILDERS: dict[type, Builder[LayerFn]] = {
@@ -298,9 +337,10 @@ BUILDERS: dict[type, Builder[LayerFn]] = {
 }
 
 
-def build(arch: Architecture) -> Forward:
+def build(arch: Architecture, compute: tf.DType = tf.float32) -> Forward:
     """``forward(variables, x, training) -> logits``; float inputs with spatial dims arrive channel-last
-    (``adapters.layout``), batch-norm running statistics are updated in place when ``training``.
+    (``adapters.layout``), batch-norm running statistics are updated in place when ``training``; the
+    matrix products run in ``compute`` (the logits come in the last layer's dtype).
     """
-    body = compose(arch, BUILDERS, FunctionComposer(ACTIVATIONS, _to_channel_last, _to_channel_first))
-    return lambda variables, x, training: body(Run(variables, training), x)
+    body = compose(arch, BUILDERS, _Composer(ACTIVATIONS, _to_channel_last, _to_channel_first))
+    return lambda variables, x, training: body(Run(variables, training, compute), x)

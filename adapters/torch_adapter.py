@@ -4,6 +4,13 @@ On CPU the default (``compile="auto"``) is eager: inductor's C++ compile costs t
 process and, for these model sizes, buys little over the oneDNN/MKL eager kernels. ``compile="on"``
 forces inductor anywhere. Recurrent layers run cuDNN/oneDNN's fused ``nn.GRU``/``nn.LSTM`` kernels
 (dynamo leaves them out of the compiled graph rather than unrolling them).
+
+Mixed precision (``bfloat16``/``float16``, the contract in ``adapters/base.py``): ``torch.autocast``
+casts the matrix products (linear, conv, SDPA; bias included); where its op lists differ from the
+contract the adapter casts explicitly: batch norm and layer norm get their input as float32 (a forward
+pre-hook: on CPU autocast would run them on the low dtype, through ATen's mixed kernels), recurrent
+layers cast their weights themselves (``torch_layers._Recurrent``), the logits go to the loss and out
+of ``infer`` as float32. float16 trains through ``torch.amp.GradScaler`` with the contract's settings.
 """
 
 from __future__ import annotations
@@ -17,7 +24,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adapters.base import ADAM_BETAS, ADAM_EPS, Adapter, BuildOptions, check_params
+from adapters.base import (
+    ADAM_BETAS,
+    ADAM_EPS,
+    LOSS_SCALE_GROWTH_INTERVAL,
+    LOSS_SCALE_INIT,
+    Adapter,
+    BuildOptions,
+    check_params,
+)
 from adapters.torch_layers import build
 from workloads.architectures import Architecture
 
@@ -35,6 +50,20 @@ class TorchAdapter(Adapter):
         self.model, self._bindings = build(arch)
         self.model.to(self.device)
         self._rnns = [m for m in self.model.modules() if isinstance(m, nn.RNNBase)]
+        low = options.precision != "float32"
+        self._autocast = torch.autocast(self.device.type, getattr(torch, options.precision), enabled=low)
+        if low:  # the float32 islands autocast does not make (see the module docstring)
+            for m in self.model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm | nn.LayerNorm):
+                    m.register_forward_pre_hook(_float32_input)
+        self._scaler = torch.amp.GradScaler(
+            self.device.type,
+            init_scale=LOSS_SCALE_INIT,
+            growth_factor=2.0,
+            backoff_factor=0.5,
+            growth_interval=LOSS_SCALE_GROWTH_INTERVAL,
+            enabled=self.loss_scaling,
+        )
         compiled = options.compile == "on" or (options.compile == "auto" and self.device.type == "cuda")
         self._mode = "inductor" if compiled else "eager"
         self._forward: Any = torch.compile(self.model) if compiled else self.model
@@ -110,20 +139,22 @@ class TorchAdapter(Adapter):
         if not self.model.training:  # a recursive walk over the modules: not on every step
             self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        logits = self._forward(x)  # (N, *P, C) against labels (N, *P): the mean over every label
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-        loss.backward()
+        with self._autocast:
+            logits = self._forward(x)  # (N, *P, C) against labels (N, *P): the mean over every label
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
+        self._scaler.scale(loss).backward()
         if self.options.workers > 1:
             self._all_reduce_gradients()
-        self.optimizer.step()
+        self._scaler.step(self.optimizer)  # float16: unscaled, skipped on a non-finite gradient
+        self._scaler.update()
         return loss.detach()
 
     def infer(self, x: torch.Tensor) -> torch.Tensor:
         if self.model.training:
             self.model.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast:
             out: torch.Tensor = self._forward(x)
-        return out
+        return out.float()
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -146,6 +177,9 @@ class TorchAdapter(Adapter):
                 rnn.flatten_parameters()
         # torch.optim imports torch._dynamo (about 2 s): only pay for it when training
         self.optimizer = self._make_optimizer() if self.options.trainable else None
+
+    def loss_scale(self) -> float | None:
+        return float(self._scaler.get_scale()) if self.loss_scaling else None
 
     def export_params(self) -> dict[str, np.ndarray]:
         """Parameters and batch-norm running statistics, float32, canonical layout (fresh arrays)."""
@@ -170,7 +204,14 @@ class TorchAdapter(Adapter):
             "inter_op_threads": torch.get_num_interop_threads(),
             "matmul_precision": torch.get_float32_matmul_precision(),
             "allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+            "compute_dtype": self.options.precision,
+            "autocast": "off" if (low := self.options.precision) == "float32" else f"{self.device.type} {low}",
         }
+
+
+def _float32_input(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """A normalisation's input as float32 (the contract's float32 island)."""
+    return (args[0].float(), *args[1:])
 
 
 ADAPTER = TorchAdapter

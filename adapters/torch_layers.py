@@ -148,7 +148,16 @@ class _Recurrent(nn.Module):
         self.sequences = layer.sequences
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out, state = self.rnn(x)
+        device = x.device.type
+        if torch.is_autocast_enabled(device):
+            # mixed precision: the whole recurrence in the low dtype (autocast leaves nn.GRU float32 and
+            # sends nn.LSTM to oneDNN's bfloat16 primitive, which needs AVX-512): weights cast here
+            low = torch.get_autocast_dtype(device)
+            weights = {k: w.to(low) for k, w in self.rnn.named_parameters()}
+            with torch.autocast(device, enabled=False):
+                out, state = torch.func.functional_call(self.rnn, weights, (x.to(low),))
+        else:
+            out, state = self.rnn(x)
         if self.sequences:
             return out
         h = state[0] if isinstance(state, tuple) else state  # (D, N, H); LSTM returns (h, c)

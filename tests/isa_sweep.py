@@ -7,7 +7,9 @@ libraries through their own controls and reruns every framework's probe (``tests
 the conformance quantities against the float64 reference); the report gives, per quantity, the worst
 difference absolute and relative to the output's scale (max |value|), between frameworks within a
 variant, between variants of one framework, and over every (framework, variant) mix. Results are
-cached in OUT_DIR (delete a variant's folder to rerun it).
+cached in OUT_DIR (delete a variant's folder to rerun it). ``python -m tests.isa_sweep --precision OUT_DIR
+[VARIANT ...]`` does the same for ``tests.precision_probe`` and reports the share of
+``tests/test_precision.py``'s bounds each (framework, variant) takes.
 
 Controls, as checked against these versions (torch 2.13, TF 2.21, jax/jaxlib 0.10.2, MXNet 1.9.1):
 
@@ -240,9 +242,60 @@ def report(out_dir: Path) -> None:
         print(f"{row[0]:20} {row[1]:7}{cells} {d:9.2e} {used:6.3f}  {where}")
 
 
+def run_precision_variant(out_dir: Path, variant: str) -> None:
+    """``tests.precision_probe`` under one variant, for every framework with a low precision on CPU."""
+    from harness.envs import interpreter
+    from tests.test_precision import LOW_FWS
+
+    env = os.environ | VARIANTS[variant]
+    (out_dir / variant).mkdir(parents=True, exist_ok=True)
+    for fw in LOW_FWS:
+        path = out_dir / variant / f"precision-{fw}.npz"
+        if not path.exists():
+            cmd = [interpreter(fw), "-m", "tests.precision_probe", fw, str(path)]
+            proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+            if proc.returncode:
+                raise RuntimeError(f"{variant} precision {fw}:\n{proc.stderr[-3000:]}")
+            print(f"{variant} precision {fw}: done", flush=True)
+
+
+def precision_report(out_dir: Path) -> None:
+    """Per (framework, variant): the largest share of ``tests/test_precision.py``'s bounds taken."""
+    from tests.precision_probe import batch
+    from tests.test_precision import FORWARD, bound
+    from workloads.architectures import ARCHITECTURES
+    from workloads.architectures.reference import forward
+
+    print(f"{'framework':11} {'variant':8} {'logits':>7} {'head':>6} {'l2':>6}  worst at (share of the bound)")
+    for path in sorted(out_dir.glob("*/precision-*.npz")):
+        p, fw, variant = dict(np.load(path)), path.stem.split("-", 1)[1], path.parent.name
+        worst = {"logits": (0.0, ""), "head": (0.0, ""), "l2": (0.0, "")}
+        for arch_name, precision in FORWARD:
+            arch = ARCHITECTURES[arch_name]
+            params, (x, _) = arch.init_variables(13), batch(arch_name)
+            tol, state = Tol(scale=bound(arch, precision)), set(arch.state_layout())
+            used = {"logits": tol.used(p[f"{arch_name}/{precision}/logits"], forward(arch, params, x)[0])}
+            head = f"{len(arch.layers) - 1}.kernel"
+            moved = {k: p[f"{arch_name}/{precision}/w/{k}"] - params[k] for k in params if k not in state}
+            moved32 = {k: p[f"{arch_name}/float32/w/{k}"] - params[k] for k in moved}
+            used["head"] = Tol(scale=2 * tol.scale).used(moved[head], moved32[head])
+            diff = sum(float(((moved[k] - moved32[k]) ** 2).sum()) for k in moved)
+            used["l2"] = (diff / sum(float((v**2).sum()) for v in moved32.values())) ** 0.5 / 0.5
+            for key, value in used.items():
+                if value > worst[key][0]:
+                    worst[key] = (value, f"{arch_name} {precision}")
+        cells = " ".join(f"{worst[k][0]:6.2f}" for k in ("logits", "head", "l2"))
+        print(f"{fw:11} {variant:8} {cells}  " + ", ".join(f"{k}: {v[1]}" for k, v in worst.items()))
+
+
 def main(argv: list[str]) -> None:
     if argv[0] == "--conformance":
         np.savez(argv[2], **conformance_probe(argv[1]))  # type: ignore[arg-type]
+        return
+    if argv[0] == "--precision":  # --precision OUT_DIR [VARIANT ...]
+        for variant in argv[2:] or VARIANTS:
+            run_precision_variant(Path(argv[1]), variant)
+        precision_report(Path(argv[1]))
         return
     out_dir = Path(argv[0])
     for variant in argv[1:] or VARIANTS:

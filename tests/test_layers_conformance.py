@@ -2,7 +2,8 @@
 
 Each module's ``BUILDERS`` maps every leaf type of the ``Leaf`` union, in the union's order, to a
 builder ``(path, layer, shape, ctx)``; its ``ACTIVATIONS`` covers every activation; its entry point is
-``build(arch)``; it spells no float constant of its own (epsilons and scales come from the spec).
+``build(arch)`` (further parameters, with defaults, are build settings); it spells no float constant
+of its own (epsilons and scales come from the spec).
 These checks read each module's source (its syntax tree), so no framework is imported and MXNet,
 which lives in its own venv, is checked like the others. The frameworks installed here are also
 imported once, to check the runtime mappings against the spec's classes themselves.
@@ -85,7 +86,9 @@ def test_activations_cover_the_spec(fw: str) -> None:
 @pytest.mark.parametrize("fw", FRAMEWORKS)
 def test_entry_point_is_build_arch_through_compose(fw: str) -> None:
     build = functions(fw).get("build")
-    assert build is not None and [a.arg for a in build.args.args] == ["arch"]
+    assert build is not None and [a.arg for a in build.args.args][:1] == ["arch"]
+    # anything after the spec is a build setting with a default (JAX's and TF's compute dtype)
+    assert len(build.args.defaults) == len(build.args.args) - 1
     calls = {n.func.id for n in ast.walk(build) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
     assert "compose" in calls, f"{fw}_layers.build does not go through compose.compose"
 

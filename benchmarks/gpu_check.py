@@ -51,7 +51,9 @@ CONFORMANCE = (
 )
 QUICK_CONFORMANCE = ("mlp_deep", "decoder[layers=1,d_model=32,heads=2,seq=16,vocab=64]")
 SWEEP = (("resnet50", 64), ("gpt2_small[seq=256]", 16))  # (preset, batch size)
-QUICK_SWEEP = (("mlp[depth=2,width=64]", 32), ("decoder[layers=1,d_model=32,heads=2,seq=16,vocab=64]", 8))
+QUICK_SWEEP = (("decoder[layers=1,d_model=32,heads=2,seq=16,vocab=64]", 8),)
+MEASURE = MeasureSpec(warmup_steps=3, min_steps=10, min_time_s=1.0, latency_requests=20)
+QUICK_MEASURE = MeasureSpec(warmup_steps=1, min_steps=3, min_time_s=0.05, latency_requests=5)
 # logits against the float64 reference, relative to their scale: float32 as the CPU conformance suite
 # (tests/tolerances.py); bfloat16 (8 significant bits) as tests/test_precision.py
 TOLERANCE = {"float32": 1e-4, "bfloat16": 5e-2}
@@ -102,7 +104,7 @@ def conformance(framework: str, device: str, names: tuple[str, ...]) -> list[Che
 
 
 def sweep_trial(
-    arch: str, framework: str, mode: str, precision: str, batch: int, device: str, work: Path
+    arch: str, framework: str, mode: str, precision: str, batch: int, device: str, work: Path, measure: MeasureSpec
 ) -> TrialResult:
     spec = TrialSpec(
         architecture=arch,
@@ -113,7 +115,7 @@ def sweep_trial(
         precision=precision,
         threads=max(1, min(8, (os.cpu_count() or 2) - 1)),
         timeout_s=240,
-        measure=MeasureSpec(warmup_steps=3, min_steps=10, min_time_s=1.0, latency_requests=20),
+        measure=measure,
     )
     request = work / f"{spec.trial_key}.request.json"
     out = work / f"{spec.trial_key}.result.json"
@@ -144,8 +146,8 @@ def table(results: list[TrialResult]) -> str:
         lines.append(
             f"| {s.architecture} | {s.framework} | {s.mode} | {s.precision} | {status} "
             f"| {_fmt(m.get(M.THROUGHPUT), ',.0f')} | {_fmt(m.get(M.COMPILE_S), '.1f')} "
-            f"| {_fmt(m.get(M.PEAK_DEVICE_MEM_MB), ',.0f')} | {_fmt(m.get('device_mem_peak_nvml_mb'), ',.0f')} "
-            f"| {_fmt(m.get('energy_j_per_sample'), '.3g')} |"
+            f"| {_fmt(m.get(M.PEAK_DEVICE_MEM_MB), ',.0f')} | {_fmt(m.get(M.PEAK_DEVICE_MEM_NVML_MB), ',.0f')} "
+            f"| {_fmt(m.get(M.ENERGY_J_PER_SAMPLE), '.3g')} |"
         )
     return "\n".join(lines)
 
@@ -178,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
             for framework in present:
                 for precision in ("float32", "bfloat16"):
                     for mode in ("train", "infer"):
-                        r = sweep_trial(arch, framework, mode, precision, batch, args.device, Path(tmp))
+                        measure = QUICK_MEASURE if args.quick else MEASURE
+                        r = sweep_trial(arch, framework, mode, precision, batch, args.device, Path(tmp), measure)
                         print(f"{r.status:>8} {r.spec.name} {_fmt(r.metrics.get(M.THROUGHPUT), ',.0f')} samples/s")
                         results.append(r)
     print()

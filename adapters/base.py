@@ -45,7 +45,7 @@ Conventions every adapter follows, so that all frameworks run the same computati
   - inference: the same casts, logits returned as float32.
 
   Where a framework cannot honour this on a device, ``FrameworkInfo.unsupported_reason`` says so
-  before anything runs; ``runtime_info`` reports ``precision``, ``compute_dtype`` and ``loss_scaling``.
+  before anything runs; ``runtime()`` reports ``precision``, ``loss_scaling`` and ``compute_dtype``.
 """
 
 from __future__ import annotations

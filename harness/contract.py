@@ -26,6 +26,7 @@ from typing import Any, ClassVar, Literal, Self, TypeVar, get_args, get_origin
 from adapters import FRAMEWORKS
 from adapters.base import CompileChoice as CompileChoice
 from adapters.base import Device as Device
+from adapters.base import PRECISIONS as PRECISIONS  # float32, or mixed: the contract in adapters/base.py
 from adapters.base import Optimization
 from workloads.architectures import canonical as canonical_architecture
 from workloads.architectures import get as get_architecture
@@ -40,7 +41,6 @@ DEVICES: tuple[str, ...] = get_args(Device)
 COMPILE: tuple[str, ...] = get_args(CompileChoice)
 SCALINGS: tuple[str, ...] = get_args(Scaling)
 STATUSES: tuple[str, ...] = get_args(Status)
-PRECISIONS: tuple[str, ...] = ("float32", "bfloat16", "float16")  # the low ones: mixed (adapters/base.py)
 # Outcomes that are deterministic: ``--resume`` skips them. Others (crash, timeout, ...) run again.
 FINAL: tuple[str, ...] = ("ok", "unsupported", "diverged")
 # What ``run`` counts as success (exit 0); anything else makes the batch exit 1.

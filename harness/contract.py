@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Self, TypeVar, get_args, get_origin
 
 from adapters import FRAMEWORKS
+from adapters.base import PRECISIONS as PRECISIONS  # float32, or mixed: the contract in adapters/base.py
 from adapters.base import CompileChoice as CompileChoice
 from adapters.base import Device as Device
-from adapters.base import PRECISIONS as PRECISIONS  # float32, or mixed: the contract in adapters/base.py
 from adapters.base import Optimization
 from workloads.architectures import canonical as canonical_architecture
 from workloads.architectures import get as get_architecture

@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         for arch, batch in QUICK_SWEEP if args.quick else SWEEP:
             for framework in present:
-                for precision in ("float32", "bfloat16"):
+                for precision in ("bfloat16",) if args.quick else ("float32", "bfloat16"):
                     for mode in ("train", "infer"):
                         measure = QUICK_MEASURE if args.quick else MEASURE
                         r = sweep_trial(arch, framework, mode, precision, batch, args.device, Path(tmp), measure)

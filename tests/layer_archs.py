@@ -37,7 +37,7 @@ LAYER_ARCHITECTURES: dict[str, Architecture] = {
     a.name: a
     for a in (
         # the smallest members of the families (workloads/architectures/families.py), under short names
-        _member("tiny_resnet_stem", "resnet[depth=14,width=4,image=32,classes=10]"),
+        _member("tiny_resnet_stem", "resnet[depth=14,width=4,image=16,classes=10]"),
         _member("tiny_vit", "vit[patch=4,layers=1,d_model=16,heads=2,image=8,classes=10,mlp_ratio=2]"),
         _member("tiny_bert", "encoder[layers=1,d_model=16,heads=2,seq=8,vocab=16,classes=10,mlp_ratio=2]"),
         _member("tiny_gpt", "decoder[layers=1,d_model=16,heads=2,seq=8,vocab=16,mlp_ratio=2]"),

@@ -256,7 +256,7 @@ FAMILIES: dict[str, Family] = {
             {
                 "depth": Key(50, choices=tuple(RESNET_STAGES)),
                 "width": Key(64, help="base width (channels of the stem and the first stage)"),
-                "image": Key(224, 32),
+                "image": Key(224, 16),
                 "classes": Key(1000, 2),
             },
             _resnet,

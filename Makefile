@@ -34,7 +34,7 @@ browser:
 test: setup browser
 	$(VENV)/bin/pytest -q
 
-# the full-size presets one step each at batch 1 (about 4 min of CPU on one core; not in `make test`)
+# the full-size transformer presets one step each at batch 1 (about a minute here; not in `make test`)
 test-heavy: setup
 	$(VENV)/bin/pytest -q -m heavy
 

@@ -64,11 +64,10 @@ VOCAB = 16  # default vocabulary for token models (resized to the dataset's)
 _MNIST1D_REF = "Greydanus (2020), MNIST-1D reference models (github.com/greydanus/mnist1d)"
 
 
-def _mlp(name: str, description: str, hidden: list[int], reference: str = "") -> Architecture:
-    layers: list[Layer] = [Flatten()]
-    layers += [Dense(units) for units in hidden]
-    layers.append(Dense(CLASSES, activation="none"))
-    return Architecture(name, description, MNIST1D, tuple(layers), reference=reference)
+def _mlp(name: str, description: str, depth: int, width: int, reference: str = "") -> Architecture:
+    """A member of the ``mlp`` family on MNIST-1D, under its zoo name."""
+    member = families.FAMILIES["mlp"].build(name, depth=depth, width=width, input=MNIST1D[1], classes=CLASSES)
+    return dataclasses.replace(member, description=description, reference=reference)
 
 
 def _mlp_residual(width: int, blocks: int) -> Architecture:
@@ -92,8 +91,8 @@ ARCHITECTURES: dict[str, Architecture] = {
             (Flatten(), Dense(CLASSES, activation="none")),
             reference=_MNIST1D_REF + ", LinearBase",
         ),
-        _mlp("mlp_shallow", "one hidden layer of 100 ReLU units", [100], reference=_MNIST1D_REF + " width"),
-        _mlp("mlp_deep", "eight hidden layers of 256 ReLU units", [256] * 8),
+        _mlp("mlp_shallow", "one hidden layer of 100 ReLU units", 1, 100, reference=_MNIST1D_REF + " width"),
+        _mlp("mlp_deep", "eight hidden layers of 256 ReLU units", 8, 256),
         _mlp_residual(256, 4),
         Architecture(
             "cnn1d",

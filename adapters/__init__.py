@@ -31,6 +31,7 @@ class FrameworkInfo:
     devices: tuple[str, ...]
     precisions: tuple[str, ...]
     compile_modes: tuple[str, ...]  # the modes ``auto``/``on``/``off`` may resolve to
+    auto_compiles_on: tuple[str, ...] = ("cpu", "gpu", "tpu")  # devices where ``compile="auto"`` means on
     why_not: tuple[tuple[str, str], ...] = ()  # (device, reason) for devices it lacks
     # (device or "*", precision, reason): precisions it lacks (everywhere, or on one device)
     why_not_precision: tuple[tuple[str, str, str], ...] = ()
@@ -51,6 +52,12 @@ class FrameworkInfo:
                 env[var] = f"{environ[var]} {flags}" if environ.get(var) else flags
         env |= {var: value for var, value in self.runtime_env if var not in environ}
         return env
+
+    def resolve_compile(self, choice: str, device: str) -> str:
+        """``on`` or ``off``: what ``compile=choice`` does on ``device`` (``auto``: the framework's default there)."""
+        if choice != "auto":
+            return choice
+        return "on" if device in self.auto_compiles_on else "off"
 
     def unsupported_reason(self, device: str, precision: str, mode: str = "train") -> str | None:
         """Why this framework cannot run a cell (None when it can): device, precision or trial mode."""
@@ -89,6 +96,7 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
             ("cpu", "gpu"),
             PRECISIONS,
             ("eager", "inductor"),
+            auto_compiles_on=("gpu",),  # inductor's C++ compile costs tens of seconds per CPU process
             thread_vars=("OMP_NUM_THREADS", "MKL_NUM_THREADS"),
             preload=("torch._dynamo",),  # the first optimiser constructed imports it (about 2 s)
             data_parallel="torch.distributed (gloo on CPU, NCCL on GPU)",

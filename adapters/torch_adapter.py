@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adapters import FRAMEWORKS
 from adapters.base import (
     ADAM_BETAS,
     ADAM_EPS,
@@ -64,7 +65,7 @@ class TorchAdapter(Adapter):
             growth_interval=LOSS_SCALE_GROWTH_INTERVAL,
             enabled=self.loss_scaling,
         )
-        compiled = options.compile == "on" or (options.compile == "auto" and self.device.type == "cuda")
+        compiled = FRAMEWORKS[self.name].resolve_compile(options.compile, options.device) == "on"
         self._mode = "inductor" if compiled else "eager"
         self._forward: Any = torch.compile(self.model) if compiled else self.model
         self.load_params(params)

@@ -262,6 +262,52 @@ class TrainSpec(Optimization, Record):
     steps: int = field(default=0, metadata=_range(ge=0))  # accuracy step budget on the dataset (0: none)
     eval_every: int = field(default=0, metadata=_range(ge=0))  # evaluate every N steps (0: only at the end)
     target_accuracy: float | None = field(default=None, metadata=_range(gt=0, le=1))
+    # The task (see harness.worker.scenarios.train_to_accuracy): the share of the training split kept
+    # (stratified by class, drawn with the trial's seed; the held-out split is always whole) ...
+    train_fraction: float = field(default=1.0, metadata=_range(gt=0, le=1))
+    # ... the classes trained and evaluated on, relabelled 0..k-1 in this order (empty: every class) ...
+    classes: tuple[int, ...] = ()
+    # ... pretraining first: ``pretrain_steps`` on the whole training split of ``pretrain_classes``
+    # (relabelled likewise), then the output layer back to its initial weights and a fresh optimiser ...
+    pretrain_classes: tuple[int, ...] = ()
+    pretrain_steps: int = field(default=0, metadata=_range(ge=0))
+    # ... and, after training, how well input-gradient saliency finds the informative positions of the
+    # held-out samples (data sets whose generator knows them: ``Dataset.val_mask``)
+    saliency: bool = False
+
+    # fields left out of a trial's canonical JSON while they hold these values (the keys of older journals)
+    _KEY_DEFAULTS: ClassVar[dict[str, object]] = {
+        "target_accuracy": None,
+        "train_fraction": 1.0,
+        "classes": (),
+        "pretrain_classes": (),
+        "pretrain_steps": 0,
+        "saliency": False,
+    }
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("classes", "pretrain_classes"):
+            values = getattr(self, name)
+            if any(c < 0 for c in values) or len(set(values)) != len(values):
+                raise ContractError(f"{name}: distinct class indices >= 0, got {list(values)}")
+        if bool(self.pretrain_steps) != bool(self.pretrain_classes):
+            raise ContractError("pretrain_steps and pretrain_classes: give both (pretraining) or neither")
+
+    @property
+    def task_suffix(self) -> str:
+        """What a trial's name adds for a task other than the whole data set: ``-pre0-4-c5-9-frac0.0625``."""
+        parts = [f"pre{_classes(self.pretrain_classes)}"] if self.pretrain_steps else []
+        parts += [f"c{_classes(self.classes)}"] if self.classes else []
+        parts += [f"frac{self.train_fraction:g}"] if self.train_fraction < 1 else []
+        return "".join(f"-{p}" for p in parts)
+
+
+def _classes(values: tuple[int, ...]) -> str:
+    """``(5, 6, 7, 8, 9)`` -> ``5-9``; other lists joined with ``.``."""
+    if len(values) > 2 and list(values) == list(range(values[0], values[0] + len(values))):
+        return f"{values[0]}-{values[-1]}"
+    return ".".join(map(str, values))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -332,7 +378,7 @@ class TrialSpec(Record):
         """``{arch}-{fw}-{mode}``, plus ``-{dataset}`` for cells on a real dataset, ``-{precision}`` below
         float32, ``-w{workers}`` for multi-worker cells and ``-{tpu_slice}`` on a TPU slice."""
         base = f"{self.architecture}-{self.framework}-{self.mode}"
-        base = base if self.dataset == SYNTHETIC else f"{base}-{self.dataset}"
+        base = base if self.dataset == SYNTHETIC else f"{base}-{self.dataset}{self.train.task_suffix}"
         if self.precision != "float32":
             base += f"-{self.precision}"
         if self.workers > 1:
@@ -358,8 +404,9 @@ class TrialSpec(Record):
 
     def canonical_json(self) -> str:
         data = self.to_dict()
-        if data["train"]["target_accuracy"] is None:
-            del data["train"]["target_accuracy"]
+        for key, default in TrainSpec._KEY_DEFAULTS.items():
+            if data["train"][key] == default:
+                del data["train"][key]
         del data["memory_limit_mb"]  # a resource limit, not what is measured: raising it resumes the same cell
         for key, default in self._KEY_DEFAULTS.items():
             if data[key] == default:

@@ -96,3 +96,12 @@ SERVER_REQUEST_S = "server_request_s"  # each request's latency at the target ra
 def percentile_keys(prefix: str) -> dict[int, str]:
     """``{50: "latency_ms_p50", ...}`` for a latency prefix."""
     return {q: f"{prefix}_p{q}" for q in PERCENTILES}
+
+
+# the task of a training run (TrainSpec: train_fraction, classes, pretraining) and what it showed
+TRAIN_SAMPLES = "train_samples"  # training samples kept (train_fraction of the task's training split)
+PRETRAIN_VAL_ACCURACY = "pretrain_val_accuracy"  # on the pretraining classes' held-out samples, before the reset
+# input-gradient saliency on the held-out samples against the data set's informative positions (val_mask)
+SALIENCY_AUC = "saliency_auc"  # P(an informative position outranks an uninformative one); 0.5: chance
+SALIENCY_MASS = "saliency_mass"  # share of the saliency on informative positions ...
+SALIENCY_CHANCE_MASS = "saliency_chance_mass"  # ... and the share of positions that are informative

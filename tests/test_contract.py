@@ -258,6 +258,8 @@ def test_unset_target_keeps_the_keys_of_earlier_journals() -> None:
     spec = make(dataset="mnist1d", train=TrainSpec(steps=10))
     earlier = spec.to_dict()
     del earlier["train"]["target_accuracy"]  # the spec as it was before targets existed
+    for key in ("train_fraction", "classes", "pretrain_classes", "pretrain_steps", "saliency"):  # ... and tasks
+        del earlier["train"][key]
     del earlier["memory_limit_mb"]  # ... and before memory limits
     for key in ("workers", "scaling", "tpu_slice", "accelerator_type"):  # ... and multi-worker trials
         del earlier[key]
@@ -334,3 +336,20 @@ def test_trial_result_history_steps_round_trip() -> None:
     legacy = r.to_dict()
     del legacy["history_steps"]  # journals written before history_steps existed still load
     assert TrialResult.from_dict(legacy).history_steps == {}
+
+
+def test_a_task_changes_the_key_and_the_name_only_when_set() -> None:
+    plain = make(dataset="mnist1d", train=TrainSpec(steps=10))
+    task = TrainSpec(steps=10, train_fraction=0.0625, classes=(5, 6, 7, 8, 9), pretrain_classes=(0, 1, 2, 3, 4))
+    with pytest.raises(ContractError, match="give both"):
+        TrainSpec(steps=10, pretrain_classes=(0, 1))
+    with pytest.raises(ContractError, match="distinct"):
+        TrainSpec(classes=(1, 1))
+    with pytest.raises(ContractError, match="train_fraction"):
+        TrainSpec(train_fraction=0.0)
+    spec = make(dataset="mnist1d", train=task.replace(pretrain_steps=5))
+    assert spec.name == "mlp_shallow-torch-train-mnist1d-pre0-4-c5-9-frac0.0625"
+    assert spec.trial_key != plain.trial_key
+    assert TrialSpec.from_json(spec.to_json()) == spec  # tuples survive the JSON round trip
+    assert make(dataset="mnist1d", train=TrainSpec(steps=10, saliency=True)).trial_key != plain.trial_key
+    assert make(dataset="mnist1d", train=TrainSpec(steps=10, classes=(0, 3))).name.endswith("-c0.3")

@@ -340,14 +340,16 @@ def test_trial_result_history_steps_round_trip() -> None:
 
 def test_a_task_changes_the_key_and_the_name_only_when_set() -> None:
     plain = make(dataset="mnist1d", train=TrainSpec(steps=10))
-    task = TrainSpec(steps=10, train_fraction=0.0625, classes=(5, 6, 7, 8, 9), pretrain_classes=(0, 1, 2, 3, 4))
+    task = TrainSpec(
+        steps=10, train_fraction=0.0625, classes=(5, 6, 7, 8, 9), pretrain_classes=(0, 1, 2, 3, 4), pretrain_steps=5
+    )
     with pytest.raises(ContractError, match="give both"):
         TrainSpec(steps=10, pretrain_classes=(0, 1))
     with pytest.raises(ContractError, match="distinct"):
         TrainSpec(classes=(1, 1))
     with pytest.raises(ContractError, match="train_fraction"):
         TrainSpec(train_fraction=0.0)
-    spec = make(dataset="mnist1d", train=task.replace(pretrain_steps=5))
+    spec = make(dataset="mnist1d", train=task)
     assert spec.name == "mlp_shallow-torch-train-mnist1d-pre0-4-c5-9-frac0.0625"
     assert spec.trial_key != plain.trial_key
     assert TrialSpec.from_json(spec.to_json()) == spec  # tuples survive the JSON round trip

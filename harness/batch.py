@@ -186,9 +186,11 @@ class _Tracking:
         self._writer.shutdown()
 
 
-def _open_batch(runs_dir: Path, resume: str | None) -> tuple[journal.Batch, dict[str, Any]]:
+def _open_batch(
+    runs_dir: Path, resume: str | None, batch_id: str | None = None
+) -> tuple[journal.Batch, dict[str, Any]]:
     if not resume:
-        preset = os.environ.get(BATCH_ID_ENV)  # chosen by `harness submit`, which printed it
+        preset = batch_id or os.environ.get(BATCH_ID_ENV)  # chosen by a study, or by `harness submit`
         if preset and journal.Batch(runs_dir, preset).exists():
             raise SpecError(f"batch {preset!r} ({BATCH_ID_ENV}) is already in {runs_dir}/; continue it with --resume")
         return journal.Batch(runs_dir, preset or journal.new_batch_id()), {}
@@ -215,13 +217,18 @@ def run(
     until_stable: bool = False,
     max_repeats: int = 10,
     seed: int | None = None,
+    batch_id: str | None = None,
+    extra_meta: Mapping[str, Any] | None = None,
 ) -> BatchOutcome:
-    """Run (or resume) a batch of ``the_plan``'s cells; see the module docstring for the order."""
+    """Run (or resume) a batch of ``the_plan``'s cells; see the module docstring for the order.
+
+    ``batch_id``: the new batch's id (default: a fresh one); ``extra_meta``: recorded in its
+    ``batch.json`` (a study's id and MLflow run, under which the batch's parent run nests)."""
     from harness import schedule  # Ray: imported only when a batch really runs
 
     events = events or Events()
     phases = Phases()
-    batch, meta = _open_batch(runs_dir, resume)
+    batch, meta = _open_batch(runs_dir, resume, batch_id)
     uri = resolve_uri(tracking_uri, meta)
     if address:
         schedule.check_reachable(address)  # before the store: a failed check leaves nothing behind
@@ -264,6 +271,7 @@ def run(
             "repeats": the_plan.repeats,
             "reserve_cores": reserve,
             "unstable_cv": the_plan.suite.unstable_cv,
+            **(extra_meta or {}),
         }
         meta["order_seeds"] = [*meta.get("order_seeds", []), order_seed]  # one per invocation (resumes too)
         meta["repeats"] = the_plan.repeats

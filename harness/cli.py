@@ -32,6 +32,7 @@ from harness.cells import Cell, cells
 from harness.contract import MODES
 from harness.launch import node_cpus
 from harness.spec import SpecError, SuiteSpec, first_error, load_suite, suite_names
+from harness.study import cli as study_cli
 
 _WIDTH = None if sys.stdout.isatty() else 200  # pipes and CI logs get full tables
 console = Console(highlight=False, width=_WIDTH)
@@ -743,6 +744,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(s)
     s.set_defaults(func=cmd_sync)
 
+    study_cli.add_parser(sub, common)  # harness study NAME: batches that test claims, with verdicts
     jobs.add_parsers(sub)  # submit, jobs, logs, stop: a batch as a Ray Job (after run: submit takes its options)
     return p
 

@@ -41,6 +41,7 @@ EXPERIMENT = "harness"
 # (the experiment tag its 3.x UI reads and sets: ``ExperimentKind.CUSTOM_MODEL_DEVELOPMENT``)
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 NOTE_TAG = "mlflow.note.content"  # a run's Markdown description in the UI
+PARENT_TAG = "mlflow.parentRunId"  # nests a run under another in the UI
 UI_DEFAULT = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store
 COMPARE_MAX_RUNS = 100  # runs on one compare page (its URL lists them; the page is slow beyond)
 TRAINING_VIEW = "workflowType=machine_learning"  # MLflow 3.x UI: the model-training pages, not GenAI's
@@ -248,17 +249,26 @@ class Tracker:
         found = self._find(f"tags.batch_id = '{batch_id}' and tags.harness_kind = 'batch'")
         if found:
             return found
-        run = self.client.create_run(
-            self.experiment_id,
-            run_name=f"batch-{suite}-{batch_id}",
-            tags={
-                "batch_id": batch_id,
-                "harness_kind": "batch",
-                "suite": suite,
-                "git_commit": meta.get("git_commit", ""),
-            },
-        )
+        tags = {
+            "batch_id": batch_id,
+            "harness_kind": "batch",
+            "suite": suite,
+            "git_commit": meta.get("git_commit", ""),
+        }
+        if meta.get("study_run_id"):  # a study's batch: nested under the study's run
+            tags |= {"study_id": str(meta.get("study_id", "")), PARENT_TAG: str(meta["study_run_id"])}
+        run = self.client.create_run(self.experiment_id, run_name=f"batch-{suite}-{batch_id}", tags=tags)
         self.client.log_dict(run.info.run_id, meta, "batch.json")
+        return str(run.info.run_id)
+
+    def study_run(self, study_id: str, study: str, record: dict[str, Any]) -> str:
+        """The study's own run (found again on resume): its batches' parent runs nest under it."""
+        found = self._find(f"tags.study_id = '{study_id}' and tags.harness_kind = 'study'")
+        if found:
+            return found
+        tags = {"study_id": study_id, "harness_kind": "study", "study": study, "git_commit": git_commit()}
+        run = self.client.create_run(self.experiment_id, run_name=f"study-{study}-{study_id}", tags=tags)
+        self.client.log_dict(run.info.run_id, record, "study.json")
         return str(run.info.run_id)
 
     def finish_parent(self, run_id: str, ok: bool) -> None:
@@ -282,7 +292,7 @@ class Tracker:
             self.experiment_id,
             run_name=s.name,
             start_time=start_ms,
-            tags={"mlflow.parentRunId": parent_id, **identity},
+            tags={PARENT_TAG: parent_id, **identity},
         )
         run_id = str(run.info.run_id)
         params = {

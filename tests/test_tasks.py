@@ -47,7 +47,8 @@ def fake(counts: list[int] | None = None, n_val: int = 100, seed: int = 0) -> da
     y_val = rng.permutation(np.arange(n_val) % CLASSES)
 
     def x(y: np.ndarray) -> np.ndarray:
-        return (means[y] + 0.7 * rng.standard_normal((len(y), 1, LENGTH))).astype(np.float32)
+        out: np.ndarray = (means[y] + 0.7 * rng.standard_normal((len(y), 1, LENGTH))).astype(np.float32)
+        return out
 
     mask = np.zeros((n_val, LENGTH), np.float32)
     mask[:, WINDOW] = 1.0
@@ -64,7 +65,7 @@ def spec(fw: str, arch: str = "logreg", batch_size: int = 20, **train: Any) -> T
     train = {"optimizer": "adam", "learning_rate": 0.01, "steps": 30, "eval_every": 10} | train
     return TrialSpec(
         architecture=arch, framework=fw, mode="train", batch_size=batch_size, threads=1, dataset="mnist1d",
-        train=TrainSpec(**train),
+        train=TrainSpec.from_dict(train),
     )  # fmt: skip
 
 
@@ -111,7 +112,7 @@ def test_pretraining_data_is_the_whole_of_its_classes() -> None:
 
 @pytest.mark.parametrize("field", ["classes", "pretrain_classes"])
 def test_a_class_the_data_set_lacks_is_a_clear_error(field: str) -> None:
-    cfg = TrainSpec(**{field: (3, 10)}, **({"pretrain_steps": 5} if field == "pretrain_classes" else {}))
+    cfg = TrainSpec.from_dict({field: (3, 10)} | ({"pretrain_steps": 5} if field == "pretrain_classes" else {}))
     with pytest.raises(ValueError, match=rf"^{field}: class 10 is not a class of mnist1d: it has 10 classes, 0\.\.9$"):
         task_data(fake(), cfg, seed=0, num_classes=CLASSES)
 
@@ -175,7 +176,7 @@ def test_pretrained_logreg_trains_exactly_as_from_scratch(fw: str, tmp_path: Pat
     """The reset output layer is the whole logreg, and the optimiser (Adam: moments and step count)
     starts afresh: the same losses and evaluations as without pretraining, bit for bit."""
     path = saved(tmp_path, fake())
-    task = {"classes": (5, 6, 7, 8, 9)}
+    task: dict[str, Any] = {"classes": (5, 6, 7, 8, 9)}
     scratch = run(spec(fw, **task), path)
     pretrained = run(spec(fw, pretrain_classes=(0, 1, 2, 3, 4), pretrain_steps=20, **task), path)
     assert pretrained.history == scratch.history
@@ -189,9 +190,9 @@ def test_pretrained_logreg_trains_exactly_as_from_scratch(fw: str, tmp_path: Pat
 @pytest.mark.parametrize("fw", FWS)
 def test_pretrained_mlp_keeps_its_hidden_layer(fw: str, tmp_path: Path) -> None:
     path = saved(tmp_path, fake())
-    task = {"classes": (5, 6, 7, 8, 9)}
+    task: dict[str, Any] = {"classes": (5, 6, 7, 8, 9)}
     scratch = run(spec(fw, "mlp_shallow", **task), path)
-    pre = {"pretrain_classes": (0, 1, 2, 3, 4), "pretrain_steps": 20}
+    pre: dict[str, Any] = {"pretrain_classes": (0, 1, 2, 3, 4), "pretrain_steps": 20}
     pretrained = run(spec(fw, "mlp_shallow", **pre, **task), path)
     assert pretrained.history[M.LOSS] != scratch.history[M.LOSS]
     assert pretrained.metrics[M.PRETRAIN_VAL_ACCURACY] > 0.4  # 5 classes: chance 0.2

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +29,7 @@ from harness import metrics as M
 from harness.contract import Scenario, TrialSpec
 from harness.worker import server as S
 from harness.worker.measure import Agree, Timing, run_timed, summarize
+from harness.worker.saliency import saliency
 from harness.worker.telemetry import EnergyMeter
 from workloads.architectures import Architecture
 from workloads.datasets import Dataset
@@ -48,6 +49,7 @@ class TrialData:
     node_peak_gflops: float
     agree: Agree | None = None  # multi-worker trials: the maximum over every worker (measure.run_timed)
     energy: EnergyMeter | None = None  # the trial's device energy counter, where one is readable
+    pretrain: Dataset | None = None  # the pretraining classes' data (train_to_accuracy with pretrain_steps)
 
 
 @dataclass
@@ -233,38 +235,55 @@ def train_to_accuracy(adapter: Adapter, trial: TrialSpec, data: TrialData) -> Ou
     when none does) exclude evaluation. History: ``loss`` at every step (step ``i``: the batch loss of
     the weights after ``i`` updates) and ``val_loss``, ``val_accuracy``, ``train_accuracy`` at each
     evaluation's step (``history_steps``); the last evaluation is the final value.
+
+    The task (``TrainSpec``; its data comes from :func:`harness.worker.trial.task_data`): the data
+    set is the task's classes and share of the training split (``train_samples`` says how many
+    samples were kept). With pretraining, before all of the above and untimed: ``pretrain_steps``
+    on the pretraining classes (same optimiser, batch size and rules of data order, drawn by
+    ``default_rng([seed, 2])``), ``pretrain_val_accuracy`` on their held-out samples, then the
+    output layer's variables back to the canonical initial ones (:func:`output_layer_variables`)
+    and ``load_params``, which also starts the optimiser afresh. A model whose only layer is the
+    output layer (logreg) therefore trains exactly as from scratch. With ``saliency``: after the
+    final evaluation, :func:`harness.worker.saliency.saliency` on the task's held-out samples.
     """
-    ds = data.dataset
+    ds, cfg = data.dataset, trial.train
     if ds is None:
         raise ValueError(f"train_to_accuracy needs a dataset; {trial.name} has none")
+    if cfg.saliency and ds.val_mask is None:
+        raise ValueError(
+            f"{trial.name}: saliency needs a data set whose generator knows the informative positions "
+            "(mnist1d, mnist1d_shuffled)"
+        )
+    bs = trial.batch_size
+    task = [f"classes {list(cfg.classes)}"] if cfg.classes else []
+    task += [f"train_fraction {cfg.train_fraction:g}"] if cfg.train_fraction < 1 else []
+    where = trial.dataset + (f" ({', '.join(task)})" if task else "")
+    _check_batch(bs, ds, where)
+    pre, pre_where = data.pretrain, f"{trial.dataset} (pretraining classes {list(cfg.pretrain_classes)})"
+    if cfg.pretrain_steps:
+        if pre is None:
+            raise ValueError(f"{trial.name} pretrains, but its trial data has no pretraining data set")
+        _check_batch(bs, pre, pre_where)
     adapter.load_params(data.params)
-    bs, cfg = trial.batch_size, trial.train
     steps, every, target = cfg.steps, cfg.eval_every or cfg.steps, cfg.target_accuracy
-    n = len(ds.x_train)
-    if bs > n:
-        raise ValueError(f"batch size {bs} exceeds the {n} training samples of {trial.dataset}")
-    rng = np.random.default_rng(trial.seed)
-    order, pos = rng.permutation(n), 0
+    metrics: dict[str, float] = {M.TRAIN_SAMPLES: float(len(ds.x_train))}
+    if cfg.pretrain_steps and pre is not None:
+        pre_steps, pre_loss = cfg.pretrain_steps, []
+        for _, chunk, _ in _train_steps(adapter, pre, bs, pre_steps, pre_steps, [trial.seed, 2]):
+            pre_loss += chunk
+        if not math.isfinite(pre_loss[-1]):
+            return Outcome(metrics=metrics, diverged=f"training loss became {pre_loss[-1]} pretraining on {pre_where}")
+        metrics[M.PRETRAIN_VAL_ACCURACY] = evaluate(adapter, pre.x_val, pre.y_val)[0]
+        initial = {k: data.params[k] for k in output_layer_variables(data.arch)}
+        adapter.load_params(adapter.export_params() | initial)  # and a fresh optimiser
     loss: list[float] = []
     history: Series = {key: [] for key in M.EVAL_SERIES}
     eval_steps: list[int] = []
-    metrics: dict[str, float] = {}
-    train_time_s, step = 0.0, 0
-    while step < steps:
-        pending: list[Any] = []
-        adapter.sync()
-        t0 = time.perf_counter()
-        for _ in range(min(every, steps - step)):
-            if pos + bs > n:
-                order, pos = rng.permutation(n), 0
-            idx = order[pos : pos + bs]
-            pos += bs
-            pending.append(adapter.train_step(adapter.to_device(ds.x_train[idx]), adapter.to_device(ds.y_train[idx])))
-        adapter.sync()
-        train_time_s += time.perf_counter() - t0
-        step += len(pending)
-        # untimed from here: read the losses back, evaluate
-        loss += [float(adapter.to_numpy(v)) for v in pending]
+    train_time_s = 0.0
+    for step, chunk, elapsed in _train_steps(adapter, ds, bs, steps, every, trial.seed):
+        train_time_s += elapsed
+        loss += chunk
+        # untimed from here: evaluate
         val_acc, val_loss = evaluate(adapter, ds.x_val, ds.y_val)
         train_acc, _ = evaluate(adapter, ds.x_train, ds.y_train)
         for key, value in zip(M.EVAL_SERIES, (val_loss, val_acc, train_acc), strict=True):
@@ -272,7 +291,7 @@ def train_to_accuracy(adapter: Adapter, trial: TrialSpec, data: TrialData) -> Ou
         eval_steps.append(step)
         if target is not None and M.TIME_TO_TARGET_S not in metrics and val_acc >= target:
             metrics |= {M.TIME_TO_TARGET_S: train_time_s, M.STEPS_TO_TARGET: float(step)}
-        if not all(math.isfinite(v) for v in loss[-len(pending) :]):
+        if not all(math.isfinite(v) for v in chunk):
             break  # diverged: the rest of the budget would only repeat NaNs
     train_acc, val_acc = history[M.TRAIN_ACCURACY][-1], history[M.VAL_ACCURACY][-1]
     metrics |= {
@@ -288,12 +307,59 @@ def train_to_accuracy(adapter: Adapter, trial: TrialSpec, data: TrialData) -> Ou
     if target is not None:
         metrics[M.TARGET_ACCURACY] = float(target)
     diverged = None if math.isfinite(loss[-1]) else f"training loss became {loss[-1]} on {trial.dataset}"
+    if cfg.saliency and diverged is None:
+        assert ds.val_mask is not None  # checked above
+        metrics |= saliency(adapter, ds.x_val, ds.y_val, ds.val_mask)
     return Outcome(
         metrics=metrics,
         history={M.LOSS: loss} | history,
         history_steps=dict.fromkeys(history, eval_steps),
         diverged=diverged,
     )
+
+
+def _check_batch(bs: int, ds: Dataset, where: str) -> None:
+    n = len(ds.x_train)
+    if bs > n:
+        raise ValueError(f"batch size {bs} exceeds the {n} training samples of {where}")
+
+
+def _train_steps(
+    adapter: Adapter, ds: Dataset, bs: int, steps: int, every: int, seed: int | list[int]
+) -> Iterator[tuple[int, list[float], float]]:
+    """``steps`` optimiser steps on the training split of ``ds`` in batches of ``bs``, in chunks of at
+    most ``every`` steps: after each chunk, the steps so far, the chunk's losses and its training time.
+
+    The data order: ``numpy.random.default_rng(seed)``, a permutation of the training split per
+    epoch, the incomplete last batch of an epoch dropped. Only the steps are timed (``sync()``
+    before each clock read); what the caller does between chunks (evaluation) is not. The caller may
+    stop early. The batch fits the split (``_check_batch``).
+    """
+    n = len(ds.x_train)
+    rng = np.random.default_rng(seed)
+    order, pos, step = rng.permutation(n), 0, 0
+    while step < steps:
+        pending: list[Any] = []
+        adapter.sync()
+        t0 = time.perf_counter()
+        for _ in range(min(every, steps - step)):
+            if pos + bs > n:
+                order, pos = rng.permutation(n), 0
+            idx = order[pos : pos + bs]
+            pos += bs
+            pending.append(adapter.train_step(adapter.to_device(ds.x_train[idx]), adapter.to_device(ds.y_train[idx])))
+        adapter.sync()
+        elapsed = time.perf_counter() - t0
+        step += len(pending)
+        yield step, [float(adapter.to_numpy(v)) for v in pending], elapsed
+
+
+def output_layer_variables(arch: Architecture) -> list[str]:
+    """The canonical names of the output layer's variables: those of the last top-level layer that has
+    parameters (names are ``"{path}.{kind}"``, the path's first part the top-level index: ``"3.kernel"``).
+    For a model whose one layer with parameters is its output layer (logreg) that is every variable."""
+    top = max(int(name.split(".", 1)[0]) for name in arch.param_layout())
+    return [name for name in arch.variable_layout() if int(name.split(".", 1)[0]) == top]
 
 
 def evaluate(adapter: Adapter, x: np.ndarray, y: np.ndarray, batch: int = 500) -> tuple[float, float]:

@@ -20,7 +20,7 @@ import numpy as np
 from adapters import load_adapter
 from adapters.base import BuildOptions
 from harness import metrics as M
-from harness.contract import TrialRequest, TrialResult, TrialSpec
+from harness.contract import TrainSpec, TrialRequest, TrialResult, TrialSpec
 from harness.worker.group import Group
 from harness.worker.measure import current_rss_mb, gemm_peak_gflops, peak_rss_mb
 from harness.worker.node import node_info
@@ -36,16 +36,18 @@ def prepare(spec: TrialSpec, dataset_path: str | None, node_peak_gflops: float, 
     """The architecture (resized for the trial's dataset), canonical weights, timing batch and data.
 
     The timing batch is the global batch (``spec.global_batch`` samples); worker ``rank`` of a
-    multi-worker trial keeps its consecutive share of it, so the workers together see that batch."""
+    multi-worker trial keeps its consecutive share of it, so the workers together see that batch.
+    A trial that trains to accuracy gets its task's data (:func:`task_data`)."""
     arch = get(spec.architecture)
-    data = None
+    data = pretrain = None
     if spec.dataset != datasets.SYNTHETIC:  # sized for the dataset's samples (the planner checked it can be)
         info = datasets.INFO[spec.dataset]
         arch = arch.for_data(info.sample_shape, info.dtype, info.vocab_size)
         if spec.trains_to_accuracy:
             if dataset_path is None:
                 raise ValueError(f"{spec.name} trains on {spec.dataset}, but the request has no dataset path")
-            data = _fit(datasets.load(spec.dataset, dataset_path), arch.input_shape)
+            whole = _fit(datasets.load(spec.dataset, dataset_path), arch.input_shape)
+            data, pretrain = task_data(whole, spec.train, spec.seed, info.num_classes)
     # timing batch: synthetic, in the (resized) architecture's input shape; int ids for token models
     x, y = datasets.synthetic(
         arch.input_shape,
@@ -56,7 +58,36 @@ def prepare(spec: TrialSpec, dataset_path: str | None, node_peak_gflops: float, 
         label_shape=arch.label_shape,
     )
     share = slice(rank * spec.local_batch, (rank + 1) * spec.local_batch)
-    return TrialData(arch, arch.init_variables(spec.seed), x[share], y[share], data, node_peak_gflops)
+    params = arch.init_variables(spec.seed)
+    return TrialData(arch, params, x[share], y[share], data, node_peak_gflops, pretrain=pretrain)
+
+
+def task_data(
+    data: datasets.Dataset, train: TrainSpec, seed: int, num_classes: int
+) -> tuple[datasets.Dataset, datasets.Dataset | None]:
+    """The task's data set and, when it pretrains, the pretraining data set (else None).
+
+    The task: the samples of ``train.classes`` (all when empty), relabelled ``0..k-1`` in that order,
+    in train and val (and the val mask's rows); then, when ``train.train_fraction < 1``, a stratified
+    share of its training split (:func:`workloads.datasets.stratified_subset`, drawn by
+    ``numpy.random.default_rng([seed, 1])``, a stream apart from the data order's
+    ``default_rng(seed)``), kept in its order; the held-out split stays whole. Pretraining: the
+    whole of both splits of ``train.pretrain_classes``, relabelled likewise. ``num_classes``: the
+    data set's; a class index outside it is a ValueError naming the field.
+    """
+
+    def select(field: str, classes: tuple[int, ...]) -> datasets.Dataset:
+        try:
+            return datasets.select_classes(data, classes, num_classes)
+        except ValueError as e:
+            raise ValueError(f"{field}: {e}") from None
+
+    task = select("classes", train.classes)
+    pretrain = select("pretrain_classes", train.pretrain_classes) if train.pretrain_steps else None
+    if train.train_fraction < 1:
+        keep = datasets.stratified_subset(task.y_train, train.train_fraction, np.random.default_rng([seed, 1]))
+        task = replace(task, x_train=task.x_train[keep], y_train=task.y_train[keep])
+    return task, pretrain
 
 
 def _fit(data: datasets.Dataset, input_shape: tuple[int, ...]) -> datasets.Dataset:

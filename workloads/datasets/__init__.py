@@ -11,16 +11,17 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
 from . import generators as gen
-from .base import SPLITS, Dataset, DatasetInfo
+from .base import SPLITS, VAL_MASK, Dataset, DatasetInfo
 
 __all__ = [
+    "CACHE_FORMAT",
     "DATASETS",
     "GENERATORS",
     "INFO",
@@ -34,11 +35,16 @@ __all__ = [
     "load",
     "prepare",
     "save",
+    "select_classes",
+    "stratified_subset",
     "synthetic",
 ]
 
 SYNTHETIC = "synthetic"
 _SPLITS = SPLITS
+CACHE_FORMAT = 2
+"""The layout of a cached data set (``format`` in its ``<name>.json``): ``prepare`` regenerates a cache
+written with another (or none: before formats, 1). 2: ``val_mask`` where the generator knows it."""
 
 
 def content_hash(arrays: dict[str, np.ndarray]) -> str:
@@ -123,7 +129,8 @@ class Prepared:
 
 
 def prepare(name: str, directory: Path | None = None) -> Prepared:
-    """Generate ``name`` once and cache it as ``<name>.npz`` plus its content hash."""
+    """Generate ``name`` once and cache it as ``<name>.npz`` plus its content hash (in ``<name>.json``,
+    with the cache's :data:`CACHE_FORMAT`: a cache in another format is generated again)."""
     if name not in GENERATORS:
         raise KeyError(f"no generated dataset {name!r}; choose from {', '.join(GENERATORS)}")
     directory = directory or cache_dir()
@@ -131,12 +138,13 @@ def prepare(name: str, directory: Path | None = None) -> Prepared:
     meta_path = directory / f"{name}.json"
     if path.exists() and meta_path.exists():
         meta = json.loads(meta_path.read_text())
-        return Prepared(name, path, meta["sha256"])
+        if meta.get("format", 1) == CACHE_FORMAT:
+            return Prepared(name, path, meta["sha256"])
     directory.mkdir(parents=True, exist_ok=True)
     arrays = GENERATORS[name][0]().arrays()
     digest = content_hash(arrays)
     save(path, arrays)
-    meta = {"sha256": digest, "shapes": {k: list(v.shape) for k, v in arrays.items()}}
+    meta = {"sha256": digest, "format": CACHE_FORMAT, "shapes": {k: list(v.shape) for k, v in arrays.items()}}
     tmp = meta_path.with_suffix(f".{os.getpid()}.tmp.json")
     tmp.write_text(json.dumps(meta))
     tmp.replace(meta_path)  # written last and atomically: a reader sees both files complete or regenerates
@@ -151,8 +159,10 @@ def save(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def load(name: str, path: str | Path) -> Dataset:
+    """The data set cached at ``path`` (its ``val_mask`` when the file has one)."""
     with np.load(path) as f:
-        return Dataset(name, **{k: f[k] for k in _SPLITS})
+        mask = f[VAL_MASK] if VAL_MASK in f.files else None
+        return Dataset(name, **{k: f[k] for k in _SPLITS}, val_mask=mask)
 
 
 def synthetic(
@@ -191,3 +201,41 @@ def fit_channels(x: np.ndarray, channels: int) -> np.ndarray:
     if have == 1 and channels > 1:
         return np.repeat(x, channels, axis=1)
     raise ValueError(f"cannot fit {have} channel(s) to {channels}: only 1 -> C is supported (shape {x.shape})")
+
+
+def select_classes(data: Dataset, classes: tuple[int, ...] | list[int], num_classes: int) -> Dataset:
+    """The samples of ``classes`` only (train and val, and the val mask's rows), in their order, labelled
+    ``0..k-1`` in the order ``classes`` lists them; ``data`` itself when ``classes`` is empty.
+
+    ``num_classes``: the data set's; an index outside ``[0, num_classes)`` is a ValueError."""
+    if not classes:
+        return data
+    bad = [c for c in classes if not 0 <= c < num_classes]
+    if bad:
+        raise ValueError(
+            f"class {bad[0]} is not a class of {data.name}: it has {num_classes} classes, 0..{num_classes - 1}"
+        )
+    if data.y_train.ndim != 1:
+        raise ValueError(f"{data.name} has a label per position: classes select whole samples of a classifier")
+    relabel = np.full(num_classes, -1, dtype=np.int64)
+    relabel[list(classes)] = np.arange(len(classes))
+    train, val = relabel[data.y_train] >= 0, relabel[data.y_val] >= 0
+    return replace(
+        data,
+        x_train=data.x_train[train],
+        y_train=relabel[data.y_train[train]],
+        x_val=data.x_val[val],
+        y_val=relabel[data.y_val[val]],
+        val_mask=None if data.val_mask is None else data.val_mask[val],
+    )
+
+
+def stratified_subset(y: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Indices of a stratified share of the labels ``y``, in ascending order: of each class ``c`` (in
+    ascending order) ``round(fraction * n_c)`` samples, at least 1, the first of ``rng.permutation`` of
+    its indices (the permutation numpy's data order also uses, the same in every numpy here)."""
+    keep = []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        keep.append(rng.permutation(idx)[: max(1, round(fraction * len(idx)))])
+    return np.sort(np.concatenate(keep))

@@ -8,24 +8,36 @@ from typing import Literal
 import numpy as np
 
 SPLITS = ("x_train", "y_train", "x_val", "y_val")
+VAL_MASK = "val_mask"
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """A classification data set: channel-first float32 samples (or int32 token ids) and int64 labels."""
+    """A classification data set: channel-first float32 samples (or int32 token ids) and int64 labels.
+
+    ``val_mask`` (float32, ``(n_val, L)`` for samples whose last axis has ``L`` positions), where the
+    generator knows it: per held-out sample and position of the last axis, the share in [0, 1] of
+    that position covered by the informative signal (MNIST-1D: the digit's template, against the
+    noise around it). None for data sets whose generator cannot say (digits, tokens).
+    """
 
     name: str
     x_train: np.ndarray
     y_train: np.ndarray
     x_val: np.ndarray
     y_val: np.ndarray
+    val_mask: np.ndarray | None = None
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {k: getattr(self, k) for k in SPLITS}
+        """The splits by name, and ``val_mask`` when the data set has one."""
+        out: dict[str, np.ndarray] = {k: getattr(self, k) for k in SPLITS}
+        if self.val_mask is not None:
+            out[VAL_MASK] = self.val_mask
+        return out
 
 
 @dataclass(frozen=True)

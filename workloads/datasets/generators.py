@@ -7,6 +7,7 @@ module itself imports with numpy and the standard library only.
 from __future__ import annotations
 
 import functools
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -20,23 +21,101 @@ MNIST1D_PERMUTATION_SEED = 1234
 every ``mnist1d_shuffled`` example (train and val alike)."""
 
 
-@functools.cache
-def _mnist1d_raw() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The mnist1d package's reference data set (its defaults, seed 42), generated once per process."""
-    from mnist1d.data import get_dataset_args, make_dataset
+class _Mnist1d(NamedTuple):
+    x: np.ndarray  # float64 (n, 40), as the package makes it
+    y: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    val_mask: np.ndarray  # float64 (n_val, 40): share of each position covered by the template
 
-    d = make_dataset(get_dataset_args())  # generated, not downloaded
-    return d["x"], d["y"], d["x_test"], d["y_test"]
+
+@functools.cache
+def _mnist1d_raw() -> _Mnist1d:
+    """The mnist1d package's reference data set (its defaults, seed 42), generated once per process,
+    with where each held-out sample's template sits (:func:`mnist1d_make_dataset`)."""
+    from mnist1d.data import get_dataset_args
+
+    d = mnist1d_make_dataset(get_dataset_args())  # generated, not downloaded
+    return _Mnist1d(d["x"], d["y"], d["x_test"], d["y_test"], d["mask_test"])
+
+
+def mnist1d_make_dataset(args: Any) -> dict[str, np.ndarray]:
+    """``mnist1d.data.make_dataset(args)`` (default templates) replicated step by step, with the mask.
+
+    The same calls to numpy's global generator in the same order, through the package's own
+    transformation steps (``pad``, ``interpolate``, ``translate``, the noises, ``shear``), so ``x``,
+    ``y``, ``x_test`` and ``y_test`` equal the package's exactly (tests check it). Also
+    ``mask`` / ``mask_test``: per sample and final position, the share covered by the digit's
+    template (:func:`mnist1d_transform`), permuted and split like the samples. The global numpy
+    generator's state is restored afterwards (the package leaves it seeded).
+    """
+    from mnist1d.data import get_templates
+
+    templates = get_templates()
+    state = np.random.get_state()
+    try:
+        np.random.seed(args.seed)  # the package's set_seed (its Python ``random`` seeding draws nothing here)
+        xs, ys, masks = [], [], []
+        samples_per_class = args.num_samples // len(templates["y"])
+        for label_ix in range(len(templates["y"])):
+            for _ in range(samples_per_class):
+                x, mask = mnist1d_transform(templates["x"][label_ix], args)
+                xs.append(x)
+                ys.append(templates["y"][label_ix])
+                masks.append(mask)
+        batch_shuffle = np.random.permutation(len(ys))  # shuffle batch dimension
+        x_all, y_all, mask_all = (np.stack(a)[batch_shuffle] for a in (xs, ys, masks))
+        if args.shuffle_seq:  # maybe shuffle the spatial dimension
+            seq_shuffle = np.random.permutation(args.final_seq_length)
+            x_all, mask_all = x_all[..., seq_shuffle], mask_all[..., seq_shuffle]
+    finally:
+        np.random.set_state(state)
+    x_all = (x_all - x_all.mean()) / x_all.std()  # center the dataset & set standard deviation to 1
+    split_ix = int(len(y_all) * args.train_split)
+    return {
+        "x": x_all[:split_ix],
+        "x_test": x_all[split_ix:],
+        "y": y_all[:split_ix],
+        "y_test": y_all[split_ix:],
+        "mask": mask_all[:split_ix],
+        "mask_test": mask_all[split_ix:],
+    }
+
+
+def mnist1d_transform(x: np.ndarray, args: Any, eps: float = 1e-8) -> tuple[np.ndarray, np.ndarray]:
+    """``mnist1d.transform.transform`` on a template ``x``, and where the template ends up.
+
+    The package pads the template with zeros, dilates it, scales it and translates it (length 72),
+    then fills the positions where the signal is exactly 0 (``mask = new_x != 0``: everything but
+    the template) with correlated noise, adds i.i.d. noise everywhere, shears and subsamples to 40
+    positions. The mask, as 0/1 floats, goes unchanged through the shear and through the same
+    linear interpolation to 40 positions: a position's share of the template. (The template's time
+    axis, which the package also interpolates, draws nothing and is left out.)
+    """
+    from mnist1d.transform import corr_noise_like, iid_noise_like, interpolate, pad, shear, translate
+
+    new_x = pad(x + eps, args.padding)  # pad
+    new_x = interpolate(new_x, args.template_len + args.padding[-1])  # dilate
+    new_x *= 1 + args.scale_coeff * (np.random.rand() - 0.5)  # scale
+    new_x = translate(new_x, args.max_translation)  # translate
+    mask = new_x != 0  # the template's positions
+    new_x = mask * new_x + (1 - mask) * corr_noise_like(new_x, args.corr_noise_scale)
+    new_x = new_x + iid_noise_like(new_x, args.iid_noise_scale)
+    new_x = shear(new_x, args.shear_scale)
+    new_x = interpolate(new_x, args.final_seq_length)  # subsample
+    share = interpolate(mask.astype(np.float64), args.final_seq_length)
+    return new_x, np.clip(share, 0.0, 1.0)
 
 
 def mnist1d() -> Dataset:
-    x, y, x_val, y_val = _mnist1d_raw()
+    raw = _mnist1d_raw()
     return Dataset(
         "mnist1d",
-        x_train=x.astype(np.float32)[:, None, :],
-        y_train=y.astype(np.int64),
-        x_val=x_val.astype(np.float32)[:, None, :],
-        y_val=y_val.astype(np.int64),
+        x_train=raw.x.astype(np.float32)[:, None, :],
+        y_train=raw.y.astype(np.int64),
+        x_val=raw.x_val.astype(np.float32)[:, None, :],
+        y_val=raw.y_val.astype(np.int64),
+        val_mask=raw.val_mask.astype(np.float32),
     )
 
 
@@ -58,6 +137,7 @@ def mnist1d_shuffled() -> Dataset:
         y_train=base.y_train,
         x_val=np.ascontiguousarray(base.x_val[..., perm]),
         y_val=base.y_val,
+        val_mask=None if base.val_mask is None else np.ascontiguousarray(base.val_mask[..., perm]),
     )
 
 

@@ -151,7 +151,8 @@ def cmd_study(args: argparse.Namespace) -> int:
     colors = dict(zip(VERDICTS, ("green", "red", "yellow", "grey50"), strict=True))
     for s in outcome.report.sections:
         v = s.finding.verdict
-        table.add_row(str(s.number), escape(s.claim), f"[{colors[v]}]{v}[/]", escape(s.finding.because))
+        claim = f"[bold]{escape(s.title)}[/]: {escape(s.claim)}"
+        table.add_row(str(s.number), claim, f"[{colors[v]}]{v}[/]", escape(s.finding.because))
     console.print(table)
     console.print(f"report: {output}", soft_wrap=True)
     if outcome.tracking_error:

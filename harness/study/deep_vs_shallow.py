@@ -304,6 +304,7 @@ class Section:
     notes: list[str] = field(default_factory=list)
     by_framework: dict[str, Finding] = field(default_factory=dict)
     figure: str = ""  # the name of its figure (harness.study.render)
+    metric: str = ""  # what each Evidence's inputs are: that metric of each cell (its MLflow run's)
 
 
 def _ok(cells: Iterable[Cell]) -> list[Cell]:
@@ -428,6 +429,7 @@ def data_hunger(learn: Learning, scale: Scale, frameworks: Sequence[str] | None 
         tables=[curves],
         notes=crossings,
         figure="learning_curves",
+        metric=M.VAL_ACCURACY,
     )
 
 
@@ -496,6 +498,7 @@ def overfitting(learn: Learning, scale: Scale, frameworks: Sequence[str] | None 
         verdict(evidence),
         tables=[gaps],
         figure="generalisation_gap",
+        metric=M.TRAIN_VAL_GAP,
     )
 
 
@@ -556,6 +559,7 @@ def interpretability(learn: Learning, scale: Scale, frameworks: Sequence[str] | 
             "template that moves from sample to sample; a convolution's can."
         ],
         figure="saliency",
+        metric=M.SALIENCY_AUC,
     )
 
 
@@ -623,6 +627,7 @@ def transfer(learn: Learning, scale: Scale, frameworks: Sequence[str] | None = N
         verdict(evidence),
         tables=[table],
         figure="transfer",
+        metric=M.VAL_ACCURACY,
     )
 
 
@@ -727,6 +732,7 @@ def computation(timing: Timing, scale: Scale, frameworks: Sequence[str]) -> Sect
         tables=[table],
         notes=notes,
         figure="computation",
+        metric=M.THROUGHPUT,
     )
 
 
@@ -789,6 +795,7 @@ def acceleration(timing: Timing, scale: Scale, frameworks: Sequence[str], device
         tables=[table],
         notes=notes,
         figure="acceleration",
+        metric=M.THROUGHPUT,
     )
 
 

@@ -68,6 +68,7 @@ class StudyReport:
                     "title": s.title,
                     "claim": s.claim,
                     "verdict": s.finding.verdict,
+                    "metric": s.metric,
                     "because": s.finding.because,
                     "by_framework": {fw: f.verdict for fw, f in s.by_framework.items()},
                     "evidence": [

@@ -160,3 +160,19 @@ def test_transfer_and_saliency_sections_pair_by_seed() -> None:
     assert transfer.evidence[0].effect.estimate == pytest.approx(0.1)
     saliency = dvs.interpretability(learning, SCALE)
     assert saliency.finding.verdict == "contradicted"  # the deep model localises better, not worse
+
+
+def test_depends_names_the_factor_that_splits_the_conditions() -> None:
+    def cond(fw: str, batch: int, low: float, high: float) -> Evidence:
+        effect = Effect((low + high) / 2, low, high, 3)
+        factors = {"framework": fw, "batch size": str(batch)}
+        return Evidence(f"{fw} batch {batch}", effect, null=1.0, margin=0.05, factors=factors)
+
+    evidence = [cond(fw, 1, 1.3, 1.6) for fw in ("torch", "jax")]
+    evidence += [cond("torch", 32, 1.2, 1.4), cond("jax", 32, 0.2, 0.3), cond("mxnet", 32, 0.3, 0.4)]
+    found = verdict(evidence)  # torch gains at both sizes: only the framework splits them
+    assert found.verdict == "depends"
+    assert found.because == "holds for torch batch 1; jax batch 1; torch batch 32; not for jax batch 32; mxnet batch 32"
+    evidence[2] = cond("torch", 32, 0.5, 0.6)  # now the batch size splits them cleanly
+    found = verdict(evidence)
+    assert found.because == "depends on the batch size: holds for 1; not for 32"

@@ -62,6 +62,7 @@ class Evidence:
     direction: Literal[1, -1] = 1  # 1: the claim predicts effect > null; -1: effect < null
     unit: str = ""  # "accuracy points", "x"
     inputs: dict[str, float] = field(default_factory=dict)  # trial key -> the number it contributed
+    factors: dict[str, str] = field(default_factory=dict)  # what the condition is: {"batch": "32", ...}
 
     @property
     def state(self) -> State:
@@ -100,12 +101,32 @@ def verdict(evidence: Sequence[Evidence]) -> Finding:
         return Finding("contradicted", f"all {n} condition(s) contradict it")
     if yes and no:
         rest = f"; within noise: {_list(unsure)}" if unsure else ""
+        on = _split_by(evidence)
+        if on is not None:
+            return Finding("depends", on + rest)
         return Finding("depends", f"holds for {_list(yes)}; not for {_list(no)}{rest}")
     decided = [f"{len(yes)} support it"] if yes else [f"{len(no)} contradict it"] if no else []
     return Finding(
         "inconclusive",
         ", ".join([*decided, f"{len(unsure)} of {n} within noise ({_list(unsure)})"]) + ": more seeds or processes",
     )
+
+
+def _split_by(evidence: Sequence[Evidence]) -> str | None:
+    """``on the batch: holds at 1, not at 32``: the factor whose values separate the conditions that
+    support the claim from those that contradict it (the one with the fewest values; None if none)."""
+    decided = [e for e in evidence if e.state != "within noise"]
+    common = set.intersection(*(set(e.factors) for e in evidence)) if evidence else set()
+    found: list[tuple[int, str, list[str], list[str]]] = []
+    for factor in common:
+        yes = list(dict.fromkeys(e.factors[factor] for e in decided if e.state == "supports"))
+        no = list(dict.fromkeys(e.factors[factor] for e in decided if e.state == "contradicts"))
+        if not set(yes) & set(no):
+            found.append((len(set(yes) | set(no)), factor, yes, no))
+    if not found:
+        return None
+    _, factor, yes, no = min(found)
+    return f"depends on the {factor}: holds for {', '.join(yes)}; not for {', '.join(no)}"
 
 
 def _list(items: Sequence[str], limit: int = 6) -> str:

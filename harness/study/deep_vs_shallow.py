@@ -709,6 +709,7 @@ def computation(timing: Timing, scale: Scale, frameworks: Sequence[str]) -> Sect
         [],
     )
     notes: list[str] = []
+    lagging: list[str] = []
     families = [("mlp", [mlp(d, scale.mlp_width) for d in scale.mlp_depths])]
     if scale.resnet_ns:
         families.append(("resnet_cifar", [resnet(n) for n in scale.resnet_ns]))
@@ -757,11 +758,14 @@ def computation(timing: Timing, scale: Scale, frameworks: Sequence[str]) -> Sect
                     )
                 )
                 if effect.estimate < flops_ratio * DISPATCH_ELASTICITY:
-                    notes.append(
-                        f"{fw} {mode} {family}: {flops_ratio:.1f}x the FLOPs cost only {effect.estimate:.2f}x the "
-                        "time: at the shallow end the time per sample is set by per-layer dispatch and framework "
-                        "overhead, not arithmetic (see the elasticity column: d log time / d log FLOPs)."
-                    )
+                    ratios = f"{flops_ratio:.1f}x the FLOPs, {effect.estimate:.2f}x the time"
+                    lagging.append(f"{fw} {mode} {family} ({ratios})")
+    if lagging:
+        notes.append(
+            "Time grew less than half as fast as the FLOPs for: " + "; ".join(lagging) + ". At the shallow end "
+            "the time per sample is set by per-layer dispatch and framework overhead, not arithmetic (the "
+            "elasticity column: d log time / d log FLOPs between neighbouring depths)."
+        )
     return Section(
         1,
         "Computation",

@@ -257,6 +257,8 @@ class StudyReport:
         fws = sorted({c.spec.framework for c in timing.cells}, key=list(COLORS).index)
         if not fws:
             return None
+        from matplotlib.ticker import LogLocator
+
         fig = _new(10)
         axes = fig.subplots(1, len(families), squeeze=False)[0]
         for ax, (family, archs) in zip(axes, families, strict=True):
@@ -274,6 +276,7 @@ class StudyReport:
                         ax.plot(x, y, style, marker="o", color=COLORS[fw], label=f"{fw} {mode}")
             _log(ax, "x")
             _log(ax, "y")
+            ax.xaxis.set_major_locator(LogLocator(10))  # decades only: the 1-2-5 labels collide here
             ax.set_xlabel("MFLOP per sample")
             ax.set_ylabel("us per sample")
             ax.set_title(family, fontsize=9)

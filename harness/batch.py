@@ -284,7 +284,7 @@ def run(
             events.logging(caught_up, uri)
 
         events.started(batch, [s for s, _ in todo], len(finished))
-        live = bool(address)
+        live = bool(address) or the_plan.log_live
         waiting: dict[str, int] = {}  # processes of each cell still running in this invocation
 
         def record(result: TrialResult) -> None:

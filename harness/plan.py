@@ -58,6 +58,9 @@ class Plan:
     repeats: int = 1  # independent processes per cell
     reserve_cores: int = 0  # per node, for the driver and Ray's processes
     warnings: list[str] = field(default_factory=list)
+    # log each cell to MLflow as it finishes (a cluster batch always does): MLflow's writes then share
+    # the node with running trials, so a local batch of timing cells logs at the end instead
+    log_live: bool = False
 
     def rounds(self, seed: int, done: Collection[tuple[str, int]] = ()) -> list[tuple[TrialSpec, int]]:
         """Every (cell, replica) still to run, in a randomised interleaved order: round ``r`` holds each

@@ -132,12 +132,12 @@ SCALES: dict[str, Scale] = {
         fractions=(Fraction(1, 32), Fraction(1, 8), Fraction(1)),
         seeds=5,
         spread_seeds=True,
-        steps=600,
+        steps=500,
         learn_batch=32,
         learning_rate=0.01,
         transfer_models=(LINEAR, SHALLOW, "cnn1d", "mlp_deep"),
         transfer_fraction=Fraction(1, 16),
-        pretrain_steps=600,
+        pretrain_steps=500,
     ),
     "full": Scale(
         name="full",
@@ -748,7 +748,7 @@ def computation(timing: Timing, scale: Scale, frameworks: Sequence[str]) -> Sect
                 effect = _ratio(c1, c0)
                 evidence.append(
                     Evidence(
-                        f"{fw} {mode}: {a1} against {a0} ({flops_ratio:.1f}x the FLOPs)",
+                        f"{fw} {mode}: {a1} over {a0} ({flops_ratio:.1f}x the FLOPs)",
                         effect,
                         factors={"framework": fw, "mode": mode, "family": family},
                         null=1.0,
@@ -815,7 +815,7 @@ def acceleration(timing: Timing, scale: Scale, frameworks: Sequence[str], device
                     (a0, s0), (a1, s1) = mlps[0], mlps[-1]
                     evidence.append(
                         Evidence(
-                            f"{fw} {mode}, batch {batch}: compiled speed-up at {a1} over that at {a0}",
+                            f"{fw} {mode} batch {batch}: {a1} over {a0}",
                             log_ratio_of_ratios(s1, s0),
                             factors={"framework": fw, "mode": mode, "batch size": str(batch)},
                             null=1.0,

@@ -101,6 +101,7 @@ def plans(record: dict[str, Any], address: str | None) -> dict[str, plan.Plan]:
             _suite(record, name, batch_sizes),
             repeats=study.repeats[name],
             reserve_cores=reserve if name == dvs.COMPUTE else 0,  # accuracy runs time nothing that matters
+            log_live=name == dvs.LEARNING,  # ... so MLflow's writes may run beside them
         )
         for spec in specs:
             info = FRAMEWORKS[spec.framework]

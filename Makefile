@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 MXNET_VENV := .venvs/mxnet
 MXNET_STAMP := $(MXNET_VENV)/.installed
 
-.PHONY: setup browser smoke test test-heavy lint bench clean
+.PHONY: setup browser smoke test test-heavy lint bench study clean
 
 setup: $(STAMP) $(MXNET_STAMP)
 
@@ -42,6 +42,10 @@ lint: setup
 	$(VENV)/bin/ruff check harness adapters workloads tests benchmarks
 	$(VENV)/bin/ruff format --check harness adapters workloads tests benchmarks
 	$(VENV)/bin/mypy
+
+# the deep-vs-shallow study at its quick scale (under 15 min on 2 cores); report in study-*.html
+study: setup
+	$(VENV)/bin/harness study deep-vs-shallow --quick
 
 bench: setup
 	$(PY) -m benchmarks.bench

@@ -250,11 +250,7 @@ class Writeup:
                 )
         parts.append(self._problems_html())
         parts.append(self._nodes_html())
-        title = f"harness report: batch {self.batch_id} ({self.suite})"
-        return (
-            f"<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8><title>{e(title)}</title>"
-            f"<style>{STYLE}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n"
-        )
+        return page(f"harness report: batch {self.batch_id} ({self.suite})", parts)
 
     def _cells_html(self) -> str:
         shown = report.columns(self.cells, wide=True)
@@ -344,6 +340,14 @@ class Writeup:
             rows = "".join(f"<tr><th>{k}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts.items())
             items.append(f"<h3>{html.escape(str(node.get('hostname', '?')))}</h3><table class=facts>{rows}</table>")
         return "<h2>Nodes</h2>" + ("".join(items) or "<p>No node record.</p>")
+
+
+def page(title: str, parts: list[str]) -> str:
+    """A self-contained HTML page: the style inline, no script, nothing to fetch."""
+    return (
+        f"<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
+        f"<style>{STYLE}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n"
+    )
 
 
 def _plain(markup: str) -> str:

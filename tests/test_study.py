@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from harness import journal
 from tests.conftest import harness_in_process
+from tests.test_batch import _wait_for
 from tests.test_cli import harness
 
 pytestmark = pytest.mark.slow
@@ -36,15 +36,6 @@ def _lines(runs: Path, batch_id: str) -> list[dict[str, object]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
-
-
-def _wait_for(condition: object, what: str, timeout_s: float = 300) -> None:
-    """Bounded polling for a state (not a timing assertion)."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")

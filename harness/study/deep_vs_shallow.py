@@ -395,21 +395,25 @@ def _frameworks(cells: Sequence[Cell]) -> list[str]:
     return sorted({c.spec.framework for c in cells}, key=order.index)
 
 
-def data_hunger(learn: Learning, scale: Scale, frameworks: Sequence[str] | None = None) -> Section:
-    evidence: list[Evidence] = []
-    curves = Table(
-        "Held-out accuracy by training-set share (mean over seeds [95% interval])",
-        ["data set", "model", "depth", *[frac_label(f) for f in scale.fractions]],
-        [],
-    )
-    small, large = float(min(scale.fractions)), float(max(scale.fractions))
+def _by_share(learn: Learning, scale: Scale, metric: str, title: str, frameworks: Sequence[str] | None) -> Table:
+    """One row per data set and model: the metric's mean over seeds [95% interval] at each share."""
+    table = Table(title, ["data set", "model", "depth", *[frac_label(f) for f in scale.fractions]], [])
     for dataset, models in scale.models.items():
         for arch in models:
             row = [dataset, arch, str(depth_of(arch))]
             for f in scale.fractions:
-                seeds, _ = learn.value(M.VAL_ACCURACY, arch, dataset, fraction=float(f), frameworks=frameworks)
+                seeds, _ = learn.value(metric, arch, dataset, fraction=float(f), frameworks=frameworks)
                 row.append(_interval(mean_effect(list(seeds.values())), 3))
-            curves.rows.append(row)
+            table.rows.append(row)
+    return table
+
+
+def data_hunger(learn: Learning, scale: Scale, frameworks: Sequence[str] | None = None) -> Section:
+    evidence: list[Evidence] = []
+    title = "Held-out accuracy by training-set share (mean over seeds [95% interval])"
+    curves = _by_share(learn, scale, M.VAL_ACCURACY, title, frameworks)
+    small, large = float(min(scale.fractions)), float(max(scale.fractions))
+    for dataset in scale.models:
         shallow_small, in_a = learn.value(M.VAL_ACCURACY, SHALLOW, dataset, fraction=small, frameworks=frameworks)
         shallow_large, in_b = learn.value(M.VAL_ACCURACY, SHALLOW, dataset, fraction=large, frameworks=frameworks)
         for deep in scale.deep[dataset]:
@@ -501,19 +505,10 @@ def _crossings(learn: Learning, scale: Scale, frameworks: Sequence[str] | None) 
 
 def overfitting(learn: Learning, scale: Scale, frameworks: Sequence[str] | None = None) -> Section:
     evidence: list[Evidence] = []
-    gaps = Table(
-        "Train minus held-out accuracy (mean over seeds [95% interval])",
-        ["data set", "model", "depth", *[frac_label(f) for f in scale.fractions]],
-        [],
-    )
+    title = "Train minus held-out accuracy (mean over seeds [95% interval])"
+    gaps = _by_share(learn, scale, M.TRAIN_VAL_GAP, title, frameworks)
     ends: list[float] = sorted({float(min(scale.fractions)), float(max(scale.fractions))})
-    for dataset, models in scale.models.items():
-        for arch in models:
-            row = [dataset, arch, str(depth_of(arch))]
-            for f in scale.fractions:
-                seeds, _ = learn.value(M.TRAIN_VAL_GAP, arch, dataset, fraction=float(f), frameworks=frameworks)
-                row.append(_interval(mean_effect(list(seeds.values())), 3))
-            gaps.rows.append(row)
+    for dataset in scale.models:
         for share in ends:
             shallow, in_s = learn.value(M.TRAIN_VAL_GAP, SHALLOW, dataset, fraction=share, frameworks=frameworks)
             for deep in scale.deep[dataset]:

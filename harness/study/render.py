@@ -19,7 +19,7 @@ from typing import Any
 from harness import metrics as M
 from harness import report as R
 from harness.cells import Cell
-from harness.document import DESCRIPTION_LIMIT, STYLE
+from harness.document import DESCRIPTION_LIMIT, page
 from harness.figures import COLORS, Figure, _log, _new, _render
 from harness.study import deep_vs_shallow as dvs
 from harness.study.evidence import Effect, mean_effect
@@ -147,11 +147,7 @@ class StudyReport:
         parts.append("<h2>Where the frameworks agree</h2>")
         parts.append(_table_html(self.agreement))
         parts.append(self._problems_html())
-        title = f"harness study {r['study']} {r['study_id']}"
-        return (
-            f"<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8><title>{e(title)}</title>"
-            f"<style>{STYLE}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n"
-        )
+        return page(f"harness study {r['study']} {r['study_id']}", parts)
 
     def _summary_html(self) -> str:
         e = html.escape

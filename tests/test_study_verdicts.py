@@ -27,6 +27,8 @@ def test_condition_states_follow_the_interval_margin_and_direction() -> None:
     assert ev("a", -0.004, 0.008).state == "contradicts"  # absent: the whole interval below the margin
     assert ev("a", -0.004, 0.02).state == "within noise"  # could still be a 2-point effect
     assert ev("a", None, None).state == "within noise"  # no interval (one seed)
+    assert ev("a", 0.005, 0.02).state == "within noise"  # real, but maybe below the margin that matters
+    assert ev("a", 0.002, 0.008).state == "contradicts"  # real and too small to matter
     assert ev("a", -0.10, -0.02, direction=-1).state == "supports"  # the claim predicts a drop
     ratio = Evidence("r", Effect(1.5, 1.2, 1.9, 3), null=1.0, margin=0.05)
     assert ratio.state == "supports"

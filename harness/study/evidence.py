@@ -4,9 +4,10 @@ A claim is tested under several *conditions* (a data set and model, a framework 
 Under each, the study measures one effect with a 95% interval, oriented so that the claim predicts
 the effect lies above a null value (0 for a difference, 1 for a ratio). Each condition's state:
 
-- ``supports``: the whole interval lies above the null;
-- ``contradicts``: the whole interval lies below ``null + margin``, where ``margin`` is the smallest
-  effect that would matter (1 accuracy point, 5% of a time): the claimed effect is absent or reversed;
+- ``supports``: the whole interval lies above ``null + margin``, where ``margin`` is the smallest effect
+  that would matter (1 accuracy point, 5% of a time): the claimed effect is there and large enough;
+- ``contradicts``: the whole interval lies below ``null + margin``: the claimed effect is absent,
+  too small to matter, or reversed;
 - ``within noise``: neither (the interval is too wide to tell, or there is no interval).
 
 The claim's verdict from its conditions:
@@ -71,7 +72,7 @@ class Evidence:
             return "within noise"
         # on the claim's side: d > 0 means "as the claim says"
         lo, hi = sorted(((e.low - self.null) * self.direction, (e.high - self.null) * self.direction))
-        if lo > 0:
+        if lo > self.margin:
             return "supports"
         if hi < self.margin:
             return "contradicts"
@@ -164,4 +165,6 @@ def log_ratio_of_ratios(a: Effect, b: Effect) -> Effect:
 
     h = math.hypot(half(a), half(b))
     note = "ratio of two ratio intervals (log half-widths in quadrature)"
+    jitter = [e.note for e in (a, b) if "window jitter" in e.note]
+    note = f"{jitter[0]}; {note}" if jitter else note
     return Effect(est, est * math.exp(-h), est * math.exp(h), min(a.replicates, b.replicates), note)

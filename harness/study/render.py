@@ -297,7 +297,7 @@ class StudyReport:
                 xs, ys, lo, hi = [], [], [], []
                 for f in scale.fractions:
                     seeds, _ = learn.value(metric, arch, dataset, fraction=float(f))
-                    eff = mean_effect(list(seeds.values()))
+                    eff = mean_effect(dvs.seed_means(seeds))
                     if not math.isfinite(eff.estimate):
                         continue
                     xs.append(float(f))
@@ -363,7 +363,7 @@ class StudyReport:
             for arch in models:
                 seeds, _ = learn.value(M.SALIENCY_AUC, arch, dataset)
                 if seeds:
-                    groups.append((arch, [("saliency AUC", mean_effect(list(seeds.values())))]))
+                    groups.append((arch, [("saliency AUC", mean_effect(dvs.seed_means(seeds)))]))
         fig = self._bars(
             "saliency",
             "Does the saliency fall on the digit? (MNIST-1D, held-out samples)",
@@ -383,7 +383,7 @@ class StudyReport:
             for label, pre in (("from scratch", False), ("pretrained on 0-4", True)):
                 seeds, _ = learn.value(M.VAL_ACCURACY, arch, "mnist1d", fraction=f, transfer=True, pretrain=pre)
                 if seeds:
-                    bars.append((label, mean_effect(list(seeds.values()))))
+                    bars.append((label, mean_effect(dvs.seed_means(seeds))))
             groups.append((arch, bars))
         return self._bars(
             "transfer",
@@ -449,8 +449,9 @@ def _table_html(t: dvs.Table) -> str:
 def _verdict_rules() -> str:
     return (
         "Each condition's effect has a 95% interval, oriented so that the claim predicts it above the null. "
-        "supports: the interval lies above the null; contradicts: it lies below null + margin (the claimed effect "
-        "is absent or reversed); otherwise within noise. A claim is supported when every condition supports it, "
+        "supports: the interval lies above null + margin (the smallest effect that would matter); contradicts: it "
+        "lies below null + margin (the claimed effect is absent, too small to matter, or reversed); otherwise "
+        "within noise. A claim is supported when every condition supports it, "
         "contradicted when every condition contradicts it, depends when some do each (the verdict says which), "
         "inconclusive otherwise. Accuracy intervals are over seeds (Student t); timing intervals over processes "
         "(harness.stats); at one process per cell they show window jitter only."

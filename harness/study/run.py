@@ -86,9 +86,10 @@ def reproduce(record: dict[str, Any]) -> str:
 def plans(record: dict[str, Any], address: str | None) -> dict[str, plan.Plan]:
     """Each batch's plan: the study's cells, those of frameworks this node cannot run skipped with why."""
     scale = dvs.SCALES[record["scale"]]
-    node_cores = len(node_cpus())
-    suite = _suite(record, "compute", [scale.timing_batch])
-    reserve, threads = plan.cores(suite, plan.Overrides(), node_cores)
+    if "threads" not in record:  # fixed when the study starts: threads are part of every timing cell's key
+        suite = _suite(record, "compute", [scale.timing_batch])
+        record["reserve_cores"], record["threads"] = plan.cores(suite, plan.Overrides(), len(node_cpus()))
+    reserve, threads = int(record["reserve_cores"]), int(record["threads"])
     study = dvs.build(scale, record["frameworks"], record["devices"], threads)
     unavailable = {}
     if not address:  # on a cluster the workers' environments decide (the batch reports them)
@@ -139,7 +140,7 @@ class StudyOutcome:
         return not self.interrupted and all(o.ok for o in self.outcomes.values())
 
 
-def _finished(runs_dir: Path, batch_id: str, p: plan.Plan) -> bool:
+def _finished(runs_dir: Path, batch_id: str, p: plan.Plan, uri: str) -> bool:
     """Every planned process of the batch has a final result in its journal (nothing left to run)."""
     b = journal.Batch(runs_dir, batch_id)
     if not b.exists():
@@ -147,7 +148,7 @@ def _finished(runs_dir: Path, batch_id: str, p: plan.Plan) -> bool:
     done = {k for k, r in b.finished().items() if r.status in FINAL}
     wanted = {(s.trial_key, r) for s in p.trials for r in range(p.repeats)}
     wanted |= {(s.trial_key, 0) for s, _ in p.skipped}
-    return wanted <= done
+    return wanted <= done and not b.unsynced(uri)  # MLflow has every cell too (a resume logs what it lacks)
 
 
 def run(
@@ -172,10 +173,11 @@ def run(
     except Exception as e:  # the batches log their own runs; the study's run is missing
         out.tracking_error = f"{type(e).__name__}: {str(e)[:200]}"
     the_plans = plans(record, address)
+    write_record(runs_dir, record)  # with the threads and reserved cores the plan fixed
     for name, p in the_plans.items():
         batch_id = record["batches"][name]
         exists = journal.Batch(runs_dir, batch_id).exists()
-        if exists and _finished(runs_dir, batch_id, p):
+        if exists and _finished(runs_dir, batch_id, p, uri):
             say(f"batch {batch_id} ({name}): finished earlier, nothing to run")
             continue
         extra = {"study_id": record["study_id"], "study_run_id": record.get("study_run_id")}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,32 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def framework_probes(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, _isolated_cache: None
+) -> Iterator[Any]:
+    """Every framework's parity and precision probes (``tests/probes.py``), started in the background as
+    the session starts, when a test that reads them was collected: ``tests.probes.Background``, whose
+    ``result(KIND)`` waits for that probe in every framework. A module declares the probe its tests
+    read as ``PROBE``, and its ``probes`` fixture reads it from this one; None when no such test runs."""
+    from tests.probes import Background, frameworks
+
+    modules = [
+        getattr(item, "module", None) for item in request.session.items if "probes" in getattr(item, "fixturenames", ())
+    ]
+    needed = {str(getattr(module, "PROBE", "")) for module in modules} - {""}
+    if not needed:
+        yield None
+        return
+    kinds = {
+        fw: [kind for kind in sorted(needed) if fw in frameworks(kind)]
+        for fw in dict.fromkeys(fw for kind in sorted(needed) for fw in frameworks(kind))
+    }
+    background = Background(tmp_path_factory.mktemp("probes"), kinds)
+    yield background
+    background.close()
 
 
 def is_trial_worker(proc: Any) -> bool:

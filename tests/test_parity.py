@@ -1,6 +1,7 @@
 """Cross-framework parity: the same canonical weights give the same computation in every framework.
 
-Each framework runs ``tests/parity_probe.py`` in its own interpreter (MXNet lives in its own venv);
+Each framework runs ``tests/parity_probe.py`` in its own interpreter (MXNet lives in its own venv;
+``tests/probes.py`` runs it in the background from the session's start, beside the precision probe);
 the results are compared here, every pair of frameworks, every architecture. The tolerances, why
 they take the form they do (relative to the output's scale; Adam and batch norm) and the measurements
 under other CPUs' kernel paths behind them are in ``tests/tolerances.py``.
@@ -9,8 +10,6 @@ under other CPUs' kernel paths behind them are in ``tests/tolerances.py``.
 from __future__ import annotations
 
 import itertools
-import subprocess
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -18,40 +17,25 @@ import pytest
 
 from adapters import FRAMEWORKS
 from harness.envs import interpreter
-from tests.conftest import REPO
 from tests.layer_archs import LAYER_ARCHITECTURES, resolve
 from tests.parity_probe import PROBED, TRAINING, probe_batch
+from tests.probes import Background
 from tests.tolerances import ADAM_NOISY_SHARE, BN_ARCHS, REFERENCE_LOGITS, REFERENCE_LOSS, tolerance
 from workloads.architectures.reference import cross_entropy, forward
 
 PAIRS = list(itertools.combinations(FRAMEWORKS, 2))
 ARCHS = PROBED  # the zoo and the tiny models of the newer layers (tests/layer_archs.py)
-PROBE_ORDER = ["tensorflow", "jax", "torch", "mxnet"]  # longest first (about 120, 70, 40 and 10 s here)
+
+
+PROBE = "parity"  # what this module's tests read of the session's probes (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
-def probes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, np.ndarray]]:
-    """Every framework's probe, two interpreters at a time (the longest first): each is its own process
-    and computes the same numbers whatever runs beside it (parity is numeric, not a timing)."""
-    root = tmp_path_factory.mktemp("parity")
-
-    def run(fw: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [interpreter(fw), "-m", "tests.parity_probe", fw, str(root / f"{fw}.npz")],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-        )
-
-    longest_first = sorted(FRAMEWORKS, key=PROBE_ORDER.index)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        procs = dict(zip(longest_first, pool.map(run, longest_first), strict=True))
-    out: dict[str, dict[str, np.ndarray]] = {}
-    for fw in FRAMEWORKS:
-        assert procs[fw].returncode == 0, f"{fw} probe failed:\n{procs[fw].stderr[-3000:]}"
-        with np.load(root / f"{fw}.npz") as f:
-            out[fw] = dict(f)
-    return out
+def probes(framework_probes: Background) -> dict[str, dict[str, np.ndarray]]:
+    """Every framework's probe: each its own interpreter, started as the session started and run in the
+    background (``tests/probes.py``); they compute the same numbers whatever runs beside them (parity
+    is numeric, not a timing)."""
+    return framework_probes.result(PROBE)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -1,7 +1,8 @@
 """Mixed precision (``bfloat16``/``float16`` with float32 master weights; the contract in ``adapters/base.py``).
 
 Every framework that supports a low precision on CPU runs ``tests/precision_probe.py`` in its own
-interpreter (one start each, two at a time); its results are checked here against the float64 reference
+interpreter (``tests/probes.py``: in the background from the session's start, in the same interpreter
+as that framework's parity probe); its results are checked here against the float64 reference
 (``workloads/architectures/reference.py``) and against the same framework's float32 step.
 
 Tolerance. A mixed-precision forward pass rounds the inputs, weights and biases of every matrix product
@@ -53,17 +54,14 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import subprocess
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
 from adapters import FRAMEWORKS, load_adapter
 from adapters.base import LOSS_SCALE_INIT, PRECISIONS, BuildOptions
-from harness.envs import interpreter
-from tests.conftest import REPO
 from tests.precision_probe import ARCHS, EAGER_ARCHS, ENCODER, FLOAT16_ARCHS, batch
+from tests.probes import Background
 from tests.tolerances import Tol
 from workloads.architectures import ARCHITECTURES, Architecture, get
 from workloads.architectures.layers import BatchNorm, Conv, Dense, Layer, Recurrent, Residual, TransformerBlock
@@ -92,21 +90,14 @@ def bound(arch: Architecture, precision: str) -> float:
     return BOUND * UNIT_ROUNDOFF[precision] * math.sqrt(depth(arch.layers))
 
 
+PROBE = "precision"  # what this module's tests read of the session's probes (tests/conftest.py)
+
+
 @pytest.fixture(scope="module")
-def probes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, np.ndarray]]:
-    root = tmp_path_factory.mktemp("precision")
-
-    def run(fw: str) -> subprocess.CompletedProcess[str]:
-        cmd = [interpreter(fw), "-m", "tests.precision_probe", fw, str(root / f"{fw}.npz")]
-        return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        procs = dict(zip(LOW_FWS, pool.map(run, LOW_FWS), strict=True))
-    out: dict[str, dict[str, np.ndarray]] = {}
-    for fw, proc in procs.items():
-        assert proc.returncode == 0, f"{fw} probe failed:\n{proc.stderr[-3000:]}"
-        with np.load(root / f"{fw}.npz") as f:
-            out[fw] = dict(f)
+def probes(framework_probes: Background) -> dict[str, dict[str, np.ndarray]]:
+    """The probe of every framework in ``LOW_FWS``, started as the session started (``tests/probes.py``)."""
+    out = framework_probes.result(PROBE)
+    assert set(out) == set(LOW_FWS)
     return out
 
 

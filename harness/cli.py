@@ -106,8 +106,7 @@ def _plan(suite: SuiteSpec, overrides: plan.Overrides) -> tuple[plan.Plan, float
     node_cores = len(node_cpus())
     reserve, default_threads = plan.cores(suite, overrides, node_cores)
     frameworks = overrides.frameworks or suite.frameworks
-    probed = envs.probe_many(frameworks)
-    unavailable = {fw: f"{st.problem}; {st.fix}" for fw, st in probed.items() if not st.ok}
+    unavailable = envs.unavailable(frameworks)
     the_plan = plan.expand(suite, overrides, default_threads, unavailable, reserve_cores=reserve, node_cores=node_cores)
     for warning in the_plan.warnings:
         err_console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
@@ -160,27 +159,33 @@ def _print_links(uri: str, batch_id: str) -> None:
         console.print(f"  {what}: {url}", soft_wrap=True)
 
 
-def _run_batch(the_plan: plan.Plan, args: argparse.Namespace) -> batch.BatchOutcome | None:
+def _run_batch(
+    the_plan: plan.Plan, args: argparse.Namespace, what: str | None = None, **batch_args: Any
+) -> batch.BatchOutcome | None:
+    """``batch.run`` with a progress view, from the command line's options; ``batch_args`` replace them
+    (a study gives each batch its id, store and record). None when interrupted (the caller says how to
+    continue when ``what`` is given; else this says ``--resume BATCH_ID``)."""
     where = f"Ray {args.address or 'embedded'}"
-    what = f"suite {the_plan.suite.name}, {the_plan.repeats} process(es) per cell, {where}"
-    view = report.BatchProgress(console, what)
+    view = report.BatchProgress(
+        console, what or f"suite {the_plan.suite.name}, {the_plan.repeats} process(es) per cell, {where}"
+    )
+    options: dict[str, Any] = {
+        "runs_dir": _runs_dir(args),
+        "resume": getattr(args, "resume", None),
+        "tracking_uri": args.tracking_uri,
+        "address": args.address,
+        "faults": _faults(),
+        "until_stable": getattr(args, "until_stable", False),
+        "max_repeats": getattr(args, "max_repeats", None) or 10,
+        "seed": getattr(args, "seed", None),
+    }
     try:
         with view:
-            return batch.run(
-                the_plan,
-                runs_dir=_runs_dir(args),
-                resume=getattr(args, "resume", None),
-                tracking_uri=args.tracking_uri,
-                address=args.address,
-                faults=_faults(),
-                events=view.events(),
-                until_stable=getattr(args, "until_stable", False),
-                max_repeats=getattr(args, "max_repeats", None) or 10,
-                seed=getattr(args, "seed", None),
-            )
+            return batch.run(the_plan, events=view.events(), **(options | batch_args))
     except KeyboardInterrupt:
-        where = f"--resume {view.batch_id}" if view.batch_id else "--resume BATCH_ID"
-        err_console.print(f"\ninterrupted: finished trials are in the batch journal; continue with {where}")
+        if what is None:
+            where = f"--resume {view.batch_id}" if view.batch_id else "--resume BATCH_ID"
+            err_console.print(f"\ninterrupted: finished trials are in the batch journal; continue with {where}")
         return None
 
 

@@ -72,6 +72,11 @@ def probe(framework: str, import_it: bool = False, timeout_s: float = 120.0) -> 
     return EnvStatus(framework, python, proc.stdout.strip(), None, None)
 
 
+def unavailable(frameworks: Iterable[str]) -> dict[str, str]:
+    """Framework -> why this node cannot run it and how to fix that (only those it cannot run)."""
+    return {fw: f"{st.problem}; {st.fix}" for fw, st in probe_many(frameworks).items() if not st.ok}
+
+
 def probe_many(frameworks: Iterable[str], import_it: bool = False) -> dict[str, EnvStatus]:
     """:func:`probe` for several frameworks at once (each is a subprocess: they run side by side)."""
     names = list(dict.fromkeys(frameworks))

@@ -187,6 +187,18 @@ def data_problem(architecture: str, dataset: str, batch_size: int) -> str | None
     return None
 
 
+def skip_reason(spec: TrialSpec, unavailable: Mapping[str, str]) -> str | None:
+    """Why a cell cannot run here (reported as ``unsupported``): its framework's environment
+    (``unavailable``), its capabilities (device, precision, mode, workers) or its data (None: it can)."""
+    info = FRAMEWORKS[spec.framework]
+    return (
+        unavailable.get(spec.framework)
+        or info.unsupported_reason(spec.device, spec.precision, spec.mode)
+        or info.multi_worker_reason(spec.workers, spec.mode, spec.trains_to_accuracy)
+        or data_problem(spec.architecture, spec.dataset, spec.batch_size)
+    )
+
+
 def expand(
     suite: SuiteSpec,
     o: Overrides,
@@ -269,13 +281,7 @@ def expand(
         problem = data_problem(arch, dataset, batch)
         if problem:
             impossible.append(problem)
-        info = FRAMEWORKS[fw]
-        reason = (
-            unavailable.get(fw)
-            or info.unsupported_reason(device, precision, mode)
-            or info.multi_worker_reason(spec.workers, mode, spec.trains_to_accuracy)
-            or problem
-        )
+        reason = skip_reason(spec, unavailable)
         if reason:
             plan.skipped.append((spec, reason))
         else:

@@ -83,7 +83,7 @@ def _list(values: list[str] | None, choices: Any, kind: str, default: list[str])
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from harness.cli import _faults, _runs_dir, console, err_console
+    from harness.cli import _run_batch, _runs_dir, console, err_console
 
     runs_dir = _runs_dir(args)
     if args.resume:
@@ -104,21 +104,16 @@ def cmd_study(args: argparse.Namespace) -> int:
         return _dry_run(console, record, args.address)
 
     def run_batch(p: plan.Plan, batch_id: str, resume: bool, extra: dict[str, Any]) -> batch.BatchOutcome | None:
-        where = f"Ray {args.address or 'embedded'}"
-        view = report.BatchProgress(console, f"study {record['study_id']}: {p.suite.name}, {where}")
-        with view:
-            return batch.run(
-                p,
-                runs_dir=runs_dir,
-                resume=batch_id if resume else None,
-                batch_id=None if resume else batch_id,
-                tracking_uri=record["tracking_uri"],
-                address=args.address,
-                faults=_faults(),
-                events=view.events(),
-                seed=args.seed,
-                extra_meta=extra,
-            )
+        return _run_batch(
+            p,
+            args,
+            f"study {record['study_id']}: {p.suite.name}, Ray {args.address or 'embedded'}",
+            runs_dir=runs_dir,
+            resume=batch_id if resume else None,
+            batch_id=None if resume else batch_id,
+            tracking_uri=record["tracking_uri"],
+            extra_meta=extra,
+        )
 
     console.print(
         f"[bold]study {record['study_id']}[/]: {record['study']} at scale {record['scale']}, frameworks "

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adapters import FRAMEWORKS
 from harness import batch, envs, journal, plan, track
 from harness.cells import Cell, cells
 from harness.contract import FINAL, TrialResult, TrialSpec
@@ -91,10 +90,8 @@ def plans(record: dict[str, Any], address: str | None) -> dict[str, plan.Plan]:
         record["reserve_cores"], record["threads"] = plan.cores(suite, plan.Overrides(), len(node_cpus()))
     reserve, threads = int(record["reserve_cores"]), int(record["threads"])
     study = dvs.build(scale, record["frameworks"], record["devices"], threads)
-    unavailable = {}
-    if not address:  # on a cluster the workers' environments decide (the batch reports them)
-        probed = envs.probe_many(record["frameworks"])
-        unavailable = {fw: f"{st.problem}; {st.fix}" for fw, st in probed.items() if not st.ok}
+    # on a cluster the workers' environments decide (the batch reports them)
+    unavailable = {} if address else envs.unavailable(record["frameworks"])
     out = {}
     for name, specs in study.batches.items():
         batch_sizes = sorted({s.batch_size for s in specs})
@@ -105,10 +102,7 @@ def plans(record: dict[str, Any], address: str | None) -> dict[str, plan.Plan]:
             log_live=name == dvs.LEARNING,  # ... so MLflow's writes may run beside them
         )
         for spec in specs:
-            info = FRAMEWORKS[spec.framework]
-            reason = unavailable.get(spec.framework) or info.unsupported_reason(spec.device, spec.precision, spec.mode)
-            if reason is None and spec.dataset != "synthetic":
-                reason = plan.data_problem(spec.architecture, spec.dataset, spec.batch_size)
+            reason = plan.skip_reason(spec, unavailable)
             if reason:
                 p.skipped.append((spec, reason))
             else:
